@@ -1,0 +1,7 @@
+"""Data sources, decoding, transforms and the LightningDataModules."""
+
+from vit_ft.data.datamodule import ImageDataModule, ImageFolderDataModule, QuickstartDataModule
+from vit_ft.data.hf import HFDataModule
+from vit_ft.data.imagenet import ImageNetDataModule
+
+__all__ = ["HFDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageNetDataModule", "QuickstartDataModule"]

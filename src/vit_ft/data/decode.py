@@ -1,0 +1,253 @@
+"""Open any image file as RGB: a PIL image (:func:`load_image`) or a uint8 tensor (:func:`decode`).
+
+EXIF orientation is applied; grayscale, CMYK, palette and 16-bit images become RGB; transparent
+pixels are composited on white (so a transparent PNG logo looks as it does in a viewer).
+
+:func:`decode` is the fast path the transforms use: it reads only the header first, so a caller can
+say which part of the image it needs (a crop box) and at what output size; JPEGs then decode at a
+reduced scale through libjpeg's DCT scaling (1/2, 1/4, 1/8) whenever the needed region stays at least
+as large as the output, and the result is a uint8 tensor (no float conversion, no PIL resize).
+
+Every failure to read or decode a file becomes :class:`BadImageError` (never an opaque exception
+from inside a DataLoader worker).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# A crop planner: (width, height) of the oriented image -> (x0, y0, x1, y1) box to keep.
+Planner = Callable[[int, int], tuple[float, float, float, float]]
+
+
+class BadImageError(Exception):
+    """A file that cannot be used as an image (truncated, empty, not an image, too large)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return (BadImageError, (self.path, self.reason))
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit integer grayscale: scale to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def source_name(src: Any) -> str:
+    """A name for messages: the path, or ``<bytes>``."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, dict):
+        return str(src.get("path") or "<bytes>")
+    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else "<image>"
+
+
+def _open(src: Any) -> Image.Image:
+    """A lazily opened PIL image (header only) for a path, bytes, HF image dict or PIL image."""
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, dict):  # Hugging Face datasets.Image(decode=False): {"bytes": ..., "path": ...}
+        data = src.get("bytes")
+        if data is None:
+            if not src.get("path"):
+                raise ValueError("record has neither image bytes nor a path")
+            return Image.open(src["path"])
+        src = data
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise ValueError("empty file")
+        return Image.open(io.BytesIO(src))
+    path = os.fspath(src)
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    return Image.open(path)
+
+
+def _draft_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
+    """Largest of 8, 4, 2, 1 by which a ``box_w``×``box_h`` region can shrink and stay >= the output."""
+    limit = min(box_w / max(out_w, 1), box_h / max(out_h, 1))
+    for s in (8, 4, 2):
+        if limit >= s:
+            return s
+    return 1
+
+
+def _bad(path: str, e: BaseException) -> BadImageError:
+    if isinstance(e, BadImageError):
+        return e
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return BadImageError(path, f"decompression bomb ({e})")
+    if isinstance(e, FileNotFoundError):
+        return BadImageError(path, "file not found")
+    if isinstance(e, Image.UnidentifiedImageError):
+        return BadImageError(path, "not an image (unrecognised format)")
+    msg = str(e).split("\n")[0] or type(e).__name__
+    if msg.startswith("decode_jpeg"):
+        msg = msg.split(", ")[-1]
+    if "truncated" in msg or "broken data stream" in msg:
+        msg = f"truncated or corrupt ({msg})"
+    return BadImageError(path, msg)
+
+
+def decode(
+    src: Any,
+    out_size: tuple[int, int] | None = None,
+    plan: Planner | None = None,
+    *,
+    name: str | None = None,
+) -> torch.Tensor:
+    """Decode ``src`` to an RGB uint8 tensor ``[3, h, w]`` (orientation applied).
+
+    ``plan(width, height)`` returns the box of the (oriented) image that is wanted; only that region
+    is returned. With ``out_size=(w, h)`` the caller promises to resize the region to that size, so
+    JPEGs may decode at 1/2, 1/4 or 1/8 scale as long as the region stays >= ``out_size``. The result
+    is then smaller than the full-resolution box (never smaller than ``out_size``) and may be a
+    non-contiguous view: resize or copy it before writing to it.
+    """
+    path = name or source_name(src)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            data = _read(src)
+            img = _open(src if data is None else data)
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise ValueError(f"image has size {w}x{h}")
+            orientation = img.getexif().get(_ORIENTATION, 1)
+            if orientation not in _TRANSPOSE:
+                orientation = 1
+            ow, oh = (h, w) if orientation >= 5 else (w, h)
+            box = plan(ow, oh) if plan is not None else (0, 0, ow, oh)
+            s = 1
+            if out_size is not None and img.format == "JPEG" and len(img.tile) == 1:
+                s = _draft_scale(box[2] - box[0], box[3] - box[1], out_size[0], out_size[1])
+            if s == 1 and data is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                # libjpeg-turbo through torchvision: straight into a tensor, no PIL copy.
+                t = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            else:
+                if s > 1:
+                    img.draft(img.mode, (w // s, h // s))
+                img.load()
+                t = torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
+    except Exception as e:  # noqa: BLE001 - every decoder failure becomes one named, one-line error
+        raise _bad(path, e) from None
+    t = _orient(t, orientation)
+    dh, dw = t.shape[-2:]
+    if box != (0, 0, ow, oh):
+        fx, fy = dw / ow, dh / oh
+        x0, y0 = int(math.floor(box[0] * fx)), int(math.floor(box[1] * fy))
+        x1 = max(x0 + 1, min(dw, int(math.ceil(box[2] * fx))))
+        y1 = max(y0 + 1, min(dh, int(math.ceil(box[3] * fy))))
+        t = t[:, y0:y1, x0:x1]
+    return t
+
+
+def _read(src: Any) -> bytearray | None:
+    """The encoded bytes of a path / bytes / HF dict source (``None`` for a PIL image), writable."""
+    if isinstance(src, dict):
+        src = src.get("bytes") or src.get("path")
+        if src is None:
+            raise ValueError("record has neither image bytes nor a path")
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytearray(src)
+    if isinstance(src, Image.Image):
+        return None
+    with open(os.fspath(src), "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        n = f.readinto(data)
+    return data if n == len(data) else data[:n]
+
+
+def _orient(t: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation to a ``[C, H, W]`` tensor."""
+    if orientation == 1:
+        return t
+    if orientation in (5, 6, 7, 8):
+        t = t.transpose(-1, -2)  # 5: transpose
+        flip = {6: [-1], 7: [-1, -2], 8: [-2]}.get(orientation)
+    else:
+        flip = {2: [-1], 3: [-1, -2], 4: [-2]}[orientation]
+    return t.flip(flip) if flip else t
+
+
+def load_image(path: Any, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` (or bytes) to an RGB PIL image; raise :class:`BadImageError` when it is unusable.
+
+    ``draft_size`` lets JPEG decoding use DCT scaling so that large photos decode at a reduced
+    scale no smaller than ``draft_size`` on the short side.
+    """
+    name = source_name(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(path)
+            if draft_size and img.format == "JPEG" and len(img.tile) == 1:
+                w, h = img.size
+                s = _draft_scale(min(w, h), min(w, h), draft_size, draft_size)
+                if s > 1:
+                    img.draft(img.mode, (w // s, h // s))
+            img.load()
+            orientation = img.getexif().get(_ORIENTATION, 1)
+            img = to_rgb(img)
+            if orientation in _TRANSPOSE and orientation != 1:
+                img = img.transpose(_TRANSPOSE[orientation])
+            return img
+    except Exception as e:  # noqa: BLE001
+        raise _bad(name, e) from None
+
+
+def check_image(path: str) -> str | None:
+    """Fully decode ``path``; return ``None`` when it is usable, else the reason (for the scanner)."""
+    try:
+        load_image(path)
+    except BadImageError as e:
+        return e.reason
+    return None

@@ -1,0 +1,88 @@
+"""Check every image under a folder on all cores; write a report of the bad ones.
+
+    python -m vit_ft.data.scan ROOT [--report bad_images.csv] [--workers N]
+
+Every image file (by extension; hidden files and folders skipped, as the loaders do) is fully
+decoded as training would decode it. The report (CSV, or JSON when the name ends in ``.json``) lists
+``path,reason`` for each unusable file; the exit status is 1 when there is any, 0 when all are good,
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from vit_ft.data.decode import check_image, is_image_file
+
+
+def iter_images(root: str):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and is_image_file(f):
+                yield os.path.join(dirpath, f)
+
+
+def _check(path: str) -> tuple[str, str | None]:
+    return path, check_image(path)
+
+
+def scan(root: str, workers: int | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """``(number of images checked, [(path, reason), ...] for the bad ones)``."""
+    paths = list(iter_images(root))
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < 64:
+        results = map(_check, paths)
+        bad = [(p, r) for p, r in results if r is not None]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_check, paths, chunksize=max(1, min(256, len(paths) // (workers * 8))))
+            bad = [(p, r) for p, r in results if r is not None]
+    return len(paths), sorted(bad)
+
+
+def write_report(path: str, bad: list[tuple[str, str]], n_checked: int, root: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".json"):
+        with open(path, "w") as f:
+            json.dump(
+                {"root": root, "checked": n_checked, "bad": [{"path": p, "reason": r} for p, r in bad]}, f, indent=1
+            )
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "reason"])
+            w.writerows(bad)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vit_ft.data.scan", description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", help="folder to check (recursively)")
+    ap.add_argument("--report", default="bad_images.csv", help="report file: .csv or .json (default bad_images.csv)")
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = ap.parse_args(argv)
+    if not os.path.isdir(args.root):
+        print(f"error: {args.root!r} is not a folder", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    n, bad = scan(args.root, args.workers)
+    write_report(args.report, bad, n, args.root)
+    dt = time.perf_counter() - t0
+    print(f"checked {n} images in {dt:.1f}s: {len(bad)} unusable; report: {args.report}")
+    for p, r in bad[:20]:
+        print(f"  {p}: {r}")
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more (see the report)")
+    if bad:
+        print("train with data.on_bad_image=skip to leave them out, or remove them")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

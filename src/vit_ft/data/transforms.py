@@ -1,0 +1,142 @@
+"""Train and eval transforms: image file (path, bytes, HF image dict or PIL image) in, uint8 CHW out.
+
+Normalisation happens later, on the device and in batch (see ``ViTClassifier.normalize``), so the
+DataLoader moves 4× fewer bytes. The defaults are the paper's: Inception crop + horizontal flip for
+training, a plain resize to ``img_size``×``img_size`` (no crop) for evaluation, no colour jitter.
+
+Both transforms decode and resize in one step (:func:`vit_ft.data.decode.decode`): the crop box is
+drawn from the image header before decoding, so JPEGs decode at reduced DCT scale when the box is
+large, and resizing runs on uint8 tensors (SIMD kernels in torch) instead of PIL. RandAugment and the
+other timm policies (``auto_augment``) are timm's own, applied to the resized crop as in timm.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from timm.data import create_transform
+from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
+
+from vit_ft.data.decode import decode
+
+_RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _interp(name: str):
+    return str_to_interp_mode(name)
+
+
+def _resize(t: torch.Tensor, size: tuple[int, int], interpolation) -> torch.Tensor:
+    """Resize a uint8 ``[3, h, w]`` tensor to ``size=(h, w)``; always returns a new tensor.
+
+    The result may have channels-last strides (what torch's SIMD uint8 kernels produce); collation
+    copies it into the batch anyway, so making it contiguous here would only cost time.
+    """
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t.clone()
+    return TF.resize(t, list(size), interpolation=interpolation, antialias=True)
+
+
+class DecodeResize:
+    """Eval: decode and resize to exactly ``img_size``×``img_size`` (no crop, as in the paper)."""
+
+    def __init__(self, img_size: int, interpolation: str = "bilinear") -> None:
+        self.size = (int(img_size), int(img_size))
+        self.interpolation = interpolation
+        self._mode = _interp("bilinear" if interpolation == "random" else interpolation)
+
+    def __call__(self, src: Any) -> torch.Tensor:
+        t = decode(src, out_size=(self.size[1], self.size[0]))
+        return _resize(t, self.size, self._mode)
+
+    def __repr__(self) -> str:
+        return f"DecodeResize(size={self.size}, interpolation={self.interpolation})"
+
+
+class DecodeRandomResizedCrop:
+    """Train: Inception crop (``scale``, ``ratio``) + horizontal flip, then timm's ``auto_augment``."""
+
+    def __init__(
+        self,
+        img_size: int,
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        interpolation: str = "bilinear",
+        auto_augment: str | None = None,
+    ) -> None:
+        self.size = (int(img_size), int(img_size))
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), float(hflip)
+        self.interpolation = interpolation
+        self._modes = [
+            _interp(m) for m in (_RANDOM_INTERPOLATIONS if interpolation == "random" else [interpolation])
+        ]
+        self.auto_augment = auto_augment
+        self._augment: Callable | None = None
+        if auto_augment:
+            # timm's own policy objects (RandAugment, AutoAugment, AugMix), exactly as create_transform builds them.
+            _, secondary, _ = create_transform(
+                (3, *self.size),
+                is_training=True,
+                auto_augment=auto_augment,
+                interpolation="bilinear" if interpolation == "random" else interpolation,
+                color_jitter=0.0,
+                use_prefetcher=True,
+                separate=True,
+            )
+            self._augment = secondary
+
+    def plan(self, w: int, h: int) -> tuple[int, int, int, int]:
+        i, j, ch, cw = RandomResizedCropAndInterpolation.get_params(
+            torch.empty(0, h, w), self.scale, self.ratio
+        )
+        return j, i, j + cw, i + ch
+
+    def __call__(self, src: Any) -> torch.Tensor:
+        t = decode(src, out_size=(self.size[1], self.size[0]), plan=self.plan)
+        mode = self._modes[0] if len(self._modes) == 1 else random.choice(self._modes)
+        flip = self.hflip > 0 and random.random() < self.hflip
+        if flip:
+            t = t.flip(-1)
+        t = _resize(t, self.size, mode)
+        if self._augment is not None:
+            img = Image.fromarray(t.permute(1, 2, 0).numpy())
+            img = self._augment(img)
+            t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return t
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodeRandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"hflip={self.hflip}, interpolation={self.interpolation}, auto_augment={self.auto_augment})"
+        )
+
+
+def build_train_transform(
+    img_size: int,
+    *,
+    interpolation: str = "bilinear",
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    auto_augment: str | None = None,
+) -> Callable:
+    return DecodeRandomResizedCrop(
+        img_size,
+        scale=scale,
+        ratio=ratio,
+        hflip=hflip,
+        interpolation=interpolation,
+        auto_augment=auto_augment,
+    )
+
+
+def build_eval_transform(img_size: int, *, interpolation: str = "bilinear") -> Callable:
+    return DecodeResize(img_size, interpolation=interpolation)

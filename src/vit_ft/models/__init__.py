@@ -1,0 +1,1 @@
+"""Backbones, weight readers and the LightningModule."""

@@ -1,0 +1,250 @@
+"""The LightningModule: a timm ViT, a linear head on the CLS token, the paper's training step.
+
+Batches arrive as uint8 images and are normalised here, on the device, in one fused op. Checkpoints
+carry ``arch`` (rebuilds the network offline), ``preprocessing`` and ``class_names``, so a ``.ckpt``
+is self-describing: ``ViTClassifier.load_from_checkpoint(path)`` needs no network and no data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_ft.errors import ConfigError
+from vit_ft.models.backbone import Backbone, Preprocessing, build_backbone, create_from_arch
+from vit_ft.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class ViTClassifier(L.LightningModule):
+    def __init__(
+        self,
+        backbone: str = "vit_base_patch32_384",
+        weights: str | None = None,
+        img_size: int | None = 384,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        freeze_backbone: bool = False,
+        reset_head: bool = False,
+        label_smoothing: float = 0.0,
+        drop_path_rate: float = 0.0,
+        timm_kwargs: dict[str, Any] | None = None,
+        preprocessing_override: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        mixup: dict[str, Any] | None = None,
+        random_erasing: float = 0.0,
+        arch: dict[str, Any] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be in [0, 1)")
+        if class_names is not None and num_classes is None:
+            num_classes = len(class_names)
+        if arch is not None:
+            # Restoring a vit-ft checkpoint: the architecture is known, the weights follow.
+            net = create_from_arch(arch)
+            bb = Backbone(net, arch, Preprocessing.from_dict(preprocessing), class_names, True, None)
+        else:
+            kwargs = dict(timm_kwargs or {})
+            if drop_path_rate:
+                kwargs["drop_path_rate"] = float(drop_path_rate)
+            bb = build_backbone(
+                backbone,
+                weights=weights,
+                img_size=img_size,
+                num_classes=num_classes,
+                reset_head=reset_head,
+                timm_kwargs=kwargs,
+            )
+            for note in bb.notes:
+                log.info("weights: %s", note)
+        if class_names is None:
+            class_names = bb.class_names
+        pre = bb.preprocessing
+        if preprocessing_override:
+            override = {k: v for k, v in dict(preprocessing_override).items() if v is not None}
+            pre = Preprocessing.from_dict({**pre.to_dict(), **override})
+        self.model = bb.model
+        self.num_classes = bb.num_classes
+        if self.num_classes < 1:
+            raise ConfigError(
+                "the model has no classification head; set num_classes or use weights with a head"
+            )
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ConfigError(
+                f"the head has {self.num_classes} outputs but {len(class_names)} class names were given; "
+                "set model.reset_head=true to train a new head for this data"
+            )
+        self.class_names = list(class_names) if class_names is not None else None
+        self.preprocessing = pre
+        # What a checkpoint needs to rebuild this exact model offline:
+        self.save_hyperparameters(ignore=["arch", "preprocessing", "class_names", "num_classes"])
+        self.hparams["arch"] = bb.arch
+        self.hparams["preprocessing"] = pre.to_dict()
+        self.hparams["class_names"] = self.class_names
+        self.hparams["num_classes"] = self.num_classes
+
+        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+        # x_norm = (x/255 - mean)/std = x * scale + shift, one fused op on the device.
+        self.register_buffer("_scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("_shift", -mean / std, persistent=False)
+
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            for name, p in self.model.named_parameters():
+                p.requires_grad = name.startswith("head.")
+        self.label_smoothing = float(label_smoothing)
+        self.optimizer_cfg = dict(
+            optimizer or {"name": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 0.0}
+        )
+        self.scheduler_cfg = dict(scheduler or {"warmup_steps": 500, "decay": "cosine"})
+        self.mixup_fn = self._build_mixup(mixup)
+        self.random_erasing = self._build_random_erasing(float(random_erasing or 0.0))
+
+        k = self.num_classes
+        self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.has_top5 = k >= 5
+        if self.has_top5:
+            self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+            self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+
+    # -- augmentation on the device ---------------------------------------------------------------
+    def _build_mixup(self, cfg: dict[str, Any] | None):
+        cfg = {k: v for k, v in dict(cfg or {}).items() if v is not None}
+        if not (cfg.get("mixup_alpha", 0) or cfg.get("cutmix_alpha", 0)):
+            return None
+        from timm.data import Mixup
+
+        return Mixup(
+            mixup_alpha=float(cfg.get("mixup_alpha", 0.0)),
+            cutmix_alpha=float(cfg.get("cutmix_alpha", 0.0)),
+            prob=float(cfg.get("prob", 1.0)),
+            switch_prob=float(cfg.get("switch_prob", 0.5)),
+            label_smoothing=self.label_smoothing,
+            num_classes=self.num_classes,
+        )
+
+    def _build_random_erasing(self, prob: float):
+        if prob <= 0:
+            return None
+        from timm.data.random_erasing import RandomErasing
+
+        return RandomErasing(probability=prob, mode="pixel", device="cpu")
+
+    # -- forward ----------------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            return torch.addcmul(self._shift, x.float(), self._scale)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final-norm CLS token (the input of the linear head)."""
+        return self.model.forward_head(self.model.forward_features(self.normalize(x)), pre_logits=True)
+
+    def train(self, mode: bool = True) -> ViTClassifier:
+        super().train(mode)
+        if self.freeze_backbone:
+            # A linear probe: the frozen backbone stays in eval mode (no dropout or drop-path).
+            self.model.eval()
+            self.model.get_classifier().train(mode)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps whatever mode modules are in; make sure a frozen backbone is in eval.
+        self.train(True)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of this batch was skipped as unusable
+            return None
+        x, y = batch
+        x = self.normalize(x)
+        if self.random_erasing is not None:
+            self.random_erasing.device = x.device
+            x = self.random_erasing(x)
+        if self.mixup_fn is not None and x.shape[0] % 2 == 0:
+            x, y_soft = self.mixup_fn(x, y)
+            logits = self.model(x)
+            loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            self.train_acc1(logits, y)
+            self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
+        self.log(
+            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True
+        )
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        if batch is None:
+            return
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y)
+        acc1 = getattr(self, f"{stage}_acc1")
+        acc1(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=y.shape[0])
+        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True)
+        if self.has_top5:
+            acc5 = getattr(self, f"{stage}_acc5")
+            acc5(logits, y)
+            self.log(f"{stage}/acc5", acc5, on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).float().softmax(-1)
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = build_optimizer(self.model, **self.optimizer_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(self.scheduler_cfg.get("warmup_steps", 0) or 0)
+        if warmup >= total:
+            log.warning(
+                "scheduler.warmup_steps=%d is not below the run's %d optimizer steps: the run never leaves warmup",
+                warmup,
+                total,
+            )
+        sched = build_scheduler(opt, total_steps=total, **self.scheduler_cfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vit_ft"] = {"format": 1, "total_steps": int(self.trainer.estimated_stepping_batches)}
+
+
+def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
+    """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
+    try:
+        return ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # truncated or foreign file
+        raise ConfigError(
+            f"ckpt_path={path!r} is not a readable vit-ft checkpoint ({type(e).__name__}: {e})"
+        ) from None
