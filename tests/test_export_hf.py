@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -81,6 +85,7 @@ def test_transformers_checkpoint_round_trip(tmp_path):
     src = transformers.ViTForImageClassification(cfg).eval()
     src.save_pretrained(tmp_path / "src")
     bb = load_weights(str(tmp_path / "src"), img_size=64)  # fine-tune resolution
+    assert bb.class_names is None  # transformers' LABEL_i placeholders are no class names
     out = save_hf_pretrained(bb.model, bb.arch, bb.preprocessing, bb.class_names, tmp_path / "out")
     with torch.no_grad():
         _close(_hf_logits(out, 64), bb.model(_x(64)))
@@ -119,3 +124,34 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
         save_hf_pretrained(model, None, Preprocessing(32), None, tmp_path / "x")
     with pytest.raises(ConfigError, match="3 class names for a 4-class head"):
         save_hf_pretrained(_model(), None, Preprocessing(32), ["a", "b", "c"], tmp_path / "y")
+
+
+def test_export_cli(tmp_path):
+    model = _model()
+    arch = {"name": "vit_base_patch32_384", "kwargs": {**TIMM_KW, "num_classes": 4}, "layer_norm_eps": None}
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {
+            "arch": arch,
+            "class_names": list("wxyz"),
+            "preprocessing": Preprocessing(32).to_dict(),
+        },
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, str(root / "export.py"), f"hydra.run.dir={tmp_path / 'hydra'}"]
+    ok = subprocess.run(
+        [*cmd, f"weights={tmp_path / 'last.ckpt'}", f"out={tmp_path / 'hf'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    with torch.no_grad():
+        _close(_hf_logits(tmp_path / "hf"), model(_x()))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["3"] == "z"
+    bad = subprocess.run([*cmd, "weights=./missing.ckpt", "out=x"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith(
+        "error: weights file './missing.ckpt' does not exist"
+    )

@@ -125,9 +125,11 @@ def _config_dirs(hc: Any) -> list[str]:
 
 
 def _install_ddp_relaunch() -> None:
-    import lightning.fabric.strategies.launchers.subprocess_script as sub
+    import lightning.fabric.strategies.launchers.subprocess_script as fabric_sub
+    import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_sub
 
-    sub._hydra_subprocess_cmd = _hydra_job_command
+    fabric_sub._hydra_subprocess_cmd = _hydra_job_command
+    pytorch_sub._hydra_subprocess_cmd = _hydra_job_command
 
 
 def _hydra_info() -> dict[str, Any]:
@@ -401,12 +403,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     return metrics
 
 
+def _user_error(exc: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``exc`` (Hydra's instantiate wraps what it raises)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConfigError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
     try:
         return fn(cfg)
-    except ConfigError as e:
-        msg = str(e).strip().splitlines()
+    except Exception as e:
+        user = _user_error(e)
+        if user is None:
+            raise
+        msg = str(user).strip().splitlines()
         # Errors raised in DataLoader workers arrive wrapped with the worker's traceback.
         line = msg[-1] if msg else "invalid configuration"
         line = line.split("ConfigError: ", 1)[-1]

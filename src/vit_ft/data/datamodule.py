@@ -92,11 +92,12 @@ class TransformedDataset(Dataset):
             else:
                 x = self.transform(self.records.load(i))
         except BadImageError as e:
+            name = self.records.name(i) if hasattr(self.records, "name") else e.path
             if self.on_bad_image == "skip":
                 self.bad[i] = 1
-                log.warning("skipping unusable image %s (%s)", e.path, e.reason)
+                log.warning("skipping unusable image %s (%s)", name, e.reason)
                 return None
-            raise UnusableImageError(unusable_message(e.path, e.reason)) from None
+            raise UnusableImageError(unusable_message(name, e.reason)) from None
         return x, int(self.records.labels[i])
 
 

@@ -132,8 +132,8 @@ def _bad(path: str, e: BaseException) -> BadImageError:
     msg = str(e).split("\n")[0] or type(e).__name__
     if msg.startswith("decode_jpeg"):
         msg = msg.split(", ")[-1]
-    if "truncated" in msg or "broken data stream" in msg:
-        msg = f"truncated or corrupt ({msg})"
+    if "broken data stream" in msg:
+        msg = f"corrupt or truncated data ({msg})"
     return BadImageError(path, msg)
 
 

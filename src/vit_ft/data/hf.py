@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -202,6 +203,21 @@ class StreamingRecords(IterableDataset):
             yield x, label
 
 
+class HashSplit:
+    """``filter`` predicate: is this row in val (``want_val``) by a hash of its image bytes?"""
+
+    def __init__(self, image_column: str, fraction: float, seed: int, want_val: bool) -> None:
+        self.image_column, self.threshold, self.seed, self.want_val = image_column, int(fraction * 2**32), seed, want_val
+
+    def __call__(self, row: dict) -> bool:
+        src = row[self.image_column]
+        if isinstance(src, dict):
+            src = src.get("bytes") or src.get("path") or b""
+        data = src.encode() if isinstance(src, str) else bytes(src) if src is not None else b""
+        h = zlib.crc32(data, zlib.crc32(str(self.seed).encode()))
+        return (h < self.threshold) == self.want_val
+
+
 def _label_of(v: Any) -> int:
     return int(v) if v is not None else -1
 
@@ -299,14 +315,13 @@ class HFDataModule(ImageDataModule):
         if val_split is not None:
             val = dd[val_split]
         else:
-            info = train.info.splits.get(self.train_split) if train.info and train.info.splits else None
-            if info is None or not info.num_examples:
-                raise ConfigError(
-                    "streaming without a val split needs the train split's size to take data.val_fraction of it; "
-                    "give data.val_split or set data.streaming=false"
-                )
-            n_val = max(1, int(round(info.num_examples * self.val_fraction)))
-            val, train = train.take(n_val), train.skip(n_val)
+            # No length to split by: a row goes to val by a hash of its image bytes, so the split is
+            # the same whatever the sharding, worker count or epoch.
+            if isinstance(feature_img := (train.features or {}).get(self.image_column), datasets.Image):
+                train = train.cast_column(self.image_column, datasets.Image(decode=False))
+            del feature_img
+            val = train.filter(HashSplit(self.image_column, self.val_fraction, self.seed, True))
+            train = train.filter(HashSplit(self.image_column, self.val_fraction, self.seed, False))
         return class_names, {"train": train, "val": val}
 
     # -- streaming loaders: an IterableDataset per split ---------------------------------------
