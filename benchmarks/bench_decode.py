@@ -85,15 +85,25 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench-large-")
     if args.large:
         w, h = (int(v) for v in args.large.lower().split("x"))
-        sets.append((f"large {w}x{h} ({args.large_count} files)", _make_large(files, tmp.name, (w, h), args.large_count), 1))
-    print(f"per-core images/s (torch threads=1), output {args.size}x{args.size} uint8 (ours) vs float (stock)")
+        sets.append(
+            (
+                f"large {w}x{h} ({args.large_count} files)",
+                _make_large(files, tmp.name, (w, h), args.large_count),
+                1,
+            )
+        )
+    print(
+        f"per-core images/s (torch threads=1), output {args.size}x{args.size} uint8 (ours) vs float (stock)"
+    )
     print(f"{'images':34s} {'transform':9s} {'stock':>8s} {'ours':>8s} {'ratio':>7s}")
     for name, fs, repeat in sets:
         for train in (False, True):
             stock = _rate(_stock(args.size, train), fs, repeat, args.min_seconds)
             ours_tf = build_train_transform(args.size) if train else build_eval_transform(args.size)
             ours = _rate(ours_tf, fs, repeat, args.min_seconds)
-            print(f"{name:34s} {'train' if train else 'eval':9s} {stock:8.1f} {ours:8.1f} {ours / stock:6.2f}x")
+            print(
+                f"{name:34s} {'train' if train else 'eval':9s} {stock:8.1f} {ours:8.1f} {ours / stock:6.2f}x"
+            )
     tmp.cleanup()
 
 

@@ -52,7 +52,9 @@ def unusual_images() -> dict[str, bytes]:
         img.save(b, fmt)
         out[name] = b.getvalue()
     b = io.BytesIO()
-    Image.fromarray((np.arange(48 * 36, dtype=np.uint16).reshape(36, 48) * 37).astype(np.uint16)).save(b, "PNG")
+    Image.fromarray((np.arange(48 * 36, dtype=np.uint16).reshape(36, 48) * 37).astype(np.uint16)).save(
+        b, "PNG"
+    )
     out["sixteen.png"] = b.getvalue()
     # palette with a transparent index, and RGBA with a fully transparent corner
     pal = p.convert("P")
@@ -85,7 +87,9 @@ def write(folder: str, files: dict[str, bytes]) -> list[str]:
     return paths
 
 
-def class_folder(root: str, classes: dict[str, int], size: tuple[int, int] = (40, 30), ext: str = ".jpg", seed: int = 0):
+def class_folder(
+    root: str, classes: dict[str, int], size: tuple[int, int] = (40, 30), ext: str = ".jpg", seed: int = 0
+):
     """``root/<class>/<class>_<i><ext>`` with ``classes[c]`` photos each."""
     for k, (c, n) in enumerate(classes.items()):
         d = os.path.join(root, c)

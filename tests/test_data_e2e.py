@@ -25,7 +25,9 @@ def _train(tmp_path, *overrides):
 def test_imagenet_flat_val_with_bad_file_skipped(tmp_path):
     root = make_imagenet(str(tmp_path / "imagenet"), per_class=2)
     write(os.path.join(root, "train", "n01440764"), {"broken.JPEG": bad_images()["truncated.jpg"]})
-    m = _train(tmp_path, "data=imagenet", f"data.root={root}", "data.on_bad_image=skip", "data.eval_batch_size=8")
+    m = _train(
+        tmp_path, "data=imagenet", f"data.root={root}", "data.on_bad_image=skip", "data.eval_batch_size=8"
+    )
     assert "val/acc1" in m["final"]
     bad = m["bad_images"]
     assert bad["count"] <= 1 and all("broken.JPEG" in f for f in bad["files"])
@@ -41,5 +43,11 @@ def test_hf(tmp_path, kind):
     else:
         os.makedirs(path)
         _dataset(10).to_parquet(str(path / "train.parquet"))  # 8 train + 2 val: one epoch = 2 steps
-    m = _train(tmp_path, "data=hf", f"data.name={path}", "data.val_fraction=0.2", f"data.hf_cache_dir={tmp_path / 'hfc'}")
+    m = _train(
+        tmp_path,
+        "data=hf",
+        f"data.name={path}",
+        "data.val_fraction=0.2",
+        f"data.hf_cache_dir={tmp_path / 'hfc'}",
+    )
     assert "val/acc1" in m["final"]

@@ -20,7 +20,9 @@ def _messy(root: str) -> int:
         class_folder(os.path.join(root, split), {"cat": n, "dog": n}, seed=len(split))
         write(os.path.join(root, split, "cat"), unusual_images())
         write(os.path.join(root, split, "dog", ".ipynb_checkpoints"), {"x.jpg": b"junk"})
-        write(os.path.join(root, split, "dog"), {".DS_Store": b"\0\1", "notes.txt": b"hi", "._x.jpg": b"junk"})
+        write(
+            os.path.join(root, split, "dog"), {".DS_Store": b"\0\1", "notes.txt": b"hi", "._x.jpg": b"junk"}
+        )
         os.makedirs(os.path.join(root, split, "zebra"))  # empty class folder
     write(os.path.join(root, ".hidden_class"), {"a.jpg": b"junk"})
     write(os.path.join(root, "train", "dog"), bad_images())

@@ -108,7 +108,10 @@ def test_bad_images_in_a_data_set(tmp_path):
     assert sum(len(b[1]) for b in dm.train_dataloader() if b is not None) == 8
     assert dm.bad_image_report()["count"] == 2
     dm = _dm(tmp_path, path)
-    with pytest.raises(ConfigError, match=r"^unusable image train\[\d\] \(bad\d\.jpg\): .*truncated.*data\.on_bad_image=skip$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^unusable image train\[\d\] \(bad\d\.jpg\): .*truncated.*data\.on_bad_image=skip$",
+    ):
         list(dm.train_dataloader())
 
 

@@ -28,7 +28,9 @@ def test_scan_reports_bad_files(tmp_path):
     class_folder(str(good), {"a": 2})
     out = subprocess.run(
         [sys.executable, "-m", "vit_ft.data.scan", str(good), "--report", str(tmp_path / "g.json")],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "g.json").read_text())["bad"] == [] and "checked 2 images" in out.stdout

@@ -176,10 +176,22 @@ def _build_loggers(cfg: DictConfig, hydra: dict[str, Any]) -> list:
                 if lg.get("group") is None and hydra.get("multirun"):
                     lg.group = os.path.basename(os.path.normpath(str(hydra["sweep_dir"])))
                 if lg.get("name") is None:
-                    lg.name = ",".join(hydra.get("overrides") or []) or os.path.basename(cfg.paths.output_dir)
-                    lg.name = lg.name[:120]
+                    lg.name = _run_name(cfg, hydra)
         out.append(instantiate(lg))
     return out
+
+
+_NAME_SKIP = ("data.root", "hydra.", "paths.", "logger.", "ckpt_path", "trainer.enable_", "experiment=")
+
+
+def _run_name(cfg: DictConfig, hydra: dict[str, Any]) -> str:
+    """``<task>-<run folder>``; in a sweep, the values this job sets (e.g. ``optimizer.lr=0.01``)."""
+    base = f"{cfg.get('task_name', 'train')}-{os.path.basename(os.path.normpath(str(cfg.paths.output_dir)))}"
+    if not hydra.get("multirun"):
+        return base
+    keys = [o.lstrip("+~") for o in hydra.get("overrides") or []]
+    keys = [o for o in keys if not o.startswith(_NAME_SKIP)]
+    return (",".join(keys) or base)[:128]
 
 
 def _finish_wandb() -> None:
@@ -271,9 +283,17 @@ def build(cfg: DictConfig, for_training: bool = True) -> tuple[Any, Any, L.Train
 
 def train(cfg: DictConfig) -> float | None:
     """Fit (and test, when the data has a test split) one config; return ``optimized_metric``."""
+    if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: vit_ft.fewshot
+        from vit_ft.fewshot import fewshot
+
+        return fewshot(cfg)
     loggers: list = []
     try:
         datamodule, model, trainer, loggers = build(cfg)
+        if cfg.get("probe") is not None:  # linear probe, on cached features by default
+            from vit_ft.models.probe import prepare_linear_probe
+
+            model, datamodule = prepare_linear_probe(cfg, model, datamodule, trainer)
         output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
             os.makedirs(output_dir, exist_ok=True)
@@ -357,23 +377,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     else:
         mc = OmegaConf.to_container(cfg.model, resolve=True)
         mc.pop("_target_", None)
-        model = ViTClassifier(**{**mc, "num_classes": None, "class_names": None})
-    if model.class_names is not None and list(model.class_names) != list(datamodule.class_names):
-        theirs, ours = list(model.class_names), list(datamodule.class_names)
-        if len(theirs) != len(ours) or set(theirs) != set(ours):
+        if not mc.get("weights"):
             raise ConfigError(
-                f"the model's {len(theirs)} classes differ from the data's {len(ours)} "
-                f"(only in model: {sorted(set(theirs) - set(ours))[:5]}, only in data: {sorted(set(ours) - set(theirs))[:5]}); "
-                "evaluate on data with the classes the model was trained on"
+                "nothing to evaluate: pass ckpt_path=<vit-ft .ckpt> or model.weights=<hub id | timm tag | file>"
             )
-        raise ConfigError(
-            "the model and the data name the same classes in a different order; "
-            "evaluate on a folder laid out like the training data"
-        )
-    if model.class_names is None and model.num_classes != len(datamodule.class_names):
-        raise ConfigError(
-            f"the model's head has {model.num_classes} classes but the data has {len(datamodule.class_names)}"
-        )
+        if not any(o.lstrip("+~").startswith("model.img_size=") for o in _hydra_info().get("overrides", [])):
+            mc["img_size"] = None  # the weights as they are: their own resolution, unless asked otherwise
+        model = ViTClassifier(**{**mc, "num_classes": None, "class_names": None})
+    from vit_ft.predict import check_head_matches_data
+
+    note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
+    if note:
+        log.info("classes: %s", note)
     pre = model.preprocessing
     datamodule.configure_preprocessing(pre.img_size, pre.interpolation)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -415,6 +430,10 @@ def _user_error(exc: BaseException) -> ConfigError | None:
 
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
+    if _hydra_info().get("multirun"):  # one job of a sweep: a failure is recorded, the sweep goes on
+        from vit_ft.sweep import run_sweep_job
+
+        return run_sweep_job(fn, cfg)
     try:
         return fn(cfg)
     except Exception as e:

@@ -4,4 +4,10 @@ from vit_ft.data.datamodule import ImageDataModule, ImageFolderDataModule, Quick
 from vit_ft.data.hf import HFDataModule
 from vit_ft.data.imagenet import ImageNetDataModule
 
-__all__ = ["HFDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageNetDataModule", "QuickstartDataModule"]
+__all__ = [
+    "HFDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "QuickstartDataModule",
+]

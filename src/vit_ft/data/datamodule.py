@@ -174,7 +174,9 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.class_names, self.splits = self.load_splits()
-            sizes = ", ".join(f"{k} {len(v) if hasattr(v, '__len__') else '(streamed)'}" for k, v in self.splits.items())
+            sizes = ", ".join(
+                f"{k} {len(v) if hasattr(v, '__len__') else '(streamed)'}" for k, v in self.splits.items()
+            )
             log.info("data: %d classes; %s images", len(self.class_names), sizes)
             if len(self.class_names) < 2:
                 raise ConfigError(
@@ -231,8 +233,8 @@ class ImageDataModule(L.LightningDataModule):
         out = []
         for split, flags in self._bad_flags.items():
             records = self.splits[split]
-            name = getattr(records, "name", lambda i: f"{split}[{i}]")
-            out.extend(name(int(i)) for i in torch.nonzero(flags).flatten().tolist())
+            for i in torch.nonzero(flags).flatten().tolist():
+                out.append(records.name(i) if hasattr(records, "name") else f"{split}[{i}]")
         return out
 
     def bad_image_report(self) -> dict:

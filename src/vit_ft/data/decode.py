@@ -183,7 +183,8 @@ def decode(
     dh, dw = t.shape[-2:]
     if box != (0, 0, ow, oh):
         fx, fy = dw / ow, dh / oh
-        x0, y0 = int(math.floor(box[0] * fx)), int(math.floor(box[1] * fy))
+        x0 = min(dw - 1, max(0, int(math.floor(box[0] * fx))))
+        y0 = min(dh - 1, max(0, int(math.floor(box[1] * fy))))
         x1 = max(x0 + 1, min(dw, int(math.ceil(box[2] * fx))))
         y1 = max(y0 + 1, min(dh, int(math.ceil(box[3] * fy))))
         t = t[:, y0:y1, x0:x1]

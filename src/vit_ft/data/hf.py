@@ -53,7 +53,8 @@ def load_hf(
     name = str(name)
     local = os.path.expanduser(name)
     if os.path.isdir(local) and (
-        os.path.isfile(os.path.join(local, "dataset_dict.json")) or os.path.isfile(os.path.join(local, "state.json"))
+        os.path.isfile(os.path.join(local, "dataset_dict.json"))
+        or os.path.isfile(os.path.join(local, "state.json"))
     ):
         ds = datasets.load_from_disk(local)
         if isinstance(ds, datasets.Dataset):
@@ -86,7 +87,9 @@ def _check_columns(features: Any, image_column: str, label_column: str, split: s
         return
     for key, col in (("image_column", image_column), ("label_column", label_column)):
         if col not in cols:
-            raise ConfigError(f"data.{key}={col!r} is not a column of split {split!r}; its columns are {cols}")
+            raise ConfigError(
+                f"data.{key}={col!r} is not a column of split {split!r}; its columns are {cols}"
+            )
 
 
 def class_names_and_labels(ds: Any, label_column: str) -> tuple[list[str], np.ndarray]:
@@ -167,9 +170,16 @@ class StreamingRecords(IterableDataset):
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
         self.ds, self.image_column, self.label_column = ds, image_column, label_column
-        self.label_of, self.split, self.transform, self.on_bad_image = label_of, split, transform, on_bad_image
+        self.label_of, self.split, self.transform, self.on_bad_image = (
+            label_of,
+            split,
+            transform,
+            on_bad_image,
+        )
         self.shuffle_buffer, self.seed, self.epoch = int(shuffle_buffer), int(seed), 0
-        self.bad_counts = bad_counts if bad_counts is not None else torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64)
+        self.bad_counts = (
+            bad_counts if bad_counts is not None else torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64)
+        )
 
     def __iter__(self):
         ds = self.ds
@@ -193,7 +203,9 @@ class StreamingRecords(IterableDataset):
             try:
                 x = self.transform(src)
             except BadImageError as e:
-                where = f"{self.split}[{n}]" + (f" ({e.path})" if e.path not in ("<bytes>", "<image>") else "")
+                where = f"{self.split}[{n}]" + (
+                    f" ({e.path})" if e.path not in ("<bytes>", "<image>") else ""
+                )
                 if self.on_bad_image == "skip":
                     if self.epoch == 1:
                         log.warning("skipping unusable image %s (%s)", where, e.reason)
@@ -207,7 +219,12 @@ class HashSplit:
     """``filter`` predicate: is this row in val (``want_val``) by a hash of its image bytes?"""
 
     def __init__(self, image_column: str, fraction: float, seed: int, want_val: bool) -> None:
-        self.image_column, self.threshold, self.seed, self.want_val = image_column, int(fraction * 2**32), seed, want_val
+        self.image_column, self.threshold, self.seed, self.want_val = (
+            image_column,
+            int(fraction * 2**32),
+            seed,
+            want_val,
+        )
 
     def __call__(self, row: dict) -> bool:
         src = row[self.image_column]
@@ -243,7 +260,11 @@ class HFDataModule(ImageDataModule):
         self.name, self.config_name, self.revision = name, config_name, revision
         self.image_column, self.label_column = image_column, label_column
         self.train_split, self.val_split = train_split, val_split
-        self.streaming, self.shuffle_buffer, self.hf_cache_dir = bool(streaming), int(shuffle_buffer), hf_cache_dir
+        self.streaming, self.shuffle_buffer, self.hf_cache_dir = (
+            bool(streaming),
+            int(shuffle_buffer),
+            hf_cache_dir,
+        )
         self._stream_bad: dict[str, torch.Tensor] = {}
 
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
@@ -290,7 +311,9 @@ class HFDataModule(ImageDataModule):
         else:
             keep = np.flatnonzero(labels >= 0)
             tr, va = stratified_split(labels[keep], self.val_fraction, self.seed)
-            splits = {k: (train.select(keep[idx]), labels[keep[idx]]) for k, idx in (("train", tr), ("val", va))}
+            splits = {
+                k: (train.select(keep[idx]), labels[keep[idx]]) for k, idx in (("train", tr), ("val", va))
+            }
         out = {}
         for k, (ds, lab) in splits.items():
             unlabelled = np.flatnonzero(lab < 0)

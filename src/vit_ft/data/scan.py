@@ -52,7 +52,9 @@ def write_report(path: str, bad: list[tuple[str, str]], n_checked: int, root: st
     if path.endswith(".json"):
         with open(path, "w") as f:
             json.dump(
-                {"root": root, "checked": n_checked, "bad": [{"path": p, "reason": r} for p, r in bad]}, f, indent=1
+                {"root": root, "checked": n_checked, "bad": [{"path": p, "reason": r} for p, r in bad]},
+                f,
+                indent=1,
             )
     else:
         with open(path, "w", newline="") as f:
@@ -64,7 +66,9 @@ def write_report(path: str, bad: list[tuple[str, str]], n_checked: int, root: st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vit_ft.data.scan", description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="folder to check (recursively)")
-    ap.add_argument("--report", default="bad_images.csv", help="report file: .csv or .json (default bad_images.csv)")
+    ap.add_argument(
+        "--report", default="bad_images.csv", help="report file: .csv or .json (default bad_images.csv)"
+    )
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.root):

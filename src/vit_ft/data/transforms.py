@@ -97,7 +97,8 @@ class DecodeRandomResizedCrop:
         i, j, ch, cw = RandomResizedCropAndInterpolation.get_params(
             torch.empty(0, h, w), self.scale, self.ratio
         )
-        return j, i, j + cw, i + ch
+        cw, ch = max(1, cw), max(1, ch)  # tiny images (1x1) can round to an empty crop
+        return min(j, w - cw), min(i, h - ch), min(j, w - cw) + cw, min(i, h - ch) + ch
 
     def __call__(self, src: Any) -> torch.Tensor:
         t = decode(src, out_size=(self.size[1], self.size[0]), plan=self.plan)
