@@ -4,11 +4,11 @@
 ``google/vit-base-patch32-384``, a timm tag or file, an ``.npz``), used with its own head.
 ``images`` is an image file, a folder (searched recursively) or a list ``images=[a.jpg,b.png]``.
 Options: ``topk=5``, ``out=preds.jsonl`` (JSON lines ``{"image", "topk": [{"index", "label",
-"prob"}]}``), ``batch_size=32``, ``device=auto|cpu|cuda[:i]``, ``precision=auto|32|bf16|16`` (auto:
-bf16 autocast on GPUs that support it), ``num_workers`` (decoding processes; null: automatic),
-``on_bad_image=error|skip``, ``quiet=true`` (no per-image printing), ``img_size`` / ``backbone`` /
-``timm_kwargs`` (as in training). Predictions go to stdout, notes and the progress bar to stderr; nothing else is
-written (no Hydra output folder). See :mod:`vit_ft.predict`.
+"prob"}]}``), ``batch_size=32``, ``device=auto|cpu|cuda[:i]``, ``precision=auto|32|bf16|16``
+(auto: bf16 autocast on GPUs that support it), ``num_workers`` (decoding processes; null:
+automatic), ``on_bad_image=error|skip``, ``quiet=true`` (no per-image printing), ``img_size`` /
+``backbone`` / ``timm_kwargs`` (as in training). Predictions go to stdout, notes and the progress
+bar to stderr; nothing else is written (no Hydra output folder). See :mod:`vit_ft.predict`.
 """
 
 from __future__ import annotations

@@ -126,32 +126,132 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
         save_hf_pretrained(_model(), None, Preprocessing(32), ["a", "b", "c"], tmp_path / "y")
 
 
-def test_export_cli(tmp_path):
-    model = _model()
-    arch = {"name": "vit_base_patch32_384", "kwargs": {**TIMM_KW, "num_classes": 4}, "layer_norm_eps": None}
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {
-            "arch": arch,
-            "class_names": list("wxyz"),
-            "preprocessing": Preprocessing(32).to_dict(),
-        },
-    }
-    torch.save(ckpt, tmp_path / "last.ckpt")
+def _vit_ft_checkpoint(path: Path, names: list[str]) -> Path:
+    """A real vit-ft checkpoint: a tiny ViTClassifier trained one step, saved by Lightning."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vit_ft.models.classifier import ViTClassifier
+
+    model = ViTClassifier(
+        backbone="vit_tiny_patch16_224",
+        weights=None,
+        img_size=32,
+        num_classes=len(names),
+        class_names=names,
+        timm_kwargs={"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        preprocessing_override={"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25], "interpolation": "bicubic"},
+        optimizer={"name": "adamw", "lr": 0.05},
+        scheduler={"warmup_steps": 0, "decay": "cosine"},
+    )
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(4) % len(names)
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=2))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _load_export_cli():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("export_cli_entry", root / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_cli_from_a_vit_ft_checkpoint(tmp_path):
+    """ckpt_path= of a trained vit-ft .ckpt -> transformers dir (same logits) + timm safetensors."""
+    from vit_ft.models.classifier import load_classifier
+
+    names = ["wren", "xerus", "yak", "zebu"]
+    ckpt = _vit_ft_checkpoint(tmp_path / "last.ckpt", names)
+    ours = load_classifier(str(ckpt)).eval()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
-    cmd = [sys.executable, str(root / "export.py"), f"hydra.run.dir={tmp_path / 'hydra'}"]
-    ok = subprocess.run(
-        [*cmd, f"weights={tmp_path / 'last.ckpt'}", f"out={tmp_path / 'hf'}"],
+    out = tmp_path / "exported"
+    proc = subprocess.run(
+        [sys.executable, str(root / "export.py"), f"ckpt_path={ckpt}", f"out={out}"],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
     )
-    assert ok.returncode == 0, ok.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "last.ckpt"]  # no Hydra folder
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "timm_model.safetensors",
+    ]
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    mean, std = (
+        torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1),
+        torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1),
+    )
+    hf = transformers.ViTForImageClassification.from_pretrained(out).eval()
     with torch.no_grad():
-        _close(_hf_logits(tmp_path / "hf"), model(_x()))
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["3"] == "z"
-    bad = subprocess.run([*cmd, "weights=./missing.ckpt", "out=x"], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith(
+        expected = ours(x)
+        assert expected.std() > 0.01  # a trained head, not the zero one
+        _close(hf(pixel_values=(x.float() / 255 - mean) / std).logits, expected)
+    assert hf.config.id2label == dict(enumerate(names)) and hf.config.label2id["yak"] == 2
+    proc_cfg = transformers.ViTImageProcessor.from_pretrained(out)
+    assert proc_cfg.size == {"height": 32, "width": 32} and int(proc_cfg.resample) == 3
+    assert [round(v, 6) for v in proc_cfg.image_std] == [0.2, 0.3, 0.25]
+    # the timm file: vit-ft reads it without being told the architecture, timm reads it as weights
+    bb = load_weights(str(out / "timm_model.safetensors"))
+    assert bb.class_names == names and bb.preprocessing == ours.preprocessing
+    with torch.no_grad():
+        _close(bb.model.eval()((x.float() / 255 - mean) / std), expected, rtol=1e-6)
+    again = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(out / "timm_model.safetensors"), "num_classes": 4},
+        num_classes=4,
+        img_size=32,
+        patch_size=8,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+    )
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), bb.model.state_dict().values()))
+
+
+def test_export_cli_bad_input(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from vit_ft.run import run_cli
+
+    entry = _load_export_cli()
+
+    def error(**kw) -> str:
+        cfg = OmegaConf.merge(OmegaConf.structured(entry.ExportConfig), kw)
+        with pytest.raises(SystemExit) as e:
+            run_cli(entry.export, cfg)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+        return err[0]
+
+    assert error(weights="./missing.ckpt", out="x").startswith(
         "error: weights file './missing.ckpt' does not exist"
     )
+    assert error(ckpt_path="./missing.ckpt", out="x").startswith(
+        "error: weights file './missing.ckpt' does not"
+    )
+    assert "are both required" in error(out="x")
+    assert "name different sources" in error(ckpt_path="a.ckpt", weights="b.ckpt", out="x")
+    assert "format='onnx'" in error(ckpt_path="a.ckpt", out="x", format="onnx")

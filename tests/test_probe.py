@@ -157,7 +157,7 @@ def test_batchnorm_folds_into_the_head_exactly():
     torch.testing.assert_close(x @ w.T + b, head(bn(x)), rtol=1e-5, atol=1e-5)
 
 
-def _fit(module, dm, epochs: int = 4) -> float:
+def _fit(module, dm, epochs: int = 3) -> float:
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
@@ -216,7 +216,6 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         "data=imagefolder",
         f"data.root={image_folder}",
         *[o for o in TINY if not o.startswith(("optimizer", "scheduler"))],
-        "+model.timm_kwargs.patch_size=8",
         "trainer.max_epochs=4",
         "probe.batchnorm=true",
         "probe.features=mean",

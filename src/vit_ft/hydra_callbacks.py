@@ -43,9 +43,16 @@ class SweepReport(Callback):
         if self.enabled:
             from vit_ft.sweep_report import FINISHED_MARKER
 
-            marker = Path(str(config.hydra.sweep.dir)) / FINISHED_MARKER
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            marker = sweep_dir / FINISHED_MARKER
             if marker.exists():
                 marker.unlink()  # the sweep goes on in this folder (a resumed study)
+            if _rank_zero() and not (sweep_dir / "multirun.yaml").exists():
+                from omegaconf import OmegaConf
+
+                # the basic sweeper writes it; Optuna's does not, and the report reads the swept keys there
+                sweep_dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         if not self.enabled or not _rank_zero():

@@ -339,7 +339,7 @@ def predict_images(
     ``progress=None``: a tqdm bar on stderr when there is more than one batch and stderr is a
     terminal. Skipped images (``on_bad_image=skip``) are appended to ``skipped`` as (path, reason).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from vit_ft.data.transforms import build_eval_transform
 
@@ -358,15 +358,9 @@ def predict_images(
         collate_fn=_collate,
         pin_memory=predictor.device.type == "cuda",
     )
-    bar = tqdm(
-        total=len(paths),
-        unit="img",
-        desc="predict",
-        file=sys.stderr,
-        disable=(not many) if progress is None else not progress,
-    )
-    if progress is None and many and not sys.stderr.isatty():
-        bar.disable = True
+    if progress is None:
+        progress = many and sys.stderr.isatty()
+    bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=not progress)
     try:
         for idx, batch, bad in loader:
             for i, reason in bad:
@@ -374,7 +368,7 @@ def predict_images(
                     raise ConfigError(
                         f"unusable image {paths[i]}: {reason}; fix or remove it, or pass on_bad_image=skip"
                     )
-                print(f"warning: skipping unusable image {paths[i]}: {reason}", file=sys.stderr, flush=True)
+                tqdm.write(f"warning: skipping unusable image {paths[i]}: {reason}", file=sys.stderr)
                 if skipped is not None:
                     skipped.append((paths[i], reason))
             if batch is not None:
@@ -403,7 +397,7 @@ def format_prediction(record: dict[str, Any]) -> str:
 def _write_jsonl(records: Iterable[dict[str, Any]], out: str | None, echo: bool) -> int:
     """Print (``echo``) and write (``out``) the records as they come; the file appears complete or
     not at all (written aside, then renamed)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     n = 0
     f = tmp = None

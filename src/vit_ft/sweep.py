@@ -159,6 +159,7 @@ def _reset_distributed(saved_env: dict[str, str | None]) -> None:
                 except Exception:  # noqa: BLE001 - a hung rank must not hang the sweep
                     p.kill()
                     p.wait()
+            th._child_processes = []  # its last poll then sees nothing to report
             th._finished = True
     if not launched:
         return  # ranks come from torchrun/SLURM: their process group and variables stay
@@ -206,9 +207,10 @@ def sweep_arguments(cfg: Any) -> list[str]:
     """The sweep's overrides as the sweeper sees them: ``hydra.sweeper.params``, then the command line."""
     from omegaconf import OmegaConf
 
-    params = cfg.hydra.sweeper.get("params") or {}
-    args = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items()]
-    args += list(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
+    params = cfg.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+    args = [f"{k}={v}" for k, v in params.items()]
+    args += [str(o) for o in cfg.hydra.overrides.task]
     return args
 
 
@@ -218,19 +220,19 @@ def _sample_overrides(args: list[str]) -> tuple[list[str], list[str]]:
 
     parsed = OverridesParser.create().parse_overrides(args)
     latest: dict[str, str] = {}
-    swept: list[str] = []
-    for o in parsed:
+    swept: dict[str, bool] = {}
+    for o in parsed:  # a later override of a key wins (the command line over hydra.sweeper.params)
         key = o.get_key_element()
         if o.is_sweep_override():
             if o.is_interval_sweep():
                 value = str(o.value().start)
             else:
                 value = next(iter(o.sweep_string_iterator()))
-            swept.append(key)
         else:
             value = o.get_value_element_as_str()
         latest[key] = f"{key}={value}" if not o.is_delete() else key
-    return list(latest.values()), swept
+        swept[key] = o.is_sweep_override()
+    return list(latest.values()), [k for k, v in swept.items() if v]
 
 
 def check_sweep(cfg: Any) -> None:
@@ -263,9 +265,36 @@ def check_sweep(cfg: Any) -> None:
         _check_storage(cfg, swept)
 
 
+def optuna_compat() -> None:
+    """Optuna 2.x (what hydra-optuna-sweeper 1.2 allows) stamps a new SQLite storage's schema version on
+    a connection that SQLAlchemy 2 never commits, so the storage cannot be opened again. Commit it."""
+    import optuna
+
+    if int(optuna.__version__.split(".")[0]) >= 3:
+        return
+    try:
+        import alembic.migration
+        import sqlalchemy
+        from optuna.storages._rdb.storage import _VersionManager
+    except ImportError:
+        return
+    if int(sqlalchemy.__version__.split(".")[0]) < 2 or getattr(_VersionManager, "_vit_ft_compat", False):
+        return
+
+    def _set_alembic_revision(self: Any, revision: str) -> None:
+        with self.engine.begin() as conn:
+            context = alembic.migration.MigrationContext.configure(conn)
+            context.stamp(self._create_alembic_script(), revision)
+
+    _VersionManager._set_alembic_revision = _set_alembic_revision
+    _VersionManager._vit_ft_compat = True
+
+
 def _check_storage(cfg: Any, swept: list[str]) -> None:
     import optuna
 
+    optuna_compat()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     sw = cfg.hydra.sweeper
     storage, name = str(sw.storage), sw.get("study_name")
     if storage.startswith("sqlite:///"):
@@ -343,12 +372,29 @@ def _mark_failed_returns(returns: Any) -> Any:
     return returns
 
 
+def _reseed(impl: Any, offset: int) -> None:
+    """A resumed study must not replay the random start-up points of the first run: seed + trials so far."""
+    import numpy as np
+
+    try:
+        seed = impl.config.hydra.sweeper.sampler.get("seed")
+    except Exception:  # noqa: BLE001
+        seed = None
+    if seed is None or not offset:
+        return
+    rng = np.random.RandomState((int(seed) + int(offset)) % (2**32))
+    for obj in (impl.sampler, getattr(impl.sampler, "_random_sampler", None)):
+        if obj is not None and hasattr(obj, "_rng"):
+            obj._rng = np.random.RandomState(rng.randint(2**31))
+
+
 def optuna_sweep(impl: Any, arguments: list[str]) -> Any:
     """``OptunaSweeperImpl.sweep`` with resume (``n_trials`` counts the whole stored study; interrupted
     trials are marked failed; job folders continue the trial numbers) and failed jobs as failed trials."""
     import optuna
     from optuna.trial import TrialState
 
+    optuna_compat()
     if impl.storage and impl.study_name:
         try:
             study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
@@ -379,6 +425,7 @@ def optuna_sweep(impl: Any, arguments: list[str]) -> Any:
                 started,
             )
             impl.n_trials = remaining
+            _reseed(impl, started)
     launch = impl.launcher.launch
 
     def launch_and_mark(job_overrides: Any, initial_job_idx: int) -> Any:

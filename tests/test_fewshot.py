@@ -1,0 +1,97 @@
+"""Closed-form few-shot evaluation (issue 5): the solve, the shot sampling, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, read_metrics, run_cli, wandb_history_and_config
+from vit_ft.errors import ConfigError
+from vit_ft.fewshot import BIAS_CONSTANT, ridge_accuracies, ridge_cache, ridge_weights, sample_shots
+
+
+def separable(n_per_class: int, dim: int, k: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, dim, generator=g, dtype=torch.float64) * 4
+    y = torch.arange(k).repeat_interleave(n_per_class)
+    x = centres[y] + 0.3 * torch.randn(len(y), dim, generator=g, dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("n_per_class,dim", [(20, 8), (3, 40)])  # N >= D and D > N branches
+def test_closed_form_matches_a_direct_least_squares_solve(n_per_class, dim):
+    x, y = separable(n_per_class, dim)
+    l2 = 2.0**3
+    w = ridge_weights(ridge_cache(x, y, 3), l2)
+    # The same ridge problem, by hand: whitened features + bias column, {-1, 1} targets,
+    # min |X W - T|^2 + l2 |W|^2  ==  lstsq([X; sqrt(l2) I], [T; 0]).
+    xw = (x - x.mean(0)) / (x.std(0, unbiased=False) + 1e-5)
+    xa = torch.cat([xw, torch.full((len(x), 1), BIAS_CONSTANT, dtype=x.dtype)], 1)
+    t = 2.0 * torch.nn.functional.one_hot(y, 3).double() - 1.0
+    d = xa.shape[1]
+    a = torch.cat([xa, (l2**0.5) * torch.eye(d, dtype=x.dtype)])
+    b = torch.cat([t, torch.zeros(d, 3, dtype=x.dtype)])
+    ref = torch.linalg.lstsq(a, b).solution
+    torch.testing.assert_close(w, ref, rtol=1e-6, atol=1e-8)
+    xt, yt = separable(10, dim, seed=0)
+    assert ridge_accuracies(x, y, xt, yt, 3, [l2, 2.0**10])[0] == 1.0
+
+
+def test_shots_are_sampled_per_class_without_replacement():
+    labels = np.array([0] * 7 + [1] * 12 + [2] * 5)
+    rows = sample_shots(labels, 5, seed=0, num_classes=3)
+    assert np.bincount(labels[rows], minlength=3).tolist() == [5, 5, 5] and len(set(rows)) == 15
+    assert np.array_equal(rows, sample_shots(labels, 5, seed=0, num_classes=3))  # deterministic
+    assert not np.array_equal(
+        sample_shots(labels, 2, seed=0, num_classes=3), sample_shots(labels, 2, seed=1, num_classes=3)
+    )
+    with pytest.raises(ConfigError):
+        sample_shots(labels, 6, seed=0, num_classes=3)
+
+
+def test_cli_fewshot_reports_mean_and_std_per_shot_to_metrics_and_wandb(image_folder, tmp_path):
+    run_dir = tmp_path / "fs"
+    proc = run_cli(
+        "train.py",
+        "experiment=fewshot",
+        "data=imagefolder",
+        f"data.root={image_folder}",
+        *TINY,
+        "probe.shots=[1,5,16]",
+        "probe.seeds=3",
+        "optimized_metric=fewshot/5shot/acc",
+        f"hydra.run.dir={run_dir}",
+        tmp_path=tmp_path,
+    )
+    m = read_metrics(run_dir)
+    assert m["status"] == "completed" and m["fewshot"]["eval_split"] == "val"
+    for s in (1, 5, 16):
+        acc, std = m["final"][f"fewshot/{s}shot/acc"], m["final"][f"fewshot/{s}shot/acc_std"]
+        assert 0.0 <= acc <= 1.0 and std >= 0.0 and len(m["fewshot"]["per_seed"][f"{s}shot"]) == 3
+    assert m["final"]["fewshot/16shot/acc_std"] == 0.0  # 16 shots = every train image: one draw
+    assert m["value"] == m["final"]["fewshot/5shot/acc"]
+    assert "16-shot" in proc.stdout
+    history, _ = wandb_history_and_config(run_dir)
+    logged = {k: v for h in history for k, v in h.items()}
+    assert logged["fewshot/5shot/acc"] == pytest.approx(m["final"]["fewshot/5shot/acc"])
+
+    bad = run_cli(
+        "train.py",
+        "experiment=fewshot",
+        "data=imagefolder",
+        f"data.root={image_folder}",
+        *TINY,
+        "probe.shots=[1,17]",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+        tmp_path=tmp_path,
+        check=False,
+    )
+    assert bad.returncode == 2
+    err = [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")]
+    assert err == [
+        "error: probe.shots=[1, 17] asks for 17 images per class but class 'circle' has only 16 "
+        "in the train split; use shot counts up to 16"
+    ]
+    assert "features: train (64 images) from the disk cache" in bad.stdout + bad.stderr
