@@ -25,7 +25,13 @@ import torch
 
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.models.classifier import ViTClassifier
-from vit_ft.models.probe import FeatureDataModule, LinearProbe, ProbeSettings, clear_memory_cache, split_features
+from vit_ft.models.probe import (
+    FeatureDataModule,
+    LinearProbe,
+    ProbeSettings,
+    clear_memory_cache,
+    split_features,
+)
 
 
 def _args() -> argparse.Namespace:
@@ -33,7 +39,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--backbone", default="vit_small_patch16_224")
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8, help="timm patch_size (ignored with --weights)")
-    p.add_argument("--depth", type=int, default=6, help="timm depth override (random init only; 0: the model's)")
+    p.add_argument(
+        "--depth", type=int, default=6, help="timm depth override (random init only; 0: the model's)"
+    )
     p.add_argument("--weights", default=None, help="hub id, timm tag or file; default: random init")
     p.add_argument("--root", default=None, help="image folder; default: generated shapes in a temp dir")
     p.add_argument("--n-train", type=int, default=60, help="generated images per class (train)")
@@ -139,7 +147,9 @@ def main() -> None:
     t0 = time.perf_counter()
     feats, _ = split_features(clf, dm, ["train", "val"], settings, trainer)
     extract_s = time.perf_counter() - t0
-    head_s, acc_cached = _fit(a, LinearProbe(clf, batchnorm=a.batchnorm), FeatureDataModule(dm, feats), a.epochs)
+    head_s, acc_cached = _fit(
+        a, LinearProbe(clf, batchnorm=a.batchnorm), FeatureDataModule(dm, feats), a.epochs
+    )
     cached_s = extract_s + head_s
 
     clf2, dm2 = fresh()

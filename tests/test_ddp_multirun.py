@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import TINY, read_metrics, read_wandb_records, run_cli, wandb_history_and_config
 
@@ -17,6 +18,9 @@ def test_ddp_two_cpu_processes_give_one_run(image_folder, tmp_path):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.max_epochs=2",
+        # "best" = the lowest step, i.e. epoch 0: last.ckpt must still be the final state.
+        "callbacks.model_checkpoint.monitor=step",
+        "callbacks.model_checkpoint.mode=min",
         f"hydra.run.dir={run_dir}",
         tmp_path=tmp_path,
     )
@@ -26,6 +30,9 @@ def test_ddp_two_cpu_processes_give_one_run(image_folder, tmp_path):
     assert m["global_step"] == 16 and m["status"] == "completed"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
+    best = torch.load(m["checkpoints"]["best"], map_location="cpu", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (best["global_step"], last["global_step"]) == (8, 16)
     history, config = wandb_history_and_config(run_dir)  # exactly one wandb run
     assert config["trainer"]["devices"] == 2
     assert any("val/acc1" in h for h in history)

@@ -136,8 +136,9 @@ def test_gather_drops_padded_duplicates_and_sorts_by_index():
     ex._trainer = types.SimpleNamespace(world_size=1)
     f = torch.arange(10.0)[:, None].repeat(1, 192)
     # What a padding sampler delivers: index 0 twice, out of order.
-    ex._parts = {0: [(torch.tensor([3, 1, 0]), f[[3, 1, 0]], torch.tensor([1, 0, 0]))],
-                 }
+    ex._parts = {
+        0: [(torch.tensor([3, 1, 0]), f[[3, 1, 0]], torch.tensor([1, 0, 0]))],
+    }
     ex._parts[0].append((torch.tensor([2, 0]), f[[2, 0]], torch.tensor([1, 0])))
     ex.on_predict_epoch_end()
     feats, labels, idx = ex.result[0]
@@ -160,8 +161,14 @@ def test_batchnorm_folds_into_the_head_exactly():
 def _fit(module, dm, epochs: int = 3) -> float:
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm)
     return float(trainer.callback_metrics["val/acc1"])
@@ -199,7 +206,9 @@ def test_nothing_to_train_is_one_clear_error(tmp_path):
     dm.setup()
     dm.configure_preprocessing(32, "bicubic")
     cfg = OmegaConf.create({"probe": {"cache_dir": None}, "test": False})
-    with pytest.raises(ConfigError, match="the probe has nothing to train: the train split has no usable image"):
+    with pytest.raises(
+        ConfigError, match="the probe has nothing to train: the train split has no usable image"
+    ):
         prepare_linear_probe(cfg, tiny_classifier(), dm, None)
     with pytest.raises(ConfigError, match="probe.shot is not a setting of probe.mode=linear"):
         ProbeSettings.from_config({"shot": 5})
@@ -235,11 +244,22 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         clf = load_classifier(m["checkpoints"]["best"])  # a ViTClassifier with the folded head
         assert clf.hparams["arch"]["kwargs"]["global_pool"] == "avg"
         acc = m["best"]["score"]
-        ev = run_cli(
-            "eval.py", f"data.root={image_folder}", "model=vit_tiny", "trainer=cpu", "trainer.precision=32",
-            "data.num_workers=0", "data.batch_size=8", f"ckpt_path={m['checkpoints']['best']}",
-            f"hydra.run.dir={tmp_path / ('eval' + job)}", tmp_path=tmp_path,
-        ) if job == "1" else None
+        ev = (
+            run_cli(
+                "eval.py",
+                f"data.root={image_folder}",
+                "model=vit_tiny",
+                "trainer=cpu",
+                "trainer.precision=32",
+                "data.num_workers=0",
+                "data.batch_size=8",
+                f"ckpt_path={m['checkpoints']['best']}",
+                f"hydra.run.dir={tmp_path / ('eval' + job)}",
+                tmp_path=tmp_path,
+            )
+            if job == "1"
+            else None
+        )
         if ev is not None:
             got = json.loads((tmp_path / "eval1" / "metrics.json").read_text())["metrics"]["val/acc1"]
             assert got == pytest.approx(acc, abs=1e-6)

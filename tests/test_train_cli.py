@@ -41,6 +41,9 @@ def test_run_learns_and_writes_outputs(trained):
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and len([c for c in ckpts if c.startswith("best-")]) == EPOCHS
     assert not [c for c in ckpts if c.endswith(".tmp")]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == m["global_step"]  # last.ckpt is the final state, not the best epoch
+    assert m["checkpoints"]["last"].endswith("last.ckpt")
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert str(run_dir) in proc.stdout and "wandb sync" in proc.stdout
 

@@ -209,12 +209,17 @@ def fewshot(cfg: Any) -> float | None:
                 "features": report,
                 "seconds": {"features": round(feature_seconds, 3), "solve": round(solve_seconds, 3)},
                 "status": "completed",
-                "bad_images": datamodule.bad_image_report() if hasattr(datamodule, "bad_image_report") else None,
+                "bad_images": datamodule.bad_image_report()
+                if hasattr(datamodule, "bad_image_report")
+                else None,
                 "run_dir": output_dir,
             }
             run._write_json(os.path.join(output_dir, "metrics.json"), payload)
             _print_table(final, shots, n_seeds, eval_split, len(yev), solve_seconds)
-            lines = [f"run directory : {output_dir}", f"metrics       : {os.path.join(output_dir, 'metrics.json')}"]
+            lines = [
+                f"run directory : {output_dir}",
+                f"metrics       : {os.path.join(output_dir, 'metrics.json')}",
+            ]
             for d in run._wandb_dirs(loggers):
                 lines.append(f"wandb run     : {d}")
                 if "offline-run" in os.path.basename(d):
@@ -225,9 +230,7 @@ def fewshot(cfg: Any) -> float | None:
         run._finish_wandb()
 
 
-def _select_l2(
-    xtr: torch.Tensor, ytr: torch.Tensor, rows: np.ndarray, val: Any, num_classes: int
-) -> float:
+def _select_l2(xtr: torch.Tensor, ytr: torch.Tensor, rows: np.ndarray, val: Any, num_classes: int) -> float:
     """The grid value with the best accuracy on held-out data: the val split, or else the training
     images outside the support set (none left: the default 2^10)."""
     if val is not None and len(val):

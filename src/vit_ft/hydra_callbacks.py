@@ -80,7 +80,11 @@ class SweepReport(Callback):
         try:
             out = write_report(sweep_dir, with_plot=self.plot)
         except Exception as e:  # noqa: BLE001
-            log.warning("could not write the sweep report: %s (rebuild it: python -m vit_ft.sweep_report %s)", e, sweep_dir)
+            log.warning(
+                "could not write the sweep report: %s (rebuild it: python -m vit_ft.sweep_report %s)",
+                e,
+                sweep_dir,
+            )
             return
         jobs, settings = out["jobs"], out["settings"]
         best = next((j for j in jobs if j.value is not None), None)
@@ -93,6 +97,10 @@ class SweepReport(Callback):
         print("\n".join(lines), flush=True)
         if jobs and n_failed == len(jobs):
             first = next((j.metrics.get("error") for j in jobs if j.metrics and j.metrics.get("error")), "")
-            print(f"error: all {len(jobs)} jobs of the sweep failed; the first: {first}", file=sys.stderr, flush=True)
+            print(
+                f"error: all {len(jobs)} jobs of the sweep failed; the first: {first}",
+                file=sys.stderr,
+                flush=True,
+            )
             all_config = all((j.metrics or {}).get("error_type") == "ConfigError" for j in jobs)
             sys.exit(2 if all_config else 1)

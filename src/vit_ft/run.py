@@ -219,6 +219,16 @@ def _wandb_dirs(loggers: list) -> list[str]:
     return dirs
 
 
+def _checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
+    """The checkpoint callback that monitors a metric, and the path of the latest checkpoint."""
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    latest = [c for c in trainer.checkpoint_callbacks if not getattr(c, "monitor", None)]
+    last = next((c.best_model_path for c in latest if c.best_model_path), None)
+    if last is None:
+        last = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None)
+    return (monitored[0] if monitored else None), last
+
+
 def _write_json(path: str, payload: dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -306,9 +316,8 @@ def train(cfg: DictConfig) -> float | None:
                 f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-        ckpt_cb = trainer.checkpoint_callback
+        ckpt_cb, last_path = _checkpoint_paths(trainer)
         best_path = getattr(ckpt_cb, "best_model_path", "") or None
-        last_path = getattr(ckpt_cb, "last_model_path", "") or None
         final = {k: _to_float(v) for k, v in trainer.callback_metrics.items()}
         test_metrics: dict[str, float | None] = {}
         if cfg.get("test") and "test" in (datamodule.splits or {}):

@@ -42,7 +42,9 @@ class NonFiniteLossGuard(Callback):
     def __init__(self, every_n_steps: int = 1) -> None:
         self.every_n_steps = max(1, int(every_n_steps))
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx % self.every_n_steps:
             return
         import torch
@@ -219,20 +221,19 @@ def _sample_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(args)
-    latest: dict[str, str] = {}
-    swept: dict[str, bool] = {}
-    for o in parsed:  # a later override of a key wins (the command line over hydra.sweeper.params)
+    fixed: dict[str, str] = {}
+    sweeps: dict[str, str] = {}
+    for o in parsed:  # as the Optuna sweeper: a fixed value of a key wins over a range of it
         key = o.get_key_element()
-        if o.is_sweep_override():
-            if o.is_interval_sweep():
-                value = str(o.value().start)
-            else:
-                value = next(iter(o.sweep_string_iterator()))
+        if o.is_delete():
+            fixed[key] = key
+        elif o.is_sweep_override():
+            value = str(o.value().start) if o.is_interval_sweep() else next(iter(o.sweep_string_iterator()))
+            sweeps[key] = f"{key}={value}"
         else:
-            value = o.get_value_element_as_str()
-        latest[key] = f"{key}={value}" if not o.is_delete() else key
-        swept[key] = o.is_sweep_override()
-    return list(latest.values()), [k for k, v in swept.items() if v]
+            fixed[key] = f"{key}={o.get_value_element_as_str()}"
+    swept = [k for k in sweeps if k not in fixed]
+    return list(fixed.values()) + [sweeps[k] for k in swept], swept
 
 
 def check_sweep(cfg: Any) -> None:
@@ -259,7 +260,11 @@ def check_sweep(cfg: Any) -> None:
         detail = " ".join(ln for ln in lines[:3] if not ln.startswith(("full_key", "object_type")))
         m = re.search(r"'([^']+)'", lines[0] if lines else "")
         key = m.group(1) if m else None
-        what = f"the swept key '{key}' is not in the config" if key and "override" in lines[0] else "a sweep value"
+        what = (
+            f"the swept key '{key}' is not in the config"
+            if key and "override" in lines[0]
+            else "a sweep value"
+        )
         fail(f"{what} ({detail}); check its spelling, or prefix it with + to add a new key")
     if _is_optuna(cfg) and cfg.hydra.sweeper.get("storage"):
         _check_storage(cfg, swept)
@@ -307,7 +312,9 @@ def _check_storage(cfg: Any, swept: list[str]) -> None:
     try:
         summaries = optuna.get_all_study_summaries(storage)
     except Exception as e:  # noqa: BLE001
-        fail(f"hydra.sweeper.storage={storage} cannot be opened as an Optuna storage: {' '.join(str(e).split())[:300]}")
+        fail(
+            f"hydra.sweeper.storage={storage} cannot be opened as an Optuna storage: {' '.join(str(e).split())[:300]}"
+        )
         return
     names = [s.study_name for s in summaries]
     if not names:
@@ -409,9 +416,7 @@ def optuna_sweep(impl: Any, arguments: list[str]) -> Any:
                     log.warning("trial %d was left running by an interrupted sweep: marked failed", t.number)
             trials = study.get_trials(deepcopy=False)
             done = sum(
-                1
-                for t in trials
-                if t.state.name in FINISHED_STATES and not t.user_attrs.get("interrupted")
+                1 for t in trials if t.state.name in FINISHED_STATES and not t.user_attrs.get("interrupted")
             )
             started = sum(1 for t in trials if t.state != TrialState.WAITING)
             impl.job_idx = started

@@ -121,7 +121,11 @@ def collect(sweep_dir: Path, metric: str | None = None) -> tuple[list[Job], dict
         jobs.append(job)
     if metric is None:
         metric = settings["metric"] or next(
-            (j.metrics.get("optimized_metric") for j in jobs if j.metrics and j.metrics.get("optimized_metric")),
+            (
+                j.metrics.get("optimized_metric")
+                for j in jobs
+                if j.metrics and j.metrics.get("optimized_metric")
+            ),
             "val/acc1",
         )
     for job in jobs:
@@ -196,7 +200,9 @@ def table(jobs: list[Job], settings: dict[str, Any]) -> tuple[list[str], list[li
     return header, rows
 
 
-def _markdown(header: list[str], rows: list[list[str]], jobs: list[Job], settings: dict[str, Any], sweep_dir: Path) -> str:
+def _markdown(
+    header: list[str], rows: list[list[str]], jobs: list[Job], settings: dict[str, Any], sweep_dir: Path
+) -> str:
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
@@ -214,14 +220,20 @@ def _markdown(header: list[str], rows: list[list[str]], jobs: list[Job], setting
     best = next((j for j in jobs if j.value is not None), None)
     if best is not None:
         swept = " ".join(f"{k}={best.params.get(k, '')}" for k in settings["swept"])
-        lines.append(f"- best: job {best.name}, {settings['metric']} = {best.value:.6g}" + (f" ({swept})" if swept else ""))
+        lines.append(
+            f"- best: job {best.name}, {settings['metric']} = {best.value:.6g}"
+            + (f" ({swept})" if swept else "")
+        )
     if settings.get("storage"):
         lines.append(f"- Optuna study `{settings.get('study_name')}` in `{settings['storage']}`")
     common = [o for o in (jobs[0].overrides if jobs else []) if all(o in j.overrides for j in jobs)]
     if common and len(jobs) > 1:
         lines.append("- overrides of every job: `" + " ".join(common) + "`")
         col = header.index("overrides")
-        rows = [r[:col] + [" ".join(o for o in j.overrides if o not in common)] + r[col + 1 :] for r, j in zip(rows, jobs)]
+        rows = [
+            r[:col] + [" ".join(o for o in j.overrides if o not in common)] + r[col + 1 :]
+            for r, j in zip(rows, jobs)
+        ]
     lines += [f"- plot: `{REPORT_PNG}`", "", "| " + " | ".join(cell(h) for h in header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
@@ -262,13 +274,28 @@ def plot(jobs: list[Job], settings: dict[str, Any], path: Path) -> None:
             xs = {k: float(labels.index(v)) for k, v in raw.items()}
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        ax.scatter([xs[j.name] for j in ok], [j.value for j in ok], color="tab:blue", label="completed", zorder=3)
+        ax.scatter(
+            [xs[j.name] for j in ok], [j.value for j in ok], color="tab:blue", label="completed", zorder=3
+        )
         if ok:
             best = ok[0]
-            ax.scatter([xs[best.name]], [best.value], s=140, facecolors="none", edgecolors="tab:green", label="best", zorder=4)
+            ax.scatter(
+                [xs[best.name]],
+                [best.value],
+                s=140,
+                facecolors="none",
+                edgecolors="tab:green",
+                label="best",
+                zorder=4,
+            )
         if bad:
             ax.scatter(
-                [xs[j.name] for j in bad], [floor] * len(bad), marker="x", color="tab:red", label="failed / no value", zorder=3
+                [xs[j.name] for j in bad],
+                [floor] * len(bad),
+                marker="x",
+                color="tab:red",
+                label="failed / no value",
+                zorder=3,
             )
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
@@ -276,7 +303,9 @@ def plot(jobs: list[Job], settings: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{metric} ({settings['direction']}): {len(ok)} of {len(jobs)} jobs with a value", fontsize=10)
+    fig.suptitle(
+        f"{metric} ({settings['direction']}): {len(ok)} of {len(jobs)} jobs with a value", fontsize=10
+    )
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -318,13 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Rebuild a sweep's report (markdown, CSV, PNG) from its job folders; also for a running sweep.",
     )
     p.add_argument("sweep_dir", help="the multirun folder (holds multirun.yaml and one folder per job)")
-    p.add_argument("--metric", default=None, help="rank by this metric (default: the sweep's optimized_metric)")
+    p.add_argument(
+        "--metric", default=None, help="rank by this metric (default: the sweep's optimized_metric)"
+    )
     p.add_argument("--direction", choices=("maximize", "minimize"), default=None)
     p.add_argument("--no-plot", action="store_true")
     a = p.parse_args(argv)
     d = Path(a.sweep_dir)
     if not d.is_dir():
-        print(f"error: {d} is not a folder; pass a sweep folder (e.g. multirun/train/<date>)", file=sys.stderr)
+        print(
+            f"error: {d} is not a folder; pass a sweep folder (e.g. multirun/train/<date>)", file=sys.stderr
+        )
         return 2
     if not find_job_dirs(d):
         print(

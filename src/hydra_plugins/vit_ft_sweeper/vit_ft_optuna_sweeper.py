@@ -4,7 +4,7 @@ Hydra only instantiates sweepers that live in the ``hydra_plugins`` namespace; t
 :func:`vit_ft.sweep.optuna_sweep`.
 """
 
-from typing import Any, List
+from typing import Any
 
 try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -17,7 +17,7 @@ if OptunaSweeper is not None:
         """Resumes a stored study (``n_trials`` counts the whole study) and reports failed jobs as
         failed trials with their error; the sweep goes on."""
 
-        def sweep(self, arguments: List[str]) -> Any:
+        def sweep(self, arguments: list[str]) -> Any:
             from vit_ft.sweep import optuna_sweep
 
             return optuna_sweep(self.sweeper, arguments)

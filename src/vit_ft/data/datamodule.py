@@ -8,8 +8,10 @@ DataLoaders. ``batch_size`` is the global batch of one optimizer step; the loade
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import zlib
 from typing import Any
 
 import lightning as L
@@ -17,9 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from vit_ft.data.decode import BadImageError, load_image
+from vit_ft.data.decode import BadImageError, decode, load_image
 from vit_ft.data.folder import FileIndex, index_image_folder
-from vit_ft.data.transforms import build_eval_transform, build_train_transform
+from vit_ft.data.transforms import (
+    PlannedJpeg,
+    PlanOnly,
+    build_eval_transform,
+    build_train_transform,
+    finish_on_device,
+    supports_device_decode,
+)
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,8 @@ class TransformedDataset(Dataset):
                 log.warning("skipping unusable image %s (%s)", name, e.reason)
                 return None
             raise UnusableImageError(unusable_message(name, e.reason)) from None
+        if isinstance(x, PlannedJpeg):
+            x = x._replace(index=i)
         return x, int(self.records.labels[i])
 
 
@@ -106,6 +117,68 @@ def collate_skipping_none(batch: list) -> Any:
     if not batch:
         return None
     return default_collate(batch)
+
+
+class PlannedBatch:
+    """A collated batch whose JPEGs are still encoded (``decode_device=cuda``).
+
+    Built in the DataLoader worker by :func:`collate_planned`: the JPEG bytes of the whole batch in
+    one buffer (one shared-memory segment and one pinned copy per batch, not one per image), the
+    per-image plan (crop box, orientation, flip, interpolation), and the images that were decoded in
+    the worker (non-JPEG files) already at the output size. Lightning moves it with :meth:`to` and
+    :meth:`ImageDataModule.on_after_batch_transfer` decodes it on that device.
+    """
+
+    def __init__(self, items: list[tuple[Any, int]], split: str, size: tuple[int, int]) -> None:
+        self.split, self.size, self.device = split, (int(size[0]), int(size[1])), torch.device("cpu")
+        self.labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+        planned = [(k, x) for k, (x, _) in enumerate(items) if isinstance(x, PlannedJpeg)]
+        ready = [(k, x) for k, (x, _) in enumerate(items) if not isinstance(x, PlannedJpeg)]
+        self.ready_pos = [k for k, _ in ready]
+        self.ready = torch.stack([x for _, x in ready]) if ready else None
+        self.planned_pos = [k for k, _ in planned]
+        self.data = torch.cat([x.jpeg.data for _, x in planned])
+        lengths = torch.tensor([x.jpeg.data.numel() for _, x in planned], dtype=torch.int64)
+        self.offsets = [0, *torch.cumsum(lengths, 0).tolist()]
+        self.plans = [x._replace(jpeg=x.jpeg._replace(data=None)) for _, x in planned]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def jpeg(self, j: int) -> torch.Tensor:
+        """The bytes of the ``j``-th planned JPEG (a view of the batch buffer)."""
+        return self.data[self.offsets[j] : self.offsets[j + 1]]
+
+    def to(self, device: Any, non_blocking: bool = False, **_: Any) -> PlannedBatch:
+        # The JPEG bytes stay on the host: nvJPEG reads them from (pinned) host memory.
+        self.device = torch.device(device)
+        self.labels = self.labels.to(device, non_blocking=non_blocking)
+        if self.ready is not None:
+            self.ready = self.ready.to(device, non_blocking=non_blocking)
+        return self
+
+    def pin_memory(self, *_: Any) -> PlannedBatch:
+        self.data = self.data.pin_memory()
+        self.labels = self.labels.pin_memory()
+        if self.ready is not None:
+            self.ready = self.ready.pin_memory()
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"PlannedBatch({len(self)} images, {len(self.plans)} encoded, {self.data.numel()} bytes, "
+            f"split={self.split!r}, device={self.device})"
+        )
+
+
+def collate_planned(batch: list, split: str = "train", size: tuple[int, int] = (224, 224)) -> Any:
+    """Collate for ``decode_device=cuda``: a :class:`PlannedBatch` when any JPEG is still encoded."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    if not any(isinstance(x, PlannedJpeg) for x, _ in batch):
+        return default_collate(batch)
+    return PlannedBatch(batch, split, size)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -124,6 +197,7 @@ class ImageDataModule(L.LightningDataModule):
         auto_augment: str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        decode_device: str = "cpu",
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -134,6 +208,21 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction={val_fraction!r} must be in [0, 1), e.g. 0.1")
         if on_bad_image not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'error' or 'skip'")
+        if decode_device not in ("cpu", "cuda"):
+            raise ConfigError(f"data.decode_device={decode_device!r} must be 'cpu' or 'cuda'")
+        if decode_device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "data.decode_device=cuda needs a CUDA GPU (nvJPEG through torchvision) and none is "
+                "available here; use data.decode_device=cpu"
+            )
+        self.decode_device = decode_device
+        # Decode JPEGs in batch in the main process, on the device the batch is moved to (not in the
+        # workers). On for decode_device=cuda; tests turn it on to run the same code on the CPU.
+        self.batch_decode = decode_device == "cuda"
+        # Most pixels one batched decode call may hold (decoded, full resolution) at once.
+        self.max_decode_pixels = 64 * 2**20
+        self._stream_device_bad: dict[str, int] = {}
+        self._seen_bad: set = set()
         self.batch_size = batch_size
         self.num_workers = int(num_workers)
         self.val_fraction = float(val_fraction)
@@ -211,7 +300,16 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         if split not in self.splits:
             raise ConfigError(f"this data has no {split!r} split (it has {sorted(self.splits)})")
-        ds = self._dataset(split, self._transform(train), train)
+        transform, collate = self._transform(train), collate_skipping_none
+        if self.batch_decode:
+            if supports_device_decode(transform):
+                transform = PlanOnly(transform)
+                collate = functools.partial(collate_planned, split=split, size=transform.size)
+            else:
+                log.info(
+                    "data.decode_device: %r needs PIL augmentations; decoding its JPEGs on the CPU", transform
+                )
+        ds = self._dataset(split, transform, train)
         pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
         bs = self.loader_batch_size if train else (self.eval_batch_size or self.loader_batch_size)
         iterable = isinstance(ds, IterableDataset)
@@ -223,7 +321,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=collate_skipping_none,
+            collate_fn=collate,
             worker_init_fn=_seed_worker,
         )
 
@@ -241,7 +339,100 @@ class ImageDataModule(L.LightningDataModule):
         """``{"count": n, "by_split": {...}, "files": [...]}`` for metrics.json (files capped at 1000)."""
         by_split = {k: int(v.sum()) for k, v in self._bad_flags.items()}
         files = self.bad_images
-        return {"count": len(files), "by_split": by_split, "files": files[:1000]}
+        count = len(files)
+        for split, n in self._stream_device_bad.items():  # streamed, found when decoding on the device
+            by_split[split] = by_split.get(split, 0) + n
+            count += n
+        return {"count": count, "by_split": by_split, "files": files[:1000]}
+
+    # -- decode_device=cuda: batched decoding where the batch lands --------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, PlannedBatch):
+            return self.decode_planned(batch)
+        return batch
+
+    def decode_planned(self, batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(uint8 [B, 3, H, W], labels)`` on ``batch.device``, as the CPU workers would have made them.
+
+        JPEGs are decoded with ``torchvision.io.decode_jpeg(list, device=...)`` (batched nvJPEG on
+        CUDA), in chunks of at most ``max_decode_pixels`` decoded pixels, then oriented, cropped,
+        resized (antialiased) and flipped one by one. When a chunk fails, its images are decoded one
+        at a time; one that fails on the device is tried with the CPU decoder, and one that fails
+        there too is a bad image (``data.on_bad_image``). ``None`` when every image was bad.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        device, (h, w), n = batch.device, batch.size, len(batch)
+        out = torch.empty(n, 3, h, w, dtype=torch.uint8, device=device)
+        keep = torch.ones(n, dtype=torch.bool)
+        if batch.ready is not None:
+            out[torch.tensor(batch.ready_pos, device=device)] = batch.ready
+        for chunk in self._chunks(batch):
+            try:
+                imgs = decode_jpeg([batch.jpeg(j) for j in chunk], mode=ImageReadMode.RGB, device=device)
+                done = [(img, False) for img in imgs]
+            except (RuntimeError, ValueError):
+                done = [self._decode_one(batch, j) for j in chunk]
+            for j, (img, oriented) in zip(chunk, done):
+                k = batch.planned_pos[j]
+                if img is None:
+                    keep[k] = False
+                    continue
+                out[k] = finish_on_device(img, batch.plans[j], (h, w), oriented=oriented)
+        if bool(keep.all()):
+            return out, batch.labels
+        if not bool(keep.any()):
+            return None
+        keep = keep.to(device)
+        return out[keep], batch.labels[keep]
+
+    def _chunks(self, batch: PlannedBatch) -> list[list[int]]:
+        chunks, cur, pixels = [], [], 0
+        for j, plan in enumerate(batch.plans):
+            p = plan.jpeg.size[0] * plan.jpeg.size[1]
+            if cur and pixels + p > self.max_decode_pixels:
+                chunks.append(cur)
+                cur, pixels = [], 0
+            cur.append(j)
+            pixels += p
+        return chunks + [cur] if cur else chunks
+
+    def _decode_one(self, batch: PlannedBatch, j: int) -> tuple[torch.Tensor | None, bool]:
+        """One JPEG on the device; failing that on the CPU (oriented); failing that, a bad image."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        data = batch.jpeg(j)
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=batch.device), False
+        except (RuntimeError, ValueError):
+            pass
+        plan = batch.plans[j]
+        try:
+            return decode(bytes(data.cpu().numpy()), name=plan.jpeg.name).to(batch.device), True
+        except BadImageError as e:
+            self._bad_on_device(batch.split, plan, e.reason, data)
+            return None, False
+
+    def _bad_on_device(self, split: str, plan: PlannedJpeg, reason: str, data: torch.Tensor) -> None:
+        records = (self.splits or {}).get(split)
+        if plan.index >= 0 and hasattr(records, "name"):
+            name = records.name(plan.index)
+        else:
+            name = f"{split} ({plan.jpeg.name})"
+        if self.on_bad_image != "skip":
+            raise UnusableImageError(unusable_message(name, reason))
+        if plan.index >= 0 and split in self._bad_flags:
+            flags = self._bad_flags[split]
+            first = not bool(flags[plan.index])
+            flags[plan.index] = 1  # shared memory: the workers leave it out from now on
+        else:  # streamed: no index; count each file once (by name, or by content for raw bytes)
+            key = (split, plan.jpeg.name if plan.jpeg.name != "<bytes>" else zlib.crc32(data.cpu().numpy()))
+            first = key not in self._seen_bad
+            self._seen_bad.add(key)
+            if first:
+                self._stream_device_bad[split] = self._stream_device_bad.get(split, 0) + 1
+        if first:
+            log.warning("skipping unusable image %s (%s)", name, reason)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

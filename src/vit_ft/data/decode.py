@@ -19,7 +19,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -137,6 +137,26 @@ def _bad(path: str, e: BaseException) -> BadImageError:
     return BadImageError(path, msg)
 
 
+class _Header(NamedTuple):
+    data: bytearray | None  # the encoded bytes (None for a PIL image source)
+    img: Image.Image  # opened lazily: header read, pixels not decoded
+    orientation: int  # EXIF orientation, 1..8
+    oriented: tuple[int, int]  # (width, height) after the orientation is applied
+
+
+def _header(src: Any) -> _Header:
+    """Read ``src`` and parse its header only (size, format, EXIF orientation); raises on bad files."""
+    data = _read(src)
+    img = _open(src if data is None else data)
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ValueError(f"image has size {w}x{h}")
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    if orientation not in _TRANSPOSE:
+        orientation = 1
+    return _Header(data, img, orientation, (h, w) if orientation >= 5 else (w, h))
+
+
 def decode(
     src: Any,
     out_size: tuple[int, int] | None = None,
@@ -156,30 +176,23 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            data = _read(src)
-            img = _open(src if data is None else data)
+            data, img, orientation, (ow, oh) = _header(src)
             w, h = img.size
-            if w < 1 or h < 1:
-                raise ValueError(f"image has size {w}x{h}")
-            orientation = img.getexif().get(_ORIENTATION, 1)
-            if orientation not in _TRANSPOSE:
-                orientation = 1
-            ow, oh = (h, w) if orientation >= 5 else (w, h)
             box = plan(ow, oh) if plan is not None else (0, 0, ow, oh)
             s = 1
             if out_size is not None and img.format == "JPEG" and len(img.tile) == 1:
                 s = _draft_scale(box[2] - box[0], box[3] - box[1], out_size[0], out_size[1])
-            if s == 1 and data is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            if s == 1 and data is not None and _is_plain_jpeg(img):
                 # libjpeg-turbo through torchvision: straight into a tensor, no PIL copy.
                 t = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
             else:
                 if s > 1:
                     img.draft(img.mode, (w // s, h // s))
                 img.load()
-                t = torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
+                t = _pil_to_tensor(to_rgb(img))
     except Exception as e:  # noqa: BLE001 - every decoder failure becomes one named, one-line error
         raise _bad(path, e) from None
-    t = _orient(t, orientation)
+    t = orient(t, orientation)
     dh, dw = t.shape[-2:]
     if box != (0, 0, ow, oh):
         fx, fy = dw / ow, dh / oh
@@ -189,6 +202,61 @@ def decode(
         y1 = max(y0 + 1, min(dh, int(math.ceil(box[3] * fy))))
         t = t[:, y0:y1, x0:x1]
     return t
+
+
+def _is_plain_jpeg(img: Image.Image) -> bool:
+    """A JPEG that libjpeg-turbo / nvJPEG decode to RGB directly (not CMYK/YCCK, one frame)."""
+    return img.format == "JPEG" and img.mode in ("RGB", "L")
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a ``[3, h, w]`` uint8 view (HWC memory: the layout uint8 resizing likes).
+
+    ``np.asarray`` wraps the one copy PIL makes (``tobytes``); ``np.array`` would copy it again,
+    which costs ~10x more than the wrap for a multi-megapixel image (fresh pages for each copy).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+
+
+class EncodedJpeg(NamedTuple):
+    """A JPEG planned but not decoded (``decode_device=cuda``): decoded later, in batch, on the device.
+
+    ``box`` is the wanted region of the oriented, full-resolution image, in whole pixels.
+    """
+
+    data: torch.Tensor  # uint8 [n]: the file's bytes
+    box: tuple[int, int, int, int]
+    orientation: int
+    size: tuple[int, int]  # (width, height) of the oriented image
+    name: str
+
+
+def plan_jpeg(src: Any, plan: Planner | None = None, *, name: str | None = None) -> EncodedJpeg | None:
+    """Read ``src`` and its header only: an :class:`EncodedJpeg` for a plain RGB/grayscale JPEG, else ``None``.
+
+    ``None`` means "decode this one on the CPU as usual" (PNG, WebP, CMYK JPEG, PIL images...).
+    Unreadable files raise :class:`BadImageError` as :func:`decode` does; damage inside the
+    compressed data is only found when the batch is decoded.
+    """
+    path = name or source_name(src)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            data, img, orientation, (ow, oh) = _header(src)
+            if data is None or not _is_plain_jpeg(img):
+                return None
+            box = plan(ow, oh) if plan is not None else (0, 0, ow, oh)
+    except Exception as e:  # noqa: BLE001
+        raise _bad(path, e) from None
+    x0 = min(ow - 1, max(0, int(math.floor(box[0]))))
+    y0 = min(oh - 1, max(0, int(math.floor(box[1]))))
+    x1 = max(x0 + 1, min(ow, int(math.ceil(box[2]))))
+    y1 = max(y0 + 1, min(oh, int(math.ceil(box[3]))))
+    return EncodedJpeg(
+        torch.frombuffer(data, dtype=torch.uint8), (x0, y0, x1, y1), orientation, (ow, oh), path
+    )
 
 
 def _read(src: Any) -> bytearray | None:
@@ -207,7 +275,7 @@ def _read(src: Any) -> bytearray | None:
     return data if n == len(data) else data[:n]
 
 
-def _orient(t: torch.Tensor, orientation: int) -> torch.Tensor:
+def orient(t: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply an EXIF orientation to a ``[C, H, W]`` tensor."""
     if orientation == 1:
         return t

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from PIL import Image
 from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
 
-from vit_ft.data.decode import decode
+from vit_ft.data.decode import EncodedJpeg, decode, plan_jpeg
 
 _RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -104,9 +104,9 @@ class DecodeRandomResizedCrop:
         t = decode(src, out_size=(self.size[1], self.size[0]), plan=self.plan)
         mode = self._modes[0] if len(self._modes) == 1 else random.choice(self._modes)
         flip = self.hflip > 0 and random.random() < self.hflip
-        if flip:
-            t = t.flip(-1)
         t = _resize(t, self.size, mode)
+        if flip:  # after the resize: flipping commutes with it, and the resized image is the smaller
+            t = t.flip(-1)
         if self._augment is not None:
             img = Image.fromarray(t.permute(1, 2, 0).numpy())
             img = self._augment(img)
@@ -118,6 +118,93 @@ class DecodeRandomResizedCrop:
             f"DecodeRandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
             f"hflip={self.hflip}, interpolation={self.interpolation}, auto_augment={self.auto_augment})"
         )
+
+
+class PlannedJpeg(NamedTuple):
+    """What a worker returns for a JPEG under ``decode_device=cuda``: bytes + crop + flip, no pixels."""
+
+    jpeg: EncodedJpeg
+    flip: bool
+    interpolation: str  # "bilinear" | "bicubic"
+    index: int = -1  # the record's index in its split (set by the dataset; -1 when streamed)
+
+
+class PlanOnly:
+    """Worker side of ``decode_device=cuda``: plan the crop from the header, leave decoding to the device.
+
+    Wraps a :class:`DecodeResize` or :class:`DecodeRandomResizedCrop` (without ``auto_augment``): a
+    plain RGB/grayscale JPEG becomes a :class:`PlannedJpeg` with the same random crop, interpolation
+    and flip the wrapped transform would draw; every other file (PNG, WebP, CMYK JPEG, ...) is decoded
+    here by the wrapped transform, as with ``decode_device=cpu``. See :func:`finish_on_device`.
+    """
+
+    def __init__(self, transform: DecodeResize | DecodeRandomResizedCrop) -> None:
+        if not supports_device_decode(transform):
+            raise ValueError(f"{transform!r} cannot decode on the device")
+        self.transform, self.size = transform, transform.size
+        self.train = isinstance(transform, DecodeRandomResizedCrop)
+
+    def __call__(self, src: Any) -> torch.Tensor | PlannedJpeg:
+        tf = self.transform
+        jpeg = plan_jpeg(src, tf.plan if self.train else None)
+        if jpeg is None:
+            return tf(src)
+        if not self.train:
+            return PlannedJpeg(jpeg, False, "bilinear" if tf.interpolation == "random" else tf.interpolation)
+        modes = _RANDOM_INTERPOLATIONS if tf.interpolation == "random" else (tf.interpolation,)
+        mode = modes[0] if len(modes) == 1 else random.choice(modes)
+        flip = tf.hflip > 0 and random.random() < tf.hflip
+        return PlannedJpeg(jpeg, flip, mode)
+
+    def __repr__(self) -> str:
+        return f"PlanOnly({self.transform!r})"
+
+
+def supports_device_decode(transform: Any) -> bool:
+    """Whether ``transform``'s work can move to the device (timm's PIL augmentations cannot)."""
+    if isinstance(transform, DecodeRandomResizedCrop):
+        return transform._augment is None
+    return isinstance(transform, DecodeResize)
+
+
+def resize_uint8(
+    t: torch.Tensor, size: tuple[int, int], interpolation: str, *, via_float: bool
+) -> torch.Tensor:
+    """Antialiased resize of a uint8 ``[3, h, w]`` tensor to ``size=(h, w)``.
+
+    ``via_float``: compute in float32, then round and clamp back to uint8; what torchvision does on
+    CUDA (its native uint8 kernels are CPU-only), spelled out here so it can be tested on the CPU.
+    """
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    mode = _interp(interpolation)
+    if not via_float:
+        return TF.resize(t, list(size), interpolation=mode, antialias=True)
+    x = TF.resize(t.float(), list(size), interpolation=mode, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def finish_on_device(
+    img: torch.Tensor,
+    planned: PlannedJpeg,
+    size: tuple[int, int],
+    *,
+    oriented: bool = False,
+    via_float: bool | None = None,
+) -> torch.Tensor:
+    """Orient, crop, resize and flip one decoded full-resolution JPEG (on whatever device it is)."""
+    from vit_ft.data.decode import orient
+
+    if not oriented:
+        img = orient(img, planned.jpeg.orientation)
+    x0, y0, x1, y1 = planned.jpeg.box
+    h, w = img.shape[-2:]
+    if (x0, y0, x1, y1) != (0, 0, w, h):
+        img = img[:, min(y0, h - 1) : max(min(y1, h), 1), min(x0, w - 1) : max(min(x1, w), 1)]
+    if via_float is None:
+        via_float = img.device.type != "cpu"
+    out = resize_uint8(img, size, planned.interpolation, via_float=via_float)
+    return out.flip(-1) if planned.flip else out
 
 
 def build_train_transform(

@@ -456,7 +456,9 @@ def split_features(
             trainer.strategy.barrier("vit_ft_features_written")
     for split, r in report.items():
         if r["source"] != "extracted" and trainer.is_global_zero:
-            log.info("features: %s (%d images) from the %s cache %s", split, r["images"], r["source"], r["key"])
+            log.info(
+                "features: %s (%d images) from the %s cache %s", split, r["images"], r["source"], r["key"]
+            )
     return out, report
 
 
@@ -656,7 +658,11 @@ class FeatureDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         f = self.features[split]
-        bs = self.base.loader_batch_size if train else (self.base.eval_batch_size or self.base.loader_batch_size)
+        bs = (
+            self.base.loader_batch_size
+            if train
+            else (self.base.eval_batch_size or self.base.loader_batch_size)
+        )
         return DataLoader(
             TensorDataset(f.features, f.labels),
             batch_size=int(bs),
