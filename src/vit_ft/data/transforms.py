@@ -104,8 +104,11 @@ class DecodeRandomResizedCrop:
         t = decode(src, out_size=(self.size[1], self.size[0]), plan=self.plan)
         mode = self._modes[0] if len(self._modes) == 1 else random.choice(self._modes)
         flip = self.hflip > 0 and random.random() < self.hflip
+        # Flipping commutes with the resize (same pixels either way): flip the smaller of the two.
+        if flip and t.shape[-1] * t.shape[-2] <= self.size[0] * self.size[1]:
+            t, flip = t.flip(-1), False
         t = _resize(t, self.size, mode)
-        if flip:  # after the resize: flipping commutes with it, and the resized image is the smaller
+        if flip:
             t = t.flip(-1)
         if self._augment is not None:
             img = Image.fromarray(t.permute(1, 2, 0).numpy())
