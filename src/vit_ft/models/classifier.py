@@ -22,7 +22,69 @@ from vit_ft.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 
-class ViTClassifier(L.LightningModule):
+class ClassifierSteps(L.LightningModule):
+    """Metrics, logging, eval steps and the optimizer/schedule shared by every vit-ft classifier
+    (:class:`ViTClassifier` and the linear probe on cached features)."""
+
+    num_classes: int
+    optimizer_cfg: dict[str, Any]
+    scheduler_cfg: dict[str, Any]
+
+    def _init_metrics(self, k: int) -> None:
+        self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+        self.has_top5 = k >= 5
+        if self.has_top5:
+            self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+            self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+
+    def _log_train(self, loss: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> None:
+        """``train/loss``, ``train/lr`` every step; ``train/acc1`` when labels are hard (no mixup)."""
+        if logits is not None:
+            self.train_acc1(logits, y)
+            self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        if batch is None:  # every image of this batch was skipped as unusable
+            return
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y)
+        acc1 = getattr(self, f"{stage}_acc1")
+        acc1(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=y.shape[0])
+        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True)
+        if self.has_top5:
+            acc5 = getattr(self, f"{stage}_acc5")
+            acc5(logits, y)
+            self.log(f"{stage}/acc5", acc5, on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _optimizers_for(self, module: torch.nn.Module, **overrides: Any) -> dict[str, Any]:
+        """timm optimizer over ``module``'s trainable parameters, warmup + decay per optimizer step."""
+        opt = build_optimizer(module, **{**self.optimizer_cfg, **overrides})
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(self.scheduler_cfg.get("warmup_steps", 0) or 0)
+        if warmup >= total:
+            log.warning(
+                "scheduler.warmup_steps=%d is not below the run's %d optimizer steps: the run never leaves warmup",
+                warmup,
+                total,
+            )
+        sched = build_scheduler(opt, total_steps=total, **self.scheduler_cfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+class ViTClassifier(ClassifierSteps):
     def __init__(
         self,
         backbone: str = "vit_base_patch32_384",
@@ -110,14 +172,7 @@ class ViTClassifier(L.LightningModule):
         self.mixup_fn = self._build_mixup(mixup)
         self.random_erasing = self._build_random_erasing(float(random_erasing or 0.0))
 
-        k = self.num_classes
-        self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.val_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.test_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.has_top5 = k >= 5
-        if self.has_top5:
-            self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
-            self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+        self._init_metrics(self.num_classes)
 
     # -- augmentation on the device ---------------------------------------------------------------
     def _build_mixup(self, cfg: dict[str, Any] | None):
@@ -180,37 +235,12 @@ class ViTClassifier(L.LightningModule):
             x, y_soft = self.mixup_fn(x, y)
             logits = self.model(x)
             loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            self._log_train(loss, y, None)
         else:
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-            self.train_acc1(logits, y)
-            self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
-        self.log(
-            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True
-        )
+            self._log_train(loss, y, logits)
         return loss
-
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        if batch is None:
-            return
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float(), y)
-        acc1 = getattr(self, f"{stage}_acc1")
-        acc1(logits, y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=y.shape[0])
-        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True)
-        if self.has_top5:
-            acc5 = getattr(self, f"{stage}_acc5")
-            acc5(logits, y)
-            self.log(f"{stage}/acc5", acc5, on_epoch=True)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -218,17 +248,7 @@ class ViTClassifier(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = build_optimizer(self.model, **self.optimizer_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(self.scheduler_cfg.get("warmup_steps", 0) or 0)
-        if warmup >= total:
-            log.warning(
-                "scheduler.warmup_steps=%d is not below the run's %d optimizer steps: the run never leaves warmup",
-                warmup,
-                total,
-            )
-        sched = build_scheduler(opt, total_steps=total, **self.scheduler_cfg)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return self._optimizers_for(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vit_ft"] = {"format": 1, "total_steps": int(self.trainer.estimated_stepping_batches)}

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.classifier import ClassifierSteps
 
 log = logging.getLogger("vit_ft")
 
@@ -490,7 +490,7 @@ def fold_batchnorm(
     return w.to(weight.dtype), b.to(bias.dtype)
 
 
-class LinearProbe(L.LightningModule):
+class LinearProbe(ClassifierSteps):
     """A linear head (optionally after a non-affine BatchNorm) on the frozen network's features.
 
     ``in_loop=False``: batches are ``(features, labels)`` from the cache. ``in_loop=True``: batches are
@@ -525,14 +525,7 @@ class LinearProbe(L.LightningModule):
         hp["freeze_backbone"] = True
         self._classifier_hparams = hp
         self.save_hyperparameters(hp, logger=False)
-        k = self.num_classes
-        self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.val_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.test_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.has_top5 = k >= 5
-        if self.has_top5:
-            self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
-            self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+        self._init_metrics(self.num_classes)
 
     @property
     def head(self) -> nn.Module:
@@ -566,45 +559,13 @@ class LinearProbe(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-        self.train_acc1(logits, y)
-        self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
-        self.log(
-            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True
-        )
+        self._log_train(loss, y, logits)
         return loss
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        if batch is None:
-            return
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float(), y)
-        acc1 = getattr(self, f"{stage}_acc1")
-        acc1(logits, y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=y.shape[0])
-        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True)
-        if self.has_top5:
-            acc5 = getattr(self, f"{stage}_acc5")
-            acc5(logits, y)
-            self.log(f"{stage}/acc5", acc5, on_epoch=True)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def configure_optimizers(self) -> dict[str, Any]:
-        from vit_ft.optim import build_optimizer, build_scheduler
-
-        cfg = dict(self.optimizer_cfg)
-        if cfg.pop("layer_decay", None):
+        if self.optimizer_cfg.get("layer_decay"):
             log.info("probe: optimizer.layer_decay does not apply to a linear head; ignored")
-        opt = build_optimizer(self.head, **cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = build_scheduler(opt, total_steps=total, **self.scheduler_cfg)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return self._optimizers_for(self.head, layer_decay=None)
 
     # -- checkpoints: a ViTClassifier's, plus what resuming the probe needs ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
