@@ -8,12 +8,13 @@ transform that only looks at the path (no file I/O), so the index is the only di
 
     python benchmarks/bench_worker_memory.py                 # 1,281,167 ImageNet-like paths, 2 workers, 3 epochs
 
-Status (2026-11-24, this VM): the numpy side does NOT come out flatter yet. Per worker, above a
-1,000-path baseline: list 191 MiB, numpy 269 MiB (flat across epochs 1-3 for both). Runs in one
-process showed the numpy side's private memory appear at epoch 1 or 2 (15 -> 155 MiB) even when the
-path array lived in shared memory (torch ``share_memory_``), and the growth sat in the worker's malloc
-arenas, not in the array's pages: the cause is not the index's reference counts and is not yet traced
-(see the issue 4 notes).
+The baseline is the same DataLoader over a data set of the same length that holds no index at all.
+
+Status (2026-11-24, the 2-core Firecracker VM this project develops on): NOT a win yet, and not
+understood. Each side measured in its own spawned process, 1,281,167 paths, 2 workers: no index 531 MiB,
+list +182 MiB, numpy +259 MiB per worker (flat over epochs 1-3 for all three). In-process runs gave other
+numbers (no index 15 -> 155 MiB between epochs 1 and 2, with the growth in malloc arenas even for a data
+set with no paths). Re-measure on a normal Linux host before drawing conclusions.
 """
 
 from __future__ import annotations
@@ -73,9 +74,25 @@ def run(records, args: argparse.Namespace) -> list[float]:
     return per_epoch
 
 
+class NoIndex:
+    """Baseline: same length, same output, no paths at all."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.labels = np.zeros(n, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def source(self, i: int) -> str:
+        return "/data/imagenet/train/n01440764/n01440764_0000000.JPEG"
+
+
 def measure(kind: str, n: int, args: argparse.Namespace) -> list[float]:
     """In a fresh interpreter: build an ``n``-path index of ``kind`` and run ``args.epochs`` epochs."""
     torch.set_num_threads(1)
+    if kind == "none":
+        return run(NoIndex(n), args)
     wnids = [f"n{1440764 + 7919 * c:08d}" for c in range(1000)]
     paths = [f"/data/imagenet/train/{wnids[i % 1000]}/{wnids[i % 1000]}_{i:07d}.JPEG" for i in range(n)]
     labels = [i % 1000 for i in range(n)]
@@ -102,20 +119,18 @@ def main() -> None:
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")  # each measurement in its own clean (non-daemonic) process
     res = {}
-    for kind in ("list", "numpy"):
-        for n in (1000, args.n):
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_measure_into, args=(queue, kind, n, args))
-            proc.start()
-            res[kind, n] = queue.get()
-            proc.join()
+    for kind in ("none", "list", "numpy"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_measure_into, args=(queue, kind, args.n, args))
+        proc.start()
+        res[kind] = queue.get()
+        proc.join()
     print(f"{args.n:,} paths, {args.workers} workers, {args.epochs} epochs ({time.perf_counter() - t0:.0f}s)")
-    print("private (copied-on-write) memory per worker, above a worker with a 1,000-path index, MiB:\n")
-    print(f"{'epoch':<6} {'Python list':>12} {'vit-ft numpy':>13} {'ratio':>7}")
+    print("private memory per worker above the same DataLoader over a data set with no index, MiB:\n")
+    print(f"{'epoch':<6} {'no index':>9} {'Python list':>12} {'vit-ft numpy':>13}")
     for e in range(args.epochs):
-        a = res["list", args.n][e] - res["list", 1000][e]
-        b = res["numpy", args.n][e] - res["numpy", 1000][e]
-        print(f"{e + 1:<6} {a:>12.1f} {b:>13.1f} {a / max(b, 0.1):>6.1f}x")
+        base = res["none"][e]
+        print(f"{e + 1:<6} {base:>9.1f} {res['list'][e] - base:>+12.1f} {res['numpy'][e] - base:>+13.1f}")
 
 
 if __name__ == "__main__":
