@@ -71,6 +71,11 @@ def bad_input(overrides: list[str], tmp_path: Path, capsys) -> str:
     return err[-1]
 
 
+def test_root_not_given(tmp_path, capsys):
+    line = bad_input([], tmp_path, capsys)
+    assert line.startswith("error: data.root is not set; pass data.root=")
+
+
 def test_missing_root(tmp_path, capsys):
     line = bad_input([f"data.root={tmp_path / 'nope'}"], tmp_path, capsys)
     assert "data.root=" in line and "does not exist" in line
@@ -137,3 +142,9 @@ def test_bad_input_through_the_cli(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data.root=")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_a_gpu(image_folder, tmp_path, capsys):
+    line = bad_input([f"data.root={image_folder}", "trainer=gpu"], tmp_path, capsys)
+    assert "gpu" in line.lower() and "trainer.* settings" in line

@@ -46,7 +46,17 @@ def resolve_precision(precision: Any, accelerator: str) -> str:
     return "bf16-mixed" if cpu_bf16 else "32-true"
 
 
+_MISSING_HINTS = {
+    "data.root": "data.root=/path/to/images (class folders inside), or experiment=quickstart to try it out",
+    "data.name": "data.name=<hub id or local folder>, e.g. data.name=uoft-cs/cifar10",
+}
+
+
 def validate_config(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is not set; pass {_MISSING_HINTS.get(key, f'{key}=<value>')}")
     def positive_int(key: str, value: Any, allow: tuple = ()) -> None:
         if value in allow:
             return
@@ -429,10 +439,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
 
 def _user_error(exc: BaseException) -> ConfigError | None:
     """The :class:`ConfigError` behind ``exc`` (Hydra's instantiate wraps what it raises)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, ConfigError):
             return exc
+        if isinstance(exc, MisconfigurationException):  # Lightning's word on trainer settings
+            first = (str(exc).strip().splitlines() or ["invalid trainer settings"])[0]
+            return ConfigError(f"{first} (check the trainer.* settings)")
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
