@@ -35,6 +35,21 @@ TINY = [
 ]
 
 
+def quiet_trainer(**kwargs):
+    """An in-process CPU Trainer without logger, checkpoints, progress bar, summary or sanity check."""
+    import lightning as L
+
+    base = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**base, **kwargs})
+
+
 def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
     env.update(
@@ -121,7 +136,9 @@ def wandb_history_and_config(run_dir: Path) -> tuple[list[dict], dict]:
     for r in read_wandb_records(files[0]):
         kind = r.WhichOneof("record_type")
         if kind == "history":
-            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+            history.append(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            )
         elif kind == "config":
             for i in r.config.update:
                 config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)

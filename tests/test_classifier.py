@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.conftest import quiet_trainer
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 
@@ -34,17 +35,7 @@ def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
 
 
 def fit(model: ViTClassifier, steps: int = 4, callbacks=(), **trainer_kw) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-        **trainer_kw,
-    )
+    trainer = quiet_trainer(max_steps=steps, callbacks=list(callbacks), **trainer_kw)
     trainer.fit(model, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     return trainer
 

@@ -18,6 +18,7 @@ import torch
 from data_factory import bad_images, exif_rotated_jpeg, jpeg_bytes, photo, write
 from PIL import Image
 
+from tests.conftest import quiet_trainer
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.data.datamodule import PlannedBatch, UnusableImageError
 from vit_ft.data.decode import decode
@@ -174,16 +175,7 @@ class _Tiny(L.LightningModule):
 def test_lightning_calls_the_datamodule_hook(tmp_path):
     _folder(str(tmp_path))
     dm, model = _dm(tmp_path, True), _Tiny()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     assert model.seen == [(torch.uint8, (8, 3, SIZE, SIZE), torch.int64)] * 2
 

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 
+from tests.conftest import quiet_trainer
 from vit_ft.errors import ConfigError
 from vit_ft.models.backbone import Preprocessing
 from vit_ft.models.export import save_hf_pretrained, save_timm_safetensors
@@ -128,7 +129,6 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
 
 def _vit_ft_checkpoint(path: Path, names: list[str]) -> Path:
     """A real vit-ft checkpoint: a tiny ViTClassifier trained one step, saved by Lightning."""
-    import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     from vit_ft.models.classifier import ViTClassifier
@@ -148,14 +148,7 @@ def _vit_ft_checkpoint(path: Path, names: list[str]) -> Path:
     data = TensorDataset(
         torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(4) % len(names)
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2)
     trainer.fit(model, DataLoader(data, batch_size=2))
     trainer.save_checkpoint(path)
     return path

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, make_image_folder, read_metrics, run_cli
+from tests.conftest import TINY, make_image_folder, quiet_trainer, read_metrics, run_cli
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
@@ -160,16 +160,7 @@ def test_batchnorm_folds_into_the_head_exactly():
 
 def _fit(module, dm, epochs: int = 3) -> float:
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(devices=1, max_epochs=epochs)
     trainer.fit(module, datamodule=dm)
     return float(trainer.callback_metrics["val/acc1"])
 
