@@ -35,6 +35,40 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch, tmp_path):
+    """No test reaches a hub: Hugging Face offline, with an empty cache of its own."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+
+def tiny_hf_vit(
+    id2label: dict[int, str] | None = None, seed: int = 0, scale: float = 0.5, num_labels: int = 4
+):
+    """A transformers ViTForImageClassification (hidden 32, 1 layer, 32 px, patch 8) with perturbed weights."""
+    import torch
+    import transformers
+
+    names = {"id2label": id2label, "label2id": {n: i for i, n in id2label.items()}} if id2label else {}
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=num_labels,
+        **names,
+    )
+    model = transformers.ViTForImageClassification(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
 def quiet_trainer(**kwargs):
     """An in-process CPU Trainer without logger, checkpoints, progress bar, summary or sanity check."""
     import lightning as L

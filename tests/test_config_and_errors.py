@@ -121,7 +121,13 @@ def test_invalid_values(override, needle, image_folder, tmp_path, capsys):
 
 def test_batch_that_does_not_divide_over_devices(image_folder, tmp_path, capsys):
     line = bad_input(
-        [f"data.root={image_folder}", "data.batch_size=7", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+        [
+            f"data.root={image_folder}",
+            "data.batch_size=7",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+        ],
         tmp_path,
         capsys,
     )
@@ -138,7 +144,9 @@ def test_train_val_class_mismatch(tmp_path, capsys):
 
 
 def test_bad_input_through_the_cli(tmp_path):
-    proc = run_cli("train.py", *TINY, f"data.root={tmp_path / 'missing'}", "logger=none", tmp_path=tmp_path, check=False)
+    proc = run_cli(
+        "train.py", *TINY, f"data.root={tmp_path / 'missing'}", "logger=none", tmp_path=tmp_path, check=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data.root=")
     assert "Traceback" not in proc.stderr

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_hf_vit
 from vit_ft.data.decode import is_image_file
 from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
@@ -26,30 +26,9 @@ CLASSES = ["circle", "cross", "square", "triangle"]  # the image_folder fixture'
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-
-
 def _hf_dir(path: Path, id2label: dict[int, str] | None, seed: int = 0):
-    kw = {"id2label": id2label, "label2id": {n: i for i, n in id2label.items()}} if id2label else {}
-    cfg = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=4,
-        **kw,
-    )
-    model = transformers.ViTForImageClassification(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))
-    model.eval().save_pretrained(path)
+    model = tiny_hf_vit(id2label, seed=seed, scale=0.5)
+    model.save_pretrained(path)
     prep = {"do_normalize": True, "image_mean": MEAN, "image_std": STD, "resample": 2, "size": 32}
     (path / "preprocessor_config.json").write_text(json.dumps(prep))
     return model

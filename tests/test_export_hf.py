@@ -23,12 +23,6 @@ transformers = pytest.importorskip("transformers")
 TIMM_KW = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-
-
 def _x(size: int = 32) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
 

@@ -62,7 +62,11 @@ def test_sgd_is_the_papers_classical_momentum():
 
 @pytest.mark.parametrize(
     "kwargs, needle",
-    [({"lr": 0.0}, "optimizer.lr=0.0"), ({"lr": -1.0}, "optimizer.lr=-1.0"), ({"name": "nope"}, "optimizer.name='nope'")],
+    [
+        ({"lr": 0.0}, "optimizer.lr=0.0"),
+        ({"lr": -1.0}, "optimizer.lr=-1.0"),
+        ({"name": "nope"}, "optimizer.name='nope'"),
+    ],
 )
 def test_bad_optimizer_settings(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):

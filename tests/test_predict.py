@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, tiny_hf_vit
 from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
 from vit_ft.predict import find_images, head_labels, load_predictor, predict_images
@@ -24,31 +24,9 @@ transformers = pytest.importorskip("transformers")
 CLASSES = ["circle", "cross", "square", "triangle"]  # the image_folder fixture's classes, sorted
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-
-
 @pytest.fixture(scope="module")
 def hf_model():
-    cfg = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=4,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={n: i for i, n in enumerate(CLASSES)},
-    )
-    model = transformers.ViTForImageClassification(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return tiny_hf_vit(dict(enumerate(CLASSES)), seed=0, scale=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,6 @@ TIMM_KW = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
 NAMES = ["cat", "dog", "bird"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-
-
 def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values everywhere (LayerNorm and biases too), so any key mix-up changes the logits."""
     g = torch.Generator().manual_seed(seed)
