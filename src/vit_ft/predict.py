@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Normalize
 
 __all__ = [
     "Predictor",
@@ -211,11 +212,7 @@ class Predictor:
         self.labels = list(labels)
         self.preprocessing = preprocessing
         self.model = model.eval().to(self.device)
-        mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
-        # (x/255 - mean)/std as one fused multiply-add on the device, as in ViTClassifier
-        self._scale = (1.0 / (255.0 * std)).to(self.device)
-        self._shift = (-mean / std).to(self.device)
+        self.normalizer = Normalize(preprocessing).to(self.device)
         self.autocast_dtype = self._autocast(str(precision))
 
     def _autocast(self, precision: str) -> torch.dtype | None:
@@ -235,7 +232,7 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
-        x = torch.addcmul(self._shift, x.float(), self._scale)
+        x = self.normalizer(x)
         ctx = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None

@@ -7,7 +7,7 @@ preprocessing the weights expect, and the class names of the head when the head 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -16,30 +16,7 @@ import torch
 from torch import nn
 
 from vit_ft.errors import ConfigError
-
-
-@dataclass
-class Preprocessing:
-    """What the network expects at its input: square size, normalisation and resize filter."""
-
-    img_size: int
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(
-            img_size=int(d["img_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            interpolation=str(d.get("interpolation", "bilinear")),
-        )
+from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
 
 
 @dataclass
@@ -96,16 +73,6 @@ def check_img_size(name: str, img_size: int, patch_size: int) -> None:
             f"model.img_size={img_size} is not a positive multiple of the patch size {patch_size} of "
             f"{name}; use e.g. {max(patch_size, round(max(img_size, 1) / patch_size) * patch_size)}"
         )
-
-
-def preprocessing_from_timm(model: nn.Module, img_size: int) -> Preprocessing:
-    cfg = timm.data.resolve_model_data_config(model)
-    return Preprocessing(
-        img_size=img_size,
-        mean=tuple(cfg.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(cfg.get("std", (0.5, 0.5, 0.5))),
-        interpolation=cfg.get("interpolation", "bilinear"),
-    )
 
 
 def build_backbone(

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.backbone import Backbone, Preprocessing, build_backbone, create_from_arch
+from vit_ft.models.backbone import Backbone, build_backbone, create_from_arch
 from vit_ft.optim import build_optimizer, build_scheduler
+from vit_ft.preprocessing import Normalize, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,7 @@ class ViTClassifier(ClassifierSteps):
         self.hparams["class_names"] = self.class_names
         self.hparams["num_classes"] = self.num_classes
 
-        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
-        # x_norm = (x/255 - mean)/std = x * scale + shift, one fused op on the device.
-        self.register_buffer("_scale", 1.0 / (255.0 * std), persistent=False)
-        self.register_buffer("_shift", -mean / std, persistent=False)
+        self.normalizer = Normalize(pre)  # uint8 batches -> normalised floats, on the device
 
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:
@@ -199,9 +196,7 @@ class ViTClassifier(ClassifierSteps):
 
     # -- forward ----------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            return torch.addcmul(self._shift, x.float(), self._scale)
-        return x
+        return self.normalizer(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(x))

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.backbone import Preprocessing
 from vit_ft.models.weights import METADATA_KEY, timm_to_hf
+from vit_ft.preprocessing import Preprocessing
 
 __all__ = ["save_hf_pretrained", "save_timm_safetensors", "hf_vit_config"]
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ClassifierSteps
+from vit_ft.preprocessing import Normalize
 
 log = logging.getLogger("vit_ft")
 
@@ -286,8 +287,7 @@ class FeatureExtractor(L.LightningModule):
     def __init__(self, classifier: Any) -> None:
         super().__init__()
         self.model = classifier.model
-        self.register_buffer("_scale", classifier._scale.clone(), persistent=False)
-        self.register_buffer("_shift", classifier._shift.clone(), persistent=False)
+        self.normalizer = Normalize(classifier.preprocessing)
         self.n_loaders = 1
         self._parts: dict[int, list] = {}
         self.result: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -300,7 +300,7 @@ class FeatureExtractor(L.LightningModule):
         if batch is None:
             return None
         idx, x, y = batch
-        x = torch.addcmul(self._shift, x.float(), self._scale) if x.dtype == torch.uint8 else x
+        x = self.normalizer(x)
         with torch.no_grad():
             f = _frozen_features(self.model, x).float()
         self._parts.setdefault(dataloader_idx, []).append((idx.long(), f, y.long()))
@@ -501,8 +501,7 @@ class LinearProbe(ClassifierSteps):
     def __init__(self, classifier: Any, batchnorm: bool = False, in_loop: bool = False) -> None:
         super().__init__()
         self.model = classifier.model  # same state_dict keys as ViTClassifier
-        self.register_buffer("_scale", classifier._scale.clone(), persistent=False)
-        self.register_buffer("_shift", classifier._shift.clone(), persistent=False)
+        self.normalizer = Normalize(classifier.preprocessing)
         self.preprocessing = classifier.preprocessing
         self.class_names = classifier.class_names
         self.num_classes = int(classifier.num_classes)
@@ -541,8 +540,7 @@ class LinearProbe(ClassifierSteps):
         self.train(True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = torch.addcmul(self._shift, x.float(), self._scale)
+        x = self.normalizer(x)
         with torch.no_grad():
             return _frozen_features(self.model, x)
 

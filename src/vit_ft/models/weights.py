@@ -42,14 +42,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.backbone import (
-    Backbone,
-    Preprocessing,
-    check_img_size,
-    create_from_arch,
-    preprocessing_from_timm,
-    zero_head,
-)
+from vit_ft.models.backbone import Backbone, check_img_size, create_from_arch, zero_head
+from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
 
 __all__ = [
     "load_weights",
