@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from vit_ft.models.classifier import ViTClassifier
-from vit_ft.optim import build_optimizer, build_scheduler
+from vit_ft.training.optim import build_optimizer, build_scheduler
 
 
 def make_model(args: argparse.Namespace) -> ViTClassifier:

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from vit_ft.errors import ConfigError
-from vit_ft.optim import build_optimizer, build_scheduler, warmup_decay_factor
+from vit_ft.training.optim import build_optimizer, build_scheduler, warmup_decay_factor
 
 
 def lrs_over(total: int, warmup: int, lr: float = 0.1, decay: str = "cosine") -> list[float]:

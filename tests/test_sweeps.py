@@ -53,7 +53,7 @@ def wandb_groups(jobs: list[Path]) -> list[str]:
 def make_study(storage: str, name: str, enqueue: dict | None = None) -> None:
     import optuna
 
-    from vit_ft.sweep import optuna_compat
+    from vit_ft.compat import optuna_sqlite_stamp_fix as optuna_compat
 
     optuna_compat()
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -64,7 +64,7 @@ def make_study(storage: str, name: str, enqueue: dict | None = None) -> None:
 def trial_states(storage: str, name: str) -> list[tuple[int, str]]:
     import optuna
 
-    from vit_ft.sweep import optuna_compat
+    from vit_ft.compat import optuna_sqlite_stamp_fix as optuna_compat
 
     optuna_compat()
     return [(t.number, t.state.name) for t in optuna.load_study(study_name=name, storage=storage).trials]
@@ -129,7 +129,7 @@ def test_failed_jobs_do_not_stop_a_multirun_and_the_report_rebuilds(small_folder
         f"data.root={small_folder}",
         *SWEEP_TINY,
         "logger=csv",
-        "+callbacks.nonfinite_loss._target_=vit_ft.sweep.NonFiniteLossGuard",
+        "+callbacks.nonfinite_loss._target_=vit_ft.training.callbacks.NonFiniteLossGuard",
         "optimizer.lr=0.002,-1,1e37",
         f"hydra.sweep.dir={sweep}",
         tmp_path=tmp_path,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, read_metrics, run_cli, wandb_history_and_config
-from vit_ft.optim import warmup_decay_factor
+from vit_ft.training.optim import warmup_decay_factor
 
 EPOCHS = 4
 EASIER_CROPS = "data.train_scale=[0.35,1.0]"  # the 64-image set learns in 4 epochs whatever the seed

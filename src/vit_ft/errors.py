@@ -1,15 +1,39 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and how to find it behind a wrapped one.
 
 Its message is a single line: what is wrong, the value seen, what to do. Entry points print it as
 ``error: <message>`` and exit with status 2; anything else is a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 
 class ConfigError(ValueError):
     """A user-fixable problem with a setting, a path or an input file."""
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(message)
+def user_error(exc: BaseException | None) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``exc`` (Hydra's instantiate and DataLoader workers wrap what
+    they raise), or Lightning's word on invalid trainer settings, as one; None for anything else."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConfigError):
+            return exc
+        if isinstance(exc, MisconfigurationException):
+            first = (str(exc).strip().splitlines() or ["invalid trainer settings"])[0]
+            return ConfigError(f"{first} (check the trainer.* settings)")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to show for a user error behind ``exc`` (None when ``exc`` is not one).
+
+    Errors raised in DataLoader workers arrive wrapped in the worker's traceback: the message is its
+    last line, without the exception's type name."""
+    user = user_error(exc)
+    if user is None:
+        return None
+    lines = str(user).strip().splitlines()
+    return (lines[-1] if lines else "invalid configuration").split("ConfigError: ", 1)[-1]

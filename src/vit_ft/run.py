@@ -7,7 +7,6 @@ This is the one module that speaks Hydra/OmegaConf: it turns the composed config
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,35 +16,17 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vit_ft.errors import ConfigError
+from vit_ft.compat import install_ddp_relaunch
+from vit_ft.errors import ConfigError, user_message
+from vit_ft.io import write_json_atomic
+from vit_ft.training.checkpoint_io import AtomicCheckpointIO
+from vit_ft.training.precision import resolve_precision
 
 log = logging.getLogger("vit_ft")
 
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true")
-
-
 # -- checks that end a run before it starts ---------------------------------------------------------
-def resolve_precision(precision: Any, accelerator: str) -> str:
-    """``null``/``auto`` → the fastest correct choice: bf16-mixed where bf16 is fast, else 16-mixed
-    on CUDA and 32-true on CPU."""
-    if precision not in (None, "auto", "null"):
-        p = str(precision)
-        if p not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={precision!r} is not one of 32, bf16-mixed, 16-mixed")
-        return p
-    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    try:
-        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        cpu_bf16 = False
-    return "bf16-mixed" if cpu_bf16 else "32-true"
-
-
 _MISSING_HINTS = {
     "data.root": "data.root=/path/to/images (class folders inside), or experiment=quickstart to try it out",
     "data.name": "data.name=<hub id or local folder>, e.g. data.name=uoft-cs/cifar10",
@@ -92,16 +73,6 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<file>.tmp`` and renames it: a crash mid-save never leaves half a checkpoint."""
-
-    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
-        path = str(path)
-        tmp = path + ".tmp"
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
-
-
 def _hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     """Command for DDP ranks > 0: the same job (its overrides, its output folder), never the sweep.
 
@@ -135,14 +106,6 @@ def _config_dirs(hc: Any) -> list[str]:
     return [s.path for s in hc.runtime.config_sources if s.provider == "command-line" and s.schema == "file"]
 
 
-def _install_ddp_relaunch() -> None:
-    import lightning.fabric.strategies.launchers.subprocess_script as fabric_sub
-    import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_sub
-
-    fabric_sub._hydra_subprocess_cmd = _hydra_job_command
-    pytorch_sub._hydra_subprocess_cmd = _hydra_job_command
-
-
 def _hydra_info() -> dict[str, Any]:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -160,13 +123,6 @@ def _hydra_info() -> dict[str, Any]:
         }
     except (ImportError, ValueError):
         return {}
-
-
-def _is_rank_zero() -> bool:
-    return (
-        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-        and int(os.environ.get("NODE_RANK", 0)) == 0
-    )
 
 
 def _build_callbacks(cfg: DictConfig) -> list:
@@ -240,13 +196,6 @@ def _checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
     return (monitored[0] if monitored else None), last
 
 
-def _write_json(path: str, payload: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 # -- the two jobs ------------------------------------------------------------------------------------
 def build(cfg: DictConfig, for_training: bool = True) -> tuple[Any, Any, L.Trainer, list]:
     """DataModule, LightningModule, Trainer and loggers for ``cfg``, checked before anything runs."""
@@ -279,7 +228,7 @@ def build(cfg: DictConfig, for_training: bool = True) -> tuple[Any, Any, L.Train
 
     loggers = _build_loggers(cfg, hydra) if for_training else []
     callbacks = _build_callbacks(cfg) if for_training else []
-    _install_ddp_relaunch()
+    install_ddp_relaunch(_hydra_job_command)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = instantiate(
         trainer_cfg,
@@ -354,7 +303,7 @@ def train(cfg: DictConfig) -> float | None:
                 "bad_images": bad() if callable(bad) else None,
                 "run_dir": output_dir,
             }
-            _write_json(os.path.join(output_dir, "metrics.json"), payload)
+            write_json_atomic(os.path.join(output_dir, "metrics.json"), payload)
             _print_summary(output_dir, payload, _wandb_dirs(loggers))
         if value is not None and not math.isfinite(value):
             return None
@@ -430,7 +379,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
             "ckpt_path": cfg.get("ckpt_path"),
             "weights": cfg.model.get("weights"),
         }
-        _write_json(os.path.join(output_dir, "metrics.json"), payload)
+        write_json_atomic(os.path.join(output_dir, "metrics.json"), payload)
         print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
         for k, v in sorted(metrics.items()):
             print(f"  {k:<12} {v:.4f}" if v is not None else f"  {k:<12} n/a")
@@ -438,37 +387,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     return metrics
 
 
-def _user_error(exc: BaseException) -> ConfigError | None:
-    """The :class:`ConfigError` behind ``exc`` (Hydra's instantiate wraps what it raises)."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, ConfigError):
-            return exc
-        if isinstance(exc, MisconfigurationException):  # Lightning's word on trainer settings
-            first = (str(exc).strip().splitlines() or ["invalid trainer settings"])[0]
-            return ConfigError(f"{first} (check the trainer.* settings)")
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
-
-
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
     if _hydra_info().get("multirun"):  # one job of a sweep: a failure is recorded, the sweep goes on
-        from vit_ft.sweep import run_sweep_job
+        from vit_ft.sweeps.job import run_sweep_job
 
         return run_sweep_job(fn, cfg)
     try:
         return fn(cfg)
     except Exception as e:
-        user = _user_error(e)
-        if user is None:
+        line = user_message(e)
+        if line is None:
             raise
-        msg = str(user).strip().splitlines()
-        # Errors raised in DataLoader workers arrive wrapped with the worker's traceback.
-        line = msg[-1] if msg else "invalid configuration"
-        line = line.split("ConfigError: ", 1)[-1]
         print(f"error: {line}", file=sys.stderr, flush=True)
         _finish_wandb()
         sys.exit(2)

@@ -1,7 +1,7 @@
 """``hparams_search=optuna``: the Hydra Optuna sweeper with vit-ft's resume and failure handling.
 
 Hydra only instantiates sweepers that live in the ``hydra_plugins`` namespace; the logic is in
-:func:`vit_ft.sweep.optuna_sweep`.
+:func:`vit_ft.sweeps.optuna.optuna_sweep`.
 """
 
 from typing import Any
@@ -18,6 +18,6 @@ if OptunaSweeper is not None:
         failed trials with their error; the sweep goes on."""
 
         def sweep(self, arguments: list[str]) -> Any:
-            from vit_ft.sweep import optuna_sweep
+            from vit_ft.sweeps.optuna import optuna_sweep
 
             return optuna_sweep(self.sweeper, arguments)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from lightning.pytorch.loggers import WandbLogger
 
+from vit_ft.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,6 @@ def resolve_wandb_mode(mode: str | None) -> str:
     if mode in (None, "auto"):
         return "online" if wandb_credentials_present() else "offline"
     if mode not in ("online", "offline", "disabled"):
-        from vit_ft.errors import ConfigError
-
         raise ConfigError(f"logger.wandb.mode={mode!r} must be auto, online, offline or disabled")
     return mode
 

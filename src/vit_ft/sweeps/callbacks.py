@@ -2,7 +2,7 @@
 
 :class:`SweepReport`, for every ``-m`` sweep whatever its sweeper or launcher:
 
-* before any job: checks the sweep (:func:`vit_ft.sweep.check_sweep`: swept keys exist, an Optuna search
+* before any job: checks the sweep (:func:`vit_ft.sweeps.checks.check_sweep`: swept keys exist, an Optuna search
   space is not empty, an Optuna storage holds this study) — a problem is one ``error:`` line, exit 2;
 * after each job: refreshes the report's table (markdown and CSV), so a running sweep has one;
 * at the end: writes the full report (with the plot) and prints where it is. When every job failed, the
@@ -14,21 +14,19 @@ Importing this module is cheap: Hydra instantiates it in every process, DDP rank
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from vit_ft.dist import is_rank_zero
+from vit_ft.sweeps.checks import check_sweep
+from vit_ft.sweeps.report import FINISHED_MARKER, write_report
 
 log = logging.getLogger("vit_ft.sweep")
-
-
-def _rank_zero() -> bool:
-    for key in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key]) == 0
-    return True
 
 
 class SweepReport(Callback):
@@ -37,33 +35,23 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         if self.check:
-            from vit_ft.sweep import check_sweep
-
             check_sweep(config)
         if self.enabled:
-            from vit_ft.sweep_report import FINISHED_MARKER
-
             sweep_dir = Path(str(config.hydra.sweep.dir))
             marker = sweep_dir / FINISHED_MARKER
             if marker.exists():
                 marker.unlink()  # the sweep goes on in this folder (a resumed study)
-            if _rank_zero() and not (sweep_dir / "multirun.yaml").exists():
-                from omegaconf import OmegaConf
-
+            if is_rank_zero() and not (sweep_dir / "multirun.yaml").exists():
                 # the basic sweeper writes it; Optuna's does not, and the report reads the swept keys there
                 sweep_dir.mkdir(parents=True, exist_ok=True)
                 OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        if not self.enabled or not _rank_zero():
+        if not self.enabled or not is_rank_zero():
             return
         try:
-            from hydra.types import RunMode
-
             if config.hydra.mode != RunMode.MULTIRUN:
                 return
-            from vit_ft.sweep_report import write_report
-
             write_report(str(config.hydra.sweep.dir), with_plot=False)
         except Exception as e:  # noqa: BLE001 - a report must never fail a job
             log.warning("could not refresh the sweep report: %s", e)
@@ -71,8 +59,6 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if not self.enabled:
             return
-        from vit_ft.sweep_report import FINISHED_MARKER, write_report
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return

@@ -1,0 +1,126 @@
+"""Every patch of, or reach into, a third-party library's internals — and nothing else.
+
+Each entry names the library versions it was checked on. When a library changes one of these
+internals, this is the only file to look at; a test of the behaviour each one serves fails first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+# -- torch 2.14.1 -------------------------------------------------------------------------------------
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (no public API says so)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# -- lightning 2.6.6 ----------------------------------------------------------------------------------
+def install_ddp_relaunch(command: Callable[[int], tuple[list[str], str]]) -> None:
+    """Make Lightning's DDP launcher start ranks > 0 with ``command(local_rank) -> (argv, cwd)``.
+
+    Under Hydra, Lightning re-runs ``sys.argv`` (``_hydra_subprocess_cmd``), which in a ``-m`` multirun
+    starts a new sweep in every rank; vit-ft's command re-enters exactly the current job."""
+    import lightning.fabric.strategies.launchers.subprocess_script as fabric_sub
+    import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_sub
+
+    fabric_sub._hydra_subprocess_cmd = command
+    pytorch_sub._hydra_subprocess_cmd = command
+
+
+def tame_child_watchdog() -> None:
+    """Lightning's watchdog SIGKILLs the launching process when a rank exits with an error. In a sweep
+    that process is the sweep itself: kill only the job's ranks (the job then fails on its own)."""
+    from lightning.fabric.strategies.launchers import subprocess_script as sub
+
+    cls = sub._ChildProcessObserver
+    if getattr(cls, "_vit_ft_tamed", False):
+        return
+
+    def _terminate_children(self: Any) -> None:
+        for p in self._child_processes:
+            if p.poll() is None:
+                p.send_signal(self._termination_signal)
+
+    cls._terminate_all = _terminate_children
+    cls._vit_ft_tamed = True
+
+
+def drain_child_watchdogs(timeout: float = 120.0) -> None:
+    """Wait for (or kill) the ranks a finished DDP job left, then retire their watchdog threads, so the
+    next job of a sweep is not killed for its predecessor's exit."""
+    for th in threading.enumerate():
+        if type(th).__name__ == "_ChildProcessObserver":
+            for p in getattr(th, "_child_processes", []):
+                try:
+                    p.wait(timeout=timeout)
+                except Exception:  # noqa: BLE001 - a hung rank must not hang the sweep
+                    p.kill()
+                    p.wait()
+            th._child_processes = []  # its last poll then sees nothing to report
+            th._finished = True
+
+
+# -- hydra-core 1.3.8 ---------------------------------------------------------------------------------
+def fail_job_return(job_return: Any, error: BaseException) -> None:
+    """Turn a completed Hydra ``JobReturn`` into a failed one carrying ``error`` (what the Optuna
+    sweeper reads to record a failed trial); JobReturn offers no public setter for the value."""
+    from hydra.core.utils import JobStatus
+
+    job_return.status = JobStatus.FAILED
+    job_return._return_value = error
+
+
+def job_return_value_is_none(job_return: Any) -> bool:
+    """``job_return.return_value`` without raising for a failed job (the property re-raises)."""
+    return job_return._return_value is None
+
+
+# -- optuna 2.10.1 (with SQLAlchemy 2.1.9, alembic 1.20.1) ---------------------------------------------
+def optuna_sqlite_stamp_fix() -> None:
+    """Optuna 2.x (what hydra-optuna-sweeper allows) stamps a new SQLite storage's schema version on a
+    connection that SQLAlchemy 2 never commits, so the storage cannot be opened again. Commit it."""
+    import optuna
+
+    if int(optuna.__version__.split(".")[0]) >= 3:
+        return
+    try:
+        import alembic.migration
+        import sqlalchemy
+        from optuna.storages._rdb.storage import _VersionManager
+    except ImportError:
+        return
+    if int(sqlalchemy.__version__.split(".")[0]) < 2 or getattr(_VersionManager, "_vit_ft_compat", False):
+        return
+
+    def _set_alembic_revision(self: Any, revision: str) -> None:
+        with self.engine.begin() as conn:
+            context = alembic.migration.MigrationContext.configure(conn)
+            context.stamp(self._create_alembic_script(), revision)
+
+    _VersionManager._set_alembic_revision = _set_alembic_revision
+    _VersionManager._vit_ft_compat = True
+
+
+def mark_trial_interrupted(study: Any, trial: Any) -> None:
+    """Tag a trial left RUNNING by a killed sweep (optuna has no public per-trial attribute setter for a
+    trial it did not hand out)."""
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+
+
+def reseed_sampler(sampler: Any, seed: int) -> None:
+    """Reseed a seeded sampler (and its start-up random sampler) in place; optuna keeps the generator
+    private, so a resumed study would otherwise replay the first run's start-up points."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed % (2**32))
+    for obj in (sampler, getattr(sampler, "_random_sampler", None)):
+        if obj is not None and hasattr(obj, "_rng"):
+            obj._rng = np.random.RandomState(rng.randint(2**31))
