@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from vit_ft.run import evaluate, run_cli
+from vit_ft.tasks.cli import run_cli
+from vit_ft.tasks.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -6,7 +6,8 @@ Returns ``optimized_metric`` (best ``val/acc1`` by default) so Hydra sweepers ca
 import hydra
 from omegaconf import DictConfig
 
-from vit_ft.run import run_cli, train
+from vit_ft.tasks.cli import run_cli
+from vit_ft.tasks.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -11,8 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from tests.conftest import ROOT, TINY, run_cli
-from vit_ft.run import run_cli as run_in_process
-from vit_ft.run import train
+from vit_ft.tasks.cli import run_cli as run_in_process
+from vit_ft.tasks.train import train
 
 
 def compose_cfg(overrides: list[str], out: Path, config_name: str = "config"):

@@ -9,7 +9,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from vit_ft.run import validate_config
+from vit_ft.tasks.common import validate_config
 
 # name: (data target, steps, warmup, expected accuracy in the header comment, HF hub id or None)
 RECIPES = {

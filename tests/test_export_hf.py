@@ -220,7 +220,7 @@ def test_export_cli_from_a_vit_ft_checkpoint(tmp_path):
 def test_export_cli_bad_input(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from vit_ft.run import run_cli
+    from vit_ft.tasks.cli import run_cli
 
     entry = _load_export_cli()
 

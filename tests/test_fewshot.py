@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import TINY, read_metrics, run_cli, wandb_history_and_config
 from vit_ft.errors import ConfigError
-from vit_ft.fewshot import BIAS_CONSTANT, ridge_accuracies, ridge_cache, ridge_weights, sample_shots
+from vit_ft.tasks.fewshot import BIAS_CONSTANT, ridge_accuracies, ridge_cache, ridge_weights, sample_shots
 
 
 def separable(n_per_class: int, dim: int, k: int = 3, seed: int = 0):

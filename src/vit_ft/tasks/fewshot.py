@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -23,6 +22,9 @@ import numpy as np
 import torch
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.probe import ProbeSettings, split_features, use_feature_type
+from vit_ft.tasks.common import build
+from vit_ft.tasks.outputs import finish_wandb, print_summary, write_metrics, write_resolved_config
 
 log = logging.getLogger("vit_ft")
 
@@ -113,16 +115,11 @@ def _settings(extra: dict[str, Any]) -> tuple[list[int], int, float | str, str |
 def fewshot(cfg: Any) -> float | None:
     """``experiment=fewshot``: accuracies per shot count; metrics.json and wandb; returns the
     ``optimized_metric`` (``fewshot/<k>shot/acc``)."""
-    from omegaconf import OmegaConf
-
-    from vit_ft import run
-    from vit_ft.models.probe import ProbeSettings, split_features, use_feature_type
-
     settings = ProbeSettings.from_config(cfg.get("probe"))
     shots, n_seeds, l2_cfg, eval_split = _settings(settings.extra)
     loggers: list = []
     try:
-        datamodule, model, trainer, loggers = run.build(cfg)
+        datamodule, model, trainer, loggers = build(cfg)
         splits = datamodule.splits
         if eval_split is None:
             eval_split = "test" if "test" in splits else "val"
@@ -181,17 +178,11 @@ def fewshot(cfg: Any) -> float | None:
         value = final[metric]
         output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
-            os.makedirs(output_dir, exist_ok=True)
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            resolved["resolved_preprocessing"] = model.preprocessing.to_dict()
-            resolved["class_names"] = class_names
+            write_resolved_config(cfg, output_dir, loggers, model.preprocessing, class_names)
             for lg in loggers:
-                lg.log_hyperparams(resolved)
                 lg.log_metrics(final, step=0)
                 if hasattr(lg, "finalize"):
                     lg.finalize("success")
-            with open(os.path.join(output_dir, "config_resolved.yaml"), "w") as f:
-                f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
             payload = {
                 "optimized_metric": metric,
                 "value": value,
@@ -214,20 +205,12 @@ def fewshot(cfg: Any) -> float | None:
                 else None,
                 "run_dir": output_dir,
             }
-            run._write_json(os.path.join(output_dir, "metrics.json"), payload)
+            write_metrics(output_dir, payload)
             _print_table(final, shots, n_seeds, eval_split, len(yev), solve_seconds)
-            lines = [
-                f"run directory : {output_dir}",
-                f"metrics       : {os.path.join(output_dir, 'metrics.json')}",
-            ]
-            for d in run._wandb_dirs(loggers):
-                lines.append(f"wandb run     : {d}")
-                if "offline-run" in os.path.basename(d):
-                    lines.append(f"sync it with  : wandb sync {d}")
-            print("\n".join(lines), flush=True)
+            print_summary(output_dir, [], loggers)
         return value if math.isfinite(value) else None
     finally:
-        run._finish_wandb()
+        finish_wandb()
 
 
 def _select_l2(xtr: torch.Tensor, ytr: torch.Tensor, rows: np.ndarray, val: Any, num_classes: int) -> float:

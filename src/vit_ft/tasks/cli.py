@@ -1,0 +1,76 @@
+"""How the entry scripts run a task: user errors as one line, sweep jobs that fail alone, DDP ranks
+that re-enter the same job."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd, to_absolute_path
+from omegaconf import DictConfig
+
+from vit_ft.errors import user_message
+from vit_ft.sweeps.job import run_sweep_job
+from vit_ft.tasks.outputs import finish_wandb
+
+
+def hydra_info() -> dict[str, Any]:
+    """Whether this is a sweep job (its folder, number, overrides); empty outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "multirun": multirun,
+        "sweep_dir": hc.sweep.dir if multirun else None,
+        "job_num": hc.job.num if multirun else None,
+        "overrides": list(hc.overrides.task),
+    }
+
+
+def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
+    """Command for DDP ranks > 0: the same job (its overrides, its output folder), never the sweep.
+
+    Lightning's own version re-runs ``sys.argv``, so a ``-m`` multirun would start a new sweep in
+    every rank. Here each rank re-enters exactly this job.
+    """
+    hc = HydraConfig.get()
+    main = sys.modules["__main__"]
+    if main.__spec__ is None:
+        command = [sys.executable, to_absolute_path(sys.argv[0])]
+    else:
+        command = [sys.executable, "-m", main.__spec__.name]
+    if hc.job.config_name:
+        command += [f"--config-name={hc.job.config_name}"]
+    command += [
+        f"--config-dir={s.path}"
+        for s in hc.runtime.config_sources
+        if s.provider == "command-line" and s.schema == "file"
+    ]
+    command += list(hc.overrides.task)
+    command += [
+        f"hydra.run.dir={hc.runtime.output_dir}",
+        f"hydra.job.name={hc.job.name}_rank{local_rank}",
+        "hydra.output_subdir=null",
+        "hydra/hydra_logging=none",
+    ]
+    return command, get_original_cwd()
+
+
+def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2. In a
+    sweep, a failing job is recorded and the sweep goes on."""
+    if hydra_info().get("multirun"):
+        return run_sweep_job(fn, cfg)
+    try:
+        return fn(cfg)
+    except Exception as e:
+        line = user_message(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        finish_wandb()
+        sys.exit(2)

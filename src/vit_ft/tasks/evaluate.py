@@ -1,0 +1,63 @@
+"""``python eval.py``: evaluate a vit-ft checkpoint (``ckpt_path``) or pretrained weights
+(``model.weights``) on the data's test split (or val when there is none); print and write the metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_ft.errors import ConfigError
+from vit_ft.models.classifier import ViTClassifier, load_classifier
+from vit_ft.predict import check_head_matches_data
+from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
+from vit_ft.tasks.outputs import to_float, write_metrics
+
+log = logging.getLogger("vit_ft")
+
+
+def load_model(cfg: DictConfig) -> ViTClassifier:
+    """The checkpoint's classifier, or the weights with their own head, resolution and preprocessing."""
+    if cfg.get("ckpt_path"):
+        return load_classifier(str(cfg.ckpt_path))
+    mc = OmegaConf.to_container(cfg.model, resolve=True)
+    mc.pop("_target_", None)
+    if not mc.get("weights"):
+        raise ConfigError(
+            "nothing to evaluate: pass ckpt_path=<vit-ft .ckpt> or model.weights=<hub id | timm tag | file>"
+        )
+    if not overridden("model.img_size"):
+        mc["img_size"] = None  # the weights as they are: their own resolution, unless asked otherwise
+    return ViTClassifier(**{**mc, "num_classes": None, "class_names": None})
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float | None]:
+    prepare_run(cfg)
+    datamodule = build_datamodule(cfg, "test")
+    model = load_model(cfg)
+    note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
+    if note:
+        log.info("classes: %s", note)
+    pre = model.preprocessing
+    datamodule.configure_preprocessing(pre.img_size, pre.interpolation)
+    trainer = build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
+    datamodule.configure_batch(trainer.world_size, 1)
+    split = "test" if "test" in datamodule.splits else "val"
+    if split == "test":
+        res = trainer.test(model, datamodule=datamodule, verbose=False)
+    else:
+        res = trainer.validate(model, datamodule=datamodule, verbose=False)
+    metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
+    if trainer.is_global_zero:
+        payload = {
+            "split": split,
+            "metrics": metrics,
+            "ckpt_path": cfg.get("ckpt_path"),
+            "weights": cfg.model.get("weights"),
+        }
+        path = write_metrics(str(cfg.paths.output_dir), payload)
+        print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
+        for k, v in sorted(metrics.items()):
+            print(f"  {k:<12} {v:.4f}" if v is not None else f"  {k:<12} n/a")
+        print(f"written to {path}")
+    return metrics
