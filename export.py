@@ -53,8 +53,7 @@ TIMM_FILE = "timm_model.safetensors"  # beside the transformers files with forma
 
 
 def export(cfg: DictConfig) -> list[Path]:
-    from vit_ft.models.export import hf_vit_config, save_hf_pretrained, save_timm_safetensors
-    from vit_ft.models.weights import load_weights
+    from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
 
     ckpt, weights = cfg.get("ckpt_path"), cfg.get("weights")
     if ckpt and weights and str(ckpt) != str(weights):

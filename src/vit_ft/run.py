@@ -404,7 +404,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         if not any(o.lstrip("+~").startswith("model.img_size=") for o in _hydra_info().get("overrides", [])):
             mc["img_size"] = None  # the weights as they are: their own resolution, unless asked otherwise
         model = ViTClassifier(**{**mc, "num_classes": None, "class_names": None})
-    from vit_ft.predict import check_head_matches_data
+    from vit_ft.labels import check_head_matches_data
 
     note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
     if note:
