@@ -16,7 +16,7 @@ from tests.conftest import ROOT, tiny_hf_vit
 from vit_ft.data.decode import is_image_file
 from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
-from vit_ft.predict import check_head_matches_data
+from vit_ft.labels import check_head_matches_data
 from vit_ft.tasks.cli import run_cli as run_in_process
 from vit_ft.tasks.evaluate import evaluate
 

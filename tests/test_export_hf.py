@@ -14,9 +14,8 @@ import torch
 
 from tests.conftest import quiet_trainer
 from vit_ft.errors import ConfigError
-from vit_ft.models.export import save_hf_pretrained, save_timm_safetensors
-from vit_ft.models.weights import load_weights
 from vit_ft.preprocessing import Preprocessing
+from vit_ft.weights import load_weights, save_hf_pretrained, save_timm_safetensors
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,8 +13,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.backbone import create_from_arch
-from vit_ft.models.weights import hf_to_timm, load_weights, timm_to_hf
+from vit_ft.weights import create_from_arch, hf_to_timm, load_weights, timm_to_hf
 
 transformers = pytest.importorskip("transformers")
 

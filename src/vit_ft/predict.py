@@ -1,6 +1,6 @@
 """Top-k predictions with class names for image files: what ``python predict.py`` runs (no Hydra here).
 
-``weights`` is anything :func:`vit_ft.models.weights.load_weights` reads (a vit-ft ``.ckpt``, a
+``weights`` is anything :func:`vit_ft.weights.load_weights` reads (a vit-ft ``.ckpt``, a
 transformers directory or hub id, a timm tag or file, an ``.npz``), with its own head. Labels are
 the head's class names: the data set's for a vit-ft checkpoint, ``id2label`` for a transformers
 model, ImageNet names (timm's ``ImageNetInfo``) for timm's ImageNet heads; a 1000-, 11821- or
@@ -29,23 +29,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vit_ft.errors import ConfigError
+from vit_ft.labels import head_labels
 from vit_ft.preprocessing import Normalize
 
 __all__ = [
     "Predictor",
     "find_images",
-    "head_labels",
     "load_predictor",
     "predict",
     "predict_images",
     "check_options",
-    "check_head_matches_data",
     "format_prediction",
     "resolve_device",
 ]
-
-# Head sizes timm knows as ImageNet label sets (timm.data.infer_imagenet_subset).
-_IMAGENET_SIZES = (1000, 11821, 21841, 21843)
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -109,93 +105,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 # -- the model --------------------------------------------------------------------------------------
-def head_labels(num_classes: int, class_names: Sequence[str] | None) -> tuple[list[str], str | None]:
-    """(one label per output, a note when the labels are assumed rather than stated)."""
-    if class_names is not None and len(class_names) == num_classes:
-        return [str(n) for n in class_names], None
-    if num_classes in _IMAGENET_SIZES:
-        import timm.data
-
-        subset = timm.data.infer_imagenet_subset({"num_classes": num_classes})
-        try:
-            names = list(timm.data.ImageNetInfo(subset).label_descriptions())
-        except (AssertionError, OSError, KeyError, TypeError):
-            names = []
-        if len(names) == num_classes:
-            return names, (
-                f"the weights name no classes; their {num_classes} outputs are labelled as {subset} (timm)"
-            )
-    return [f"class_{i}" for i in range(num_classes)], (
-        f"the weights name none of their {num_classes} classes; labels are class_<index>"
-    )
-
-
-def _imagenet_1k() -> tuple[list[str], list[str]]:
-    """(wnids, descriptions) of ILSVRC-2012 in class-index order (timm's ``ImageNetInfo``)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo("imagenet-1k")
-    return list(info.label_names()), list(info.label_descriptions())
-
-
-def check_head_matches_data(
-    class_names: Sequence[str] | None, num_classes: int, data_class_names: Sequence[str]
-) -> str | None:
-    """Make sure output ``i`` of a head is class ``i`` of the data before evaluating it as it is.
-
-    Names must be equal, index for index. A head without names (transformers' ``LABEL_i``
-    placeholders) is taken in the data's order when the counts agree. For an ImageNet-1k head, an
-    image folder of all 1000 ILSVRC-2012 wnid folders (``n01440764``, ...) is the standard index
-    (wnids sorted), so it is matched by index; a subset of wnid folders is refused (a folder data set
-    renumbers its classes; ``data=imagenet`` keeps the standard index). Returns a note when the names
-    were matched by translation rather than equality; raises :class:`ConfigError` otherwise.
-    """
-    ours = [str(n) for n in data_class_names]
-    theirs = None if class_names is None else [str(n) for n in class_names]
-    if theirs is not None and theirs == ours:
-        return None
-    if num_classes == 1000 and ours and all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in ours):
-        wnids, descriptions = _imagenet_1k()
-        if set(ours) <= set(wnids):
-            if ours != wnids:
-                raise ConfigError(
-                    f"the data's {len(ours)} class folders are ImageNet wnids, a subset of the head's 1000 "
-                    f"classes, and an image folder numbers its classes 0..{len(ours) - 1} anew; evaluate "
-                    "with data=imagenet data.root=... (it keeps the standard ILSVRC-2012 index)"
-                )
-            if theirs is None:
-                return "the data's 1000 wnid folders are matched to the head's outputs in ILSVRC-2012 order"
-            ours = descriptions
-    if theirs is None:
-        if num_classes != len(ours):
-            raise ConfigError(
-                f"the model's head has {num_classes} classes but the data has {len(ours)}; evaluate on data "
-                "with the classes the weights were trained on"
-            )
-        return None
-    if theirs == ours:  # equal only after translating wnids
-        return "the data's wnid folders are the head's ImageNet-1k classes (ILSVRC-2012 order)"
-    if len(theirs) == len(ours) == 1000:
-        # ImageNet-1k named twice (e.g. transformers' id2label and timm's ImageNetInfo): same index
-        # order, spellings may differ in a few places
-        same = sum(a.strip().lower() == b.strip().lower() for a, b in zip(theirs, ours))
-        if same >= 990:
-            return f"the head's and the data's ImageNet-1k names agree at {same} of 1000 indices: matched by index"
-    if len(theirs) != len(ours) or set(theirs) != set(ours):
-        hint = "evaluate on data with the classes the model was trained on"
-        if len(theirs) == 1000 and len(ours) < 1000 and set(ours) <= set(_imagenet_1k()[1]):
-            hint = "the data is a subset of ImageNet-1k: use data.class_index=ilsvrc to keep the 1000-class index"
-        raise ConfigError(
-            f"the model's {len(theirs)} classes differ from the data's {len(ours)} "
-            f"(only in model: {sorted(set(theirs) - set(ours))[:5]}, only in data: "
-            f"{sorted(set(ours) - set(theirs))[:5]}); {hint}"
-        )
-    raise ConfigError(
-        "the model and the data name the same classes in a different order; "
-        "evaluate on a folder laid out like the training data"
-    )
-
-
 class Predictor:
     """A network with its labels and preprocessing: uint8 ``[B, 3, H, W]`` in, probabilities out."""
 
@@ -255,7 +164,7 @@ def load_predictor(
 ) -> Predictor:
     """A :class:`Predictor` for any weight source, its head kept (``notes`` collects what was
     assumed or changed on the way)."""
-    from vit_ft.models.weights import load_weights
+    from vit_ft.weights import load_weights
 
     if weights is None or str(weights).strip() in ("", "???"):
         raise ConfigError(

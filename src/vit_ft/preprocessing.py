@@ -14,6 +14,10 @@ import timm
 import torch
 from torch import nn
 
+# PIL's resampling filter codes (what transformers' ``preprocessor_config.json`` stores as ``resample``)
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+PIL_FILTER_CODES = {name: code for code, name in PIL_FILTERS.items()}
+
 
 @dataclass
 class Preprocessing:

@@ -27,7 +27,6 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 
@@ -35,27 +34,12 @@ from vit_ft.data.datamodule import FileRecords, ImageDataModule
 from vit_ft.data.decode import is_image_file
 from vit_ft.data.folder import VAL_ALIASES, FileIndex, stratified_split
 from vit_ft.errors import ConfigError
+from vit_ft.labels import ilsvrc_descriptions, ilsvrc_wnids
 
 log = logging.getLogger(__name__)
 
 LABEL_FILE = "LOC_val_solution.csv"
 CACHE_VERSION = 1
-
-
-@lru_cache(maxsize=1)
-def ilsvrc_wnids() -> tuple[str, ...]:
-    """The 1000 ILSVRC-2012 wnids in class-index order (timm's ``ImageNetInfo``)."""
-    from timm.data import ImageNetInfo
-
-    return tuple(ImageNetInfo().label_names())
-
-
-@lru_cache(maxsize=1)
-def ilsvrc_descriptions() -> tuple[str, ...]:
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    return tuple(info.index_to_description(i) for i in range(info.num_classes()))
 
 
 def _find_root(root: str) -> str:

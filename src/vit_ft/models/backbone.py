@@ -1,78 +1,17 @@
-"""Build a timm ViT and describe how to rebuild it and feed it.
+"""The network a run trains: random initialisation, or whatever :func:`vit_ft.weights.load_weights` reads.
 
-A :class:`Backbone` is what every weight source resolves to: the network, a JSON-able ``arch`` that
-rebuilds exactly the same network without weights (stored in every vit-ft checkpoint), the
-preprocessing the weights expect, and the class names of the head when the head was kept.
+Both paths give a :class:`~vit_ft.weights.Backbone` (network, JSON-able ``arch``, preprocessing,
+class names), so the classifier does not care where its weights came from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-import timm
-import torch
-from torch import nn
-
-from vit_ft.errors import ConfigError
-from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
-
-
-@dataclass
-class Backbone:
-    model: nn.Module
-    arch: dict[str, Any]
-    preprocessing: Preprocessing
-    class_names: list[str] | None = None
-    head_kept: bool = False
-    source: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return int(getattr(self.model, "num_classes", 0))
-
-
-def create_from_arch(arch: dict[str, Any]) -> nn.Module:
-    """Rebuild the network described by ``arch`` with random weights.
-
-    ``arch`` is ``{"name": <timm model name>, "kwargs": {...}, "layer_norm_eps": float | None}``;
-    every value is JSON-able so that it can travel inside checkpoints and hyperparameters.
-    """
-    kwargs = dict(arch.get("kwargs") or {})
-    eps = arch.get("layer_norm_eps")
-    if eps is not None:
-        kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(eps))
-    try:
-        return timm.create_model(arch["name"], pretrained=False, **kwargs)
-    except RuntimeError as e:  # unknown model name
-        raise ConfigError(
-            f"model.backbone={arch['name']!r} is not a timm model ({e}); "
-            "pick one from timm.list_models('vit_*')"
-        ) from None
-
-
-def zero_head(model: nn.Module) -> None:
-    """The paper's head initialisation: all zeros, so fine-tuning starts from uniform predictions."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear):
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.zero_()
-
-
-def patch_size_of(model: nn.Module) -> int:
-    ps = model.patch_embed.patch_size
-    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
-
-
-def check_img_size(name: str, img_size: int, patch_size: int) -> None:
-    if img_size <= 0 or img_size % patch_size != 0:
-        raise ConfigError(
-            f"model.img_size={img_size} is not a positive multiple of the patch size {patch_size} of "
-            f"{name}; use e.g. {max(patch_size, round(max(img_size, 1) / patch_size) * patch_size)}"
-        )
+from vit_ft.preprocessing import preprocessing_from_timm
+from vit_ft.weights import Backbone, load_weights
+from vit_ft.weights.arch import check_img_size, create_from_arch, patch_size_of
+from vit_ft.weights.assemble import zero_head
 
 
 def build_backbone(
@@ -87,12 +26,10 @@ def build_backbone(
     """The network for ``name`` at ``img_size`` with a head of ``num_classes``.
 
     ``weights=None`` gives random initialisation (head zeroed); any other value is resolved by
-    :func:`vit_ft.models.weights.load_weights` (hub ids, timm tags, local files). ``num_classes=None``
+    :func:`vit_ft.weights.load_weights` (hub ids, timm tags, local files). ``num_classes=None``
     keeps whatever head the weights carry.
     """
     if weights is not None and str(weights).strip() != "":
-        from vit_ft.models.weights import load_weights
-
         return load_weights(
             str(weights),
             backbone=name,

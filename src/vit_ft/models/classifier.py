@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.backbone import Backbone, build_backbone, create_from_arch
+from vit_ft.models.backbone import build_backbone
 from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.optim import build_optimizer, build_scheduler
+from vit_ft.weights import Backbone, create_from_arch
 
 log = logging.getLogger(__name__)
 

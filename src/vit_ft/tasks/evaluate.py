@@ -8,8 +8,8 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
+from vit_ft.labels import check_head_matches_data
 from vit_ft.models.classifier import ViTClassifier, load_classifier
-from vit_ft.predict import check_head_matches_data
 from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
 from vit_ft.tasks.outputs import to_float, write_metrics
 

@@ -21,8 +21,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.export import hf_vit_config, save_hf_pretrained, save_timm_safetensors
-from vit_ft.models.weights import load_weights
+from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
 
 
 @dataclass

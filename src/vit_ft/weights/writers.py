@@ -5,7 +5,7 @@
   ``ViTForImageClassification.from_pretrained(dir)`` loads to the same logits. transformers is not
   needed to write it.
 * :func:`save_timm_safetensors`: the timm state dict as safetensors (what ``timm.create_model(...,
-  pretrained_cfg_overlay=dict(file=...))`` and :func:`vit_ft.models.weights.load_weights` read); with
+  pretrained_cfg_overlay=dict(file=...))`` and :func:`vit_ft.weights.load_weights` read); with
   ``arch`` given, the architecture, class names and preprocessing travel in its metadata so that
   ``load_weights`` rebuilds the network without being told the backbone.
 """
@@ -21,12 +21,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vit_ft.errors import ConfigError
-from vit_ft.models.weights import METADATA_KEY, timm_to_hf
-from vit_ft.preprocessing import Preprocessing
+from vit_ft.preprocessing import PIL_FILTER_CODES, Preprocessing
+from vit_ft.weights.convert_hf import timm_to_hf
+from vit_ft.weights.io import METADATA_KEY
 
-__all__ = ["save_hf_pretrained", "save_timm_safetensors", "hf_vit_config"]
-
-_PIL_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+__all__ = ["save_hf_pretrained", "save_timm_safetensors", "hf_vit_config", "hf_preprocessor_config"]
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -138,11 +137,12 @@ def hf_vit_config(model: nn.Module, class_names: list[str] | None = None) -> dic
 
 
 def hf_preprocessor_config(preprocessing: Preprocessing) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` dict (a ``ViTImageProcessor``) that feeds the network as vit-ft does."""
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": int(preprocessing.img_size), "width": int(preprocessing.img_size)},
-        "resample": _PIL_CODES.get(preprocessing.interpolation, 2),
+        "resample": PIL_FILTER_CODES.get(preprocessing.interpolation, 2),
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -1,0 +1,394 @@
+"""One reader per checkpoint format: each returns the tensors (timm keys) and what the file states.
+
+A reader returns a :class:`Checkpoint` (state dict at the checkpoint's own resolution and head, its
+``arch``, class names, preprocessing, notes); :mod:`vit_ft.weights.assemble` turns it into the
+requested network. What the checkpoint states (width, depth, heads, MLP size, patch size,
+resolution, qkv bias, LayerNorm eps) decides the network; only a timm state dict, which does not
+state its head count or eps, takes them from the named backbone (and is checked against it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vit_ft.compat import load_vit_npz
+from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import PIL_FILTERS, Preprocessing
+from vit_ft.weights.arch import (
+    HF_LAYER_NORM_EPS,
+    arch_from_hf_config,
+    arch_from_npz,
+    backbone_note,
+    create_from_arch,
+    head_classes,
+    merge_timm_kwargs,
+    meta_defaults,
+    native_img_size,
+    state_dict_hint,
+)
+from vit_ft.weights.convert_hf import hf_to_timm, is_hf_vit_state_dict
+from vit_ft.weights.hub import create_timm_pretrained
+from vit_ft.weights.io import (
+    METADATA_KEY,
+    corrupt_file_error,
+    first_line,
+    load_safetensors,
+    read_state_dict,
+    strip_prefixes,
+    torch_load_safely,
+    unwrap_state_dict,
+)
+from vit_ft.weights.sources import check_timm_tag
+
+
+@dataclass
+class Checkpoint:
+    """What a reader found; ``arch`` states the resolution and head of ``sd`` as stored."""
+
+    sd: dict[str, torch.Tensor]
+    arch: dict[str, Any]
+    label: str  # names the checkpoint in errors: "transformers checkpoint /path"
+    class_names: list[str] | None = None
+    preprocessing: Preprocessing | None = None  # None: timm's pretrained config for the arch
+    notes: list[str] = field(default_factory=list)
+    hint: Callable[[], str] | None = None  # what to do when sd does not fit arch
+    class_names_from: Any = None  # for labels.class_names_for; False: the file stated its names
+
+
+@dataclass
+class TimmPretrained:
+    """A network timm built with its pretrained weights, and the kwargs it was built with."""
+
+    model: nn.Module
+    name: str
+    kwargs: dict[str, Any]
+
+
+def _preprocessing_from_hf(path: Path, img_size: int, notes: list[str]) -> Preprocessing:
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        notes.append(f"{path} has no preprocessor_config.json: assuming ViT's mean/std 0.5, bilinear resize")
+        return Preprocessing(img_size)
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {file}: {first_line(e)}; fix or delete the file") from None
+    if cfg.get("do_normalize", True):
+        mean = tuple(float(v) for v in cfg.get("image_mean", (0.5, 0.5, 0.5)))
+        std = tuple(float(v) for v in cfg.get("image_std", (0.5, 0.5, 0.5)))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = cfg.get("resample", 2)
+    interp = PIL_FILTERS.get(int(resample), "bilinear") if isinstance(resample, int) else str(resample)
+    return Preprocessing(img_size, mean, std, interp)  # type: ignore[arg-type]
+
+
+def _hf_weight_files(path: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as e:
+                raise ConfigError(f"cannot read {index}: {first_line(e)}; download the model again") from None
+            return [path / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return [path / name]
+    raise ConfigError(
+        f"{path} has a config.json but no model.safetensors or pytorch_model.bin; download or export the "
+        "model again"
+    )
+
+
+def _read_dir_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    sd: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    for f in _hf_weight_files(path):
+        if not f.is_file():
+            raise ConfigError(f"weight shard {f} is missing; download the model again")
+        part, _, n = read_state_dict(f)
+        sd.update(part)
+        notes += n
+    return sd, notes
+
+
+def read_dir(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+    """A model directory: timm hub-style (config.json with ``architecture``) or transformers."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise ConfigError(
+            f"directory {path} has no config.json (found {found}); pass a transformers model directory "
+            "(config.json + model.safetensors) or the weight file itself"
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read {cfg_file}: {first_line(e)}; download or export the model again"
+        ) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{cfg_file} is not a JSON object; download or export the model again")
+    if "architecture" in cfg and "model_type" not in cfg:
+        return read_timm_dir(path, cfg, timm_kwargs=timm_kwargs)
+    return read_hf_dir(path, cfg, backbone=backbone, timm_kwargs=timm_kwargs)
+
+
+def read_hf_dir(
+    path: Path, cfg: dict[str, Any], *, backbone: str | None, timm_kwargs: dict[str, Any] | None
+) -> Checkpoint:
+    """A transformers ViT directory: config.json (the arch, ``id2label``), weights (sharded or not),
+    preprocessor_config.json."""
+    where = str(path / "config.json")
+    model_type = cfg.get("model_type")
+    if model_type != "vit":
+        raise ConfigError(
+            f"{where} describes model_type={model_type!r}; vit-ft reads transformers ViT checkpoints "
+            "(model_type 'vit') - pass a ViT model or a timm checkpoint"
+        )
+    arch = arch_from_hf_config(cfg, where)
+    notes: list[str] = backbone_note(backbone, arch)
+    merge_timm_kwargs(arch, timm_kwargs, notes)
+    raw, n = _read_dir_weights(path)
+    notes += n
+    sd, unused = hf_to_timm(raw)
+    if any(k.startswith(("pooler.", "vit.pooler.")) for k in unused):
+        notes.append(
+            "dropped the transformers pooler (dense+tanh): a ViTForImageClassification head does not use it"
+        )
+    unused = [
+        k
+        for k in unused
+        if not k.startswith(("pooler.", "vit.pooler.", "embeddings.mask_token", "vit.embeddings.mask_token"))
+    ]
+    if unused:
+        raise ConfigError(
+            f"{path}: {len(unused)} weights are not part of a transformers ViT (e.g. {unused[0]!r}); "
+            "pass a ViTForImageClassification / ViTModel checkpoint"
+        )
+    names = None
+    id2label = cfg.get("id2label") or {}
+    if id2label:
+        try:
+            names = [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]  # type: ignore[call-overload]
+        except TypeError:
+            names = None
+    if names is not None and names == [f"LABEL_{i}" for i in range(len(names))]:
+        names = None  # transformers' placeholder names
+    prep = _preprocessing_from_hf(path, int(arch["kwargs"]["img_size"]), notes)
+    return Checkpoint(
+        sd,
+        arch,
+        label=f"transformers checkpoint {path}",
+        class_names=names,
+        class_names_from=False,
+        preprocessing=prep,
+        notes=notes,
+    )
+
+
+def read_timm_dir(path: Path, cfg: dict[str, Any], *, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+    """A timm hub-style directory: config.json with ``architecture``, ``num_classes``, ``pretrained_cfg``."""
+    name = str(cfg["architecture"])
+    kwargs = dict(cfg.get("model_args") or {})
+    kwargs.update(timm_kwargs or {})
+    kwargs.pop("pretrained_cfg_overlay", None)
+    files = [f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()]
+    if not files:
+        raise ConfigError(f"{path} has a timm config.json but no model.safetensors or pytorch_model.bin")
+    sd, _, notes = read_state_dict(files[0])
+    pcfg = cfg.get("pretrained_cfg") or {}
+    prep = None
+    if "mean" in pcfg and "std" in pcfg:
+        prep = Preprocessing(
+            0, tuple(pcfg["mean"]), tuple(pcfg["std"]), str(pcfg.get("interpolation", "bicubic"))
+        )
+    return read_timm_state_dict(
+        sd,
+        files[0],
+        backbone=name,
+        timm_kwargs=kwargs,
+        class_names=cfg.get("label_names"),
+        preprocessing=prep,
+        notes=notes,
+    )
+
+
+def read_timm_state_dict(
+    sd: dict[str, torch.Tensor],
+    path: Path,
+    *,
+    backbone: str | None,
+    timm_kwargs: dict[str, Any] | None,
+    notes: list[str],
+    meta: dict[str, str] | None = None,
+    class_names: list[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Checkpoint:
+    """A timm state dict: its arch from vit-ft's safetensors metadata when present, else from
+    ``backbone`` + ``timm_kwargs``, with the resolution and head read off the tensors (timm's
+    defaults for the arch come from a build on the meta device: no weights)."""
+    info: dict[str, Any] = {}
+    if meta and METADATA_KEY in meta:
+        try:
+            info = json.loads(meta[METADATA_KEY])
+        except ValueError:
+            info = {}
+    if "arch" in info:  # written by vit-ft: it states its own architecture
+        arch = copy.deepcopy(info["arch"])
+        notes += backbone_note(backbone, arch) if "patch_size" in arch["kwargs"] else []
+        merge_timm_kwargs(arch, timm_kwargs, notes)
+        class_names = class_names or info.get("class_names")
+        if info.get("preprocessing"):
+            preprocessing = Preprocessing.from_dict({**info["preprocessing"], "img_size": 0})
+    else:
+        if not backbone:
+            raise ConfigError(
+                f"{path} is a timm state dict, which does not state its architecture; set model.backbone "
+                "(e.g. vit_base_patch32_384) and model.timm_kwargs to match it"
+            )
+        kwargs = {k: v for k, v in (timm_kwargs or {}).items() if k != "pretrained_cfg_overlay"}
+        arch = {"name": backbone, "kwargs": kwargs, "layer_norm_eps": None}
+        if is_hf_vit_state_dict(sd):
+            sd, unused = hf_to_timm(sd)
+            arch["layer_norm_eps"] = HF_LAYER_NORM_EPS
+            notes.append(
+                f"{path.name} has transformers ViT keys: converted to timm, LayerNorm eps 1e-12 assumed "
+                "(pass the model directory with its config.json to use the checkpoint's own settings)"
+            )
+    kw = arch["kwargs"]
+    if "img_size" not in kw or "num_classes" not in kw:
+        default_size, prefix = meta_defaults(arch)
+        kw["img_size"] = native_img_size(sd, kw, prefix) or default_size
+        kw.setdefault("num_classes", head_classes(sd))
+    return Checkpoint(
+        sd,
+        arch,
+        label=f"weights file {path}",
+        class_names=class_names,
+        preprocessing=preprocessing,
+        notes=notes,
+        hint=state_dict_hint(sd),
+    )
+
+
+def read_weight_file(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+    """A weight file: the weights of a model directory, a vit-ft ``.ckpt`` or a timm state dict
+    (raw or wrapped; a Lightning checkpoint's ``model.*`` weights)."""
+    sibling_cfg = path.parent / "config.json"
+    if path.name in ("model.safetensors", "pytorch_model.bin") and sibling_cfg.is_file():
+        return read_dir(path.parent, backbone=backbone, timm_kwargs=timm_kwargs)
+    if path.suffix == ".safetensors":
+        sd, meta = load_safetensors(path)
+        sd, notes = strip_prefixes(sd), []
+    else:
+        obj = torch_load_safely(path)
+        if (
+            isinstance(obj, dict)
+            and isinstance(obj.get("hyper_parameters"), dict)
+            and "arch" in obj["hyper_parameters"]
+        ):
+            return read_vit_ft_ckpt(path, obj, timm_kwargs=timm_kwargs)
+        notes = []
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "hyper_parameters" in obj:
+            inner = obj["state_dict"]
+            if inner and all(k.startswith("model.") for k in inner):
+                obj = {k[len("model.") :]: v for k, v in inner.items()}
+        sd, meta = unwrap_state_dict(obj, path, notes), {}
+    return read_timm_state_dict(sd, path, backbone=backbone, timm_kwargs=timm_kwargs, notes=notes, meta=meta)
+
+
+def read_vit_ft_ckpt(path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+    """A vit-ft Lightning ``.ckpt`` (already loaded): ``hyper_parameters`` hold ``arch``,
+    ``class_names`` and ``preprocessing``; the network's weights are ``state_dict['model.*']``
+    (an arch without img_size takes timm's default from a build on the meta device: no weights)."""
+    hp = ckpt["hyper_parameters"]
+    arch = copy.deepcopy(dict(hp["arch"]))
+    if not isinstance(arch.get("kwargs"), dict) or "name" not in arch:
+        raise ConfigError(
+            f"{path}: hyper_parameters.arch={arch!r} is not a vit-ft arch; the checkpoint is damaged"
+        )
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} has no state_dict; it is not a complete vit-ft checkpoint")
+    sd = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not sd:
+        raise ConfigError(f"{path}: no 'model.*' weights in its state_dict; it is not a vit-ft checkpoint")
+    notes: list[str] = []
+    merge_timm_kwargs(arch, timm_kwargs, notes)
+    prep_d = hp.get("preprocessing")
+    prep = Preprocessing.from_dict({**dict(prep_d), "img_size": 0}) if prep_d else None
+    kw = arch["kwargs"]
+    if "img_size" not in kw or "num_classes" not in kw:
+        kw.setdefault("img_size", meta_defaults(arch)[0])
+        kw.setdefault("num_classes", head_classes(sd))
+    names = hp.get("class_names")
+    return Checkpoint(
+        sd,
+        arch,
+        label=f"vit-ft checkpoint {path}",
+        class_names=list(names) if names else None,
+        preprocessing=prep,
+        notes=notes,
+    )
+
+
+def read_npz(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+    """An original google-research / big_vision ViT ``.npz``. Builds the network: timm's .npz loader
+    (:func:`vit_ft.compat.load_vit_npz`) knows the flax names only as a copy into a model."""
+    try:
+        with np.load(path, allow_pickle=False) as w:
+            arch, classes, pre_logits = arch_from_npz(w, path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, StopIteration) as e:
+        raise corrupt_file_error(path, e) from None
+    notes = backbone_note(backbone, arch)
+    if pre_logits and classes:
+        notes.append(
+            f"{path.name} has a pre-logits layer that timm's ViT lacks: its {classes}-class head cannot be "
+            "kept exactly and is replaced"
+        )
+        arch["kwargs"]["num_classes"] = 0
+        classes = 0
+    model = create_from_arch(arch)
+    try:
+        load_vit_npz(model, path)
+    except (KeyError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ConfigError(
+            f"cannot load {path} into a {arch['name']} ({first_line(e)}); the .npz is damaged or not a ViT"
+        ) from None
+    merge_timm_kwargs(arch, timm_kwargs, notes)
+    return Checkpoint(
+        model.state_dict(),
+        arch,
+        label=f"npz checkpoint {path}",
+        class_names=None,
+        preprocessing=Preprocessing(0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
+        notes=notes,
+    )
+
+
+def read_timm_pretrained(
+    name: str, *, source: str, img_size: int | None, timm_kwargs: dict[str, Any] | None
+) -> TimmPretrained:
+    """A timm pretrained tag (or ``hf-hub:`` name). Builds the network: timm creates it with its
+    weights (resampling the position embeddings itself when ``img_size`` is given)."""
+    if not name.startswith("hf-hub:"):
+        check_timm_tag(name, source)
+    kwargs = dict(timm_kwargs or {})
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    if img_size is not None:
+        kwargs["img_size"] = int(img_size)
+    kwargs.pop("num_classes", None)
+    model = create_timm_pretrained(name, source=source, overlay=overlay, kwargs=kwargs)
+    return TimmPretrained(model, name, kwargs)
