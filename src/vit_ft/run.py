@@ -312,9 +312,18 @@ def train(cfg: DictConfig) -> float | None:
     try:
         datamodule, model, trainer, loggers = build(cfg)
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
-            from vit_ft.models.probe import prepare_linear_probe
+            from vit_ft.probe.linear import prepare_linear_probe
+            from vit_ft.probe.settings import LinearProbeSettings
 
-            model, datamodule = prepare_linear_probe(cfg, model, datamodule, trainer)
+            settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
+            model, datamodule = prepare_linear_probe(
+                settings,
+                model,
+                datamodule,
+                trainer,
+                ckpt_path=cfg.get("ckpt_path"),
+                with_test=bool(cfg.get("test")),
+            )
         output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
             os.makedirs(output_dir, exist_ok=True)
