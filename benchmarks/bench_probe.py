@@ -25,13 +25,10 @@ import torch
 
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.models.classifier import ViTClassifier
-from vit_ft.models.probe import (
-    FeatureDataModule,
-    LinearProbe,
-    ProbeSettings,
-    clear_memory_cache,
-    split_features,
-)
+from vit_ft.probe.extract import split_features
+from vit_ft.probe.features import clear_memory_cache
+from vit_ft.probe.linear import FeatureDataModule, LinearProbe
+from vit_ft.probe.settings import LinearProbeSettings
 
 
 def _args() -> argparse.Namespace:
@@ -83,8 +80,7 @@ def _datamodule(a: argparse.Namespace, root: str, pre) -> ImageFolderDataModule:
     )
     dm.setup()
     dm.configure_preprocessing(pre.img_size, pre.interpolation)
-    eval_transform = dm._transform
-    dm._transform = lambda train: eval_transform(False)  # in-loop probe without augmentation
+    dm.train_with_eval_transform()  # in-loop probe without augmentation
     return dm
 
 
@@ -141,7 +137,7 @@ def main() -> None:
     )
 
     # Cached: one extraction pass (to disk, as a real run does), then the head on features.
-    settings = ProbeSettings(cache_dir=os.path.join(tmp.name, "features"), batchnorm=a.batchnorm)
+    settings = LinearProbeSettings(cache_dir=os.path.join(tmp.name, "features"), batchnorm=a.batchnorm)
     clear_memory_cache()
     trainer = _trainer(a, 1)
     t0 = time.perf_counter()

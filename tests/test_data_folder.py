@@ -109,6 +109,24 @@ def test_index_is_numpy_backed(tmp_path):
     assert all(os.path.isfile(index.path(i)) for i in range(len(index)))
 
 
+def test_public_transform_dataset_and_training_on_the_eval_transform(tmp_path):
+    class_folder(str(tmp_path / "train"), {"a": 3, "b": 3})
+    class_folder(str(tmp_path / "val"), {"a": 1, "b": 1})
+    dm = _dm(tmp_path, auto_augment=None)
+    dm.setup()
+    train_tf, eval_tf = dm.transform(True), dm.transform(False)
+    assert repr(train_tf) != repr(eval_tf)
+    ds = dm.dataset("train", eval_tf, train=False)
+    x, y = ds[0]
+    assert len(ds) == 6 and x.shape == (3, 32, 32) and y == int(dm.splits["train"].labels[0])
+    assert torch.equal(x, eval_tf(dm.splits["train"].source(0)))
+    dm.train_with_eval_transform()
+    assert repr(dm.transform(True)) == repr(eval_tf)
+    x_loader, _ = next(iter(dm.train_dataloader()))
+    rows = [eval_tf(dm.splits["train"].source(i)) for i in range(6)]
+    assert all(any(torch.equal(r, row) for row in rows) for r in x_loader)  # no random crop or flip
+
+
 class _FreezeCount(torch.utils.data.Dataset):
     def __len__(self):
         return 2

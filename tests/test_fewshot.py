@@ -8,7 +8,17 @@ import torch
 
 from tests.conftest import TINY, read_metrics, run_cli, wandb_history_and_config
 from vit_ft.errors import ConfigError
-from vit_ft.tasks.fewshot import BIAS_CONSTANT, ridge_accuracies, ridge_cache, ridge_weights, sample_shots
+from vit_ft.probe.ridge import (
+    BIAS_CONSTANT,
+    DEFAULT_L2,
+    L2_GRID,
+    fewshot_evaluation,
+    ridge_accuracies,
+    ridge_cache,
+    ridge_weights,
+    sample_shots,
+    select_l2,
+)
 
 
 def separable(n_per_class: int, dim: int, k: int = 3, seed: int = 0):
@@ -48,6 +58,34 @@ def test_shots_are_sampled_per_class_without_replacement():
     )
     with pytest.raises(ConfigError):
         sample_shots(labels, 6, seed=0, num_classes=3)
+
+
+def test_evaluation_reports_mean_and_std_per_shot_and_the_chosen_l2():
+    x, y = separable(12, 6)
+    xt, yt = separable(5, 6, seed=0)
+    names = ["a", "b", "c"]
+    r = fewshot_evaluation((x, y), (xt, yt), names, [1, 3, 12], 4, DEFAULT_L2, base_seed=7)
+    assert set(r.final) == {f"fewshot/{s}shot/{m}" for s in (1, 3, 12) for m in ("acc", "acc_std")}
+    assert all(len(v) == 4 for v in r.per_seed.values()) and r.l2_selected is None
+    assert r.final["fewshot/12shot/acc_std"] == 0.0 and r.final["fewshot/12shot/acc"] == 1.0  # one draw
+    assert r.final["fewshot/3shot/acc"] == pytest.approx(np.mean(r.per_seed["3shot"]))
+    again = fewshot_evaluation((x, y), (xt, yt), names, [1, 3, 12], 4, 1024, base_seed=7)
+    assert again.per_seed == r.per_seed  # seeded draws; an int L2 is the same as its float
+
+    auto = fewshot_evaluation((x, y), (xt, yt), names, [3], 2, "auto", val=(xt, yt))
+    assert all(l2 in L2_GRID for l2 in auto.l2_selected["3shot"])
+    assert auto.final["fewshot/3shot/log2_l2"] == pytest.approx(np.mean(np.log2(auto.l2_selected["3shot"])))
+    every = np.arange(len(y))
+    assert select_l2(x, y, every, 3) == DEFAULT_L2  # nothing held out: the default
+
+    fewer = y.clone()
+    fewer[0] = 2  # class a: 11 images
+    with pytest.raises(ConfigError) as e:
+        fewshot_evaluation((x, fewer), (xt, yt), names, [1, 12], 1, 1.0)
+    assert str(e.value) == (
+        "probe.shots=[1, 12] asks for 12 images per class but class 'a' has only 11 in the train split; "
+        "use shot counts up to 11"
+    )
 
 
 def test_cli_fewshot_reports_mean_and_std_per_shot_to_metrics_and_wandb(image_folder, tmp_path):

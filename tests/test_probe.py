@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import json
-import types
 
 import lightning as L
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from tests.conftest import TINY, make_image_folder, quiet_trainer, read_metrics, run_cli
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
-from vit_ft.models.probe import (
-    FeatureDataModule,
-    FeatureExtractor,
-    LinearProbe,
-    ProbeSettings,
-    clear_memory_cache,
-    fold_batchnorm,
-    prepare_linear_probe,
-    split_features,
-)
+from vit_ft.probe.extract import FeatureExtractor, split_features
+from vit_ft.probe.features import clear_memory_cache
+from vit_ft.probe.linear import FeatureDataModule, LinearProbe, fold_batchnorm, prepare_linear_probe
+from vit_ft.probe.settings import FewshotSettings, LinearProbeSettings
 
 SPLITS = ["train", "val"]
 
@@ -57,9 +49,9 @@ def count_forwards(clf: ViTClassifier) -> list[int]:
 
 
 @pytest.fixture
-def settings(tmp_path) -> ProbeSettings:
+def settings(tmp_path) -> LinearProbeSettings:
     clear_memory_cache()
-    return ProbeSettings(cache_dir=str(tmp_path / "features"))
+    return LinearProbeSettings(cache_dir=str(tmp_path / "features"))
 
 
 def test_second_run_reuses_the_cache_without_backbone_passes(image_folder, settings):
@@ -119,7 +111,7 @@ def test_corrupt_or_stale_cache_file_is_one_clear_error_or_rebuilt(image_folder,
     msg = str(e.value)
     assert "\n" not in msg and "is corrupt" in msg and path in msg and "probe.on_bad_cache=rebuild" in msg
 
-    rebuild = ProbeSettings(cache_dir=settings.cache_dir, on_bad_cache="rebuild")
+    rebuild = LinearProbeSettings(cache_dir=settings.cache_dir, on_bad_cache="rebuild")
     feats, rep = split_features(clf, datamodule(image_folder), ["val"], rebuild)
     assert rep["val"]["source"] == "extracted" and len(feats["val"]) == 24
 
@@ -133,14 +125,14 @@ def test_corrupt_or_stale_cache_file_is_one_clear_error_or_rebuilt(image_folder,
 
 def test_gather_drops_padded_duplicates_and_sorts_by_index():
     ex = FeatureExtractor(tiny_classifier())
-    ex._trainer = types.SimpleNamespace(world_size=1)
     f = torch.arange(10.0)[:, None].repeat(1, 192)
     # What a padding sampler delivers: index 0 twice, out of order.
-    ex._parts = {
+    ex.parts = {
         0: [(torch.tensor([3, 1, 0]), f[[3, 1, 0]], torch.tensor([1, 0, 0]))],
     }
-    ex._parts[0].append((torch.tensor([2, 0]), f[[2, 0]], torch.tensor([1, 0])))
-    ex.on_predict_epoch_end()
+    ex.parts[0].append((torch.tensor([2, 0]), f[[2, 0]], torch.tensor([1, 0])))
+    ex.merge(world=1)
+    assert ex.parts == {}
     feats, labels, idx = ex.result[0]
     assert idx.tolist() == [0, 1, 2, 3] and labels.tolist() == [0, 0, 1, 1]
     assert torch.equal(feats[:, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
@@ -178,11 +170,10 @@ def test_cached_and_in_loop_probes_agree_and_leave_the_backbone_untouched(image_
 
     clf2 = tiny_classifier()  # same init
     dm = datamodule(image_folder)
-    settings_loop = ProbeSettings(cache=False, augment=False, batchnorm=True)
-    cfg = OmegaConf.create({"probe": vars(settings_loop) | {"extra": None}})
-    cfg.probe.pop("extra")
-    in_loop, dm = prepare_linear_probe(cfg, clf2, dm, None)
-    assert in_loop.in_loop
+    settings_loop = LinearProbeSettings.from_dict({"cache": False, "augment": False, "batchnorm": True})
+    in_loop, loop_dm = prepare_linear_probe(settings_loop, clf2, dm, None)
+    assert in_loop.in_loop and loop_dm is dm and not dm.augment_train
+    assert repr(dm.transform(True)) == repr(dm.transform(False))  # trains on the eval transform
     acc_loop = _fit(in_loop, dm)
     # Random-init features: the point is agreement (0.33 both here; chance is 0.25 on 24 val images).
     assert acc_cached >= 0.25 and abs(acc_cached - acc_loop) <= 0.1
@@ -197,15 +188,65 @@ def test_nothing_to_train_is_one_clear_error(tmp_path):
     dm = ImageFolderDataModule(root=str(root), batch_size=8, num_workers=0, on_bad_image="skip")
     dm.setup()
     dm.configure_preprocessing(32, "bicubic")
-    cfg = OmegaConf.create({"probe": {"cache_dir": None}, "test": False})
+    settings = LinearProbeSettings.from_dict({"cache_dir": None})
     with pytest.raises(
         ConfigError, match="the probe has nothing to train: the train split has no usable image"
     ):
-        prepare_linear_probe(cfg, tiny_classifier(), dm, None)
-    with pytest.raises(ConfigError, match="probe.shot is not a setting of probe.mode=linear"):
-        ProbeSettings.from_config({"shot": 5})
-    with pytest.raises(ConfigError, match="probe.features='avg' must be cls"):
-        ProbeSettings.from_config({"features": "avg"})
+        prepare_linear_probe(settings, tiny_classifier(), dm, None, with_test=False)
+
+
+@pytest.mark.parametrize(
+    "cls,probe,message",
+    [
+        (
+            LinearProbeSettings,
+            {"shot": 5},
+            "probe.shot is not a setting of probe.mode=linear (known: ['augment', 'batchnorm', 'cache', "
+            "'cache_dir', 'extract_batch_size', 'features', 'mode', 'on_bad_cache'])",
+        ),
+        (
+            FewshotSettings,
+            {"mode": "fewshot", "shot": 5},
+            "probe.shot is not a setting of probe.mode=fewshot (known: ['cache', 'cache_dir', 'eval_split', "
+            "'extract_batch_size', 'features', 'l2_reg', 'mode', 'on_bad_cache', 'seeds', 'shots'])",
+        ),
+        (FewshotSettings, {"batchnorm": True}, "probe.batchnorm is not a setting of probe.mode=fewshot"),
+        (LinearProbeSettings, {"seeds": 3}, "probe.seeds is not a setting of probe.mode=linear"),
+        (LinearProbeSettings, {"features": "avg"}, "probe.features='avg' must be cls (final-norm CLS token)"),
+        (FewshotSettings, {"on_bad_cache": "skip"}, "probe.on_bad_cache='skip' must be error or rebuild"),
+        (
+            LinearProbeSettings,
+            {"extract_batch_size": 0},
+            "probe.extract_batch_size=0 must be a positive integer",
+        ),
+        (LinearProbeSettings, {"mode": "ridge"}, "probe.mode='ridge' must be linear or fewshot"),
+        (
+            LinearProbeSettings,
+            {"mode": "fewshot"},
+            "probe.mode=fewshot is run by its own job, not as a linear probe",
+        ),
+        (FewshotSettings, {"mode": "linear"}, "probe.mode=linear is trained by train.py"),
+        (FewshotSettings, {"shots": [0, 5]}, "probe.shots=[0, 5] must be a list of positive integers"),
+        (FewshotSettings, {"seeds": True}, "probe.seeds=True must be a positive integer"),
+        (
+            FewshotSettings,
+            {"l2_reg": "best"},
+            "probe.l2_reg='best' must be a positive number (default 1024) or auto",
+        ),
+    ],
+)
+def test_settings_are_validated_per_mode_with_one_line_errors(cls, probe, message):
+    with pytest.raises(ConfigError) as e:
+        cls.from_dict(probe)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_settings_from_a_config_node():
+    s = LinearProbeSettings.from_dict({"mode": "linear", "cache_dir": "~/features", "batchnorm": True})
+    assert s.batchnorm and s.cache and not s.cache_dir.startswith("~")
+    f = FewshotSettings.from_dict({"mode": "fewshot", "shots": 5, "l2_reg": "auto", "cache": True})
+    assert f.shots == [5] and f.seeds == 5 and f.l2_reg == "auto" and f.eval_split is None
+    assert FewshotSettings.from_dict({"shots": [10, 1, 10]}).shots == [1, 10]
 
 
 def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints(image_folder, tmp_path):

@@ -235,6 +235,7 @@ class ImageDataModule(L.LightningDataModule):
         self.auto_augment = auto_augment
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.augment_train = True  # false: train splits use the eval transform (train_with_eval_transform)
         self.img_size = 224
         self.interpolation = "bilinear"
         self.loader_batch_size = batch_size
@@ -279,8 +280,13 @@ class ImageDataModule(L.LightningDataModule):
                 )
 
     # -- loaders --------------------------------------------------------------------------------
-    def _transform(self, train: bool) -> Any:
-        if train:
+    def train_with_eval_transform(self) -> None:
+        """Train on the eval transform from now on (an in-loop probe comparable to a cached one)."""
+        self.augment_train = False
+
+    def transform(self, train: bool) -> Any:
+        """The transform of a training (``train=True``) or evaluation split."""
+        if train and self.augment_train:
             return build_train_transform(
                 self.img_size,
                 interpolation=self.interpolation,
@@ -290,8 +296,8 @@ class ImageDataModule(L.LightningDataModule):
             )
         return build_eval_transform(self.img_size, interpolation=self.interpolation)
 
-    def _dataset(self, split: str, transform: Any, train: bool) -> Dataset:
-        """The torch Dataset of one split (map-style here; the streaming source overrides this)."""
+    def dataset(self, split: str, transform: Any, train: bool) -> Dataset:
+        """The torch Dataset of one split with ``transform`` (map-style here; streaming overrides this)."""
         records = self.splits[split]
         if split not in self._bad_flags:
             self._bad_flags[split] = torch.zeros(len(records), dtype=torch.uint8).share_memory_()
@@ -301,7 +307,7 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         if split not in self.splits:
             raise ConfigError(f"this data has no {split!r} split (it has {sorted(self.splits)})")
-        transform, collate = self._transform(train), collate_skipping_none
+        transform, collate = self.transform(train), collate_skipping_none
         if self.batch_decode:
             if supports_device_decode(transform):
                 transform = PlanOnly(transform)
@@ -310,7 +316,7 @@ class ImageDataModule(L.LightningDataModule):
                 log.info(
                     "data.decode_device: %r needs PIL augmentations; decoding its JPEGs on the CPU", transform
                 )
-        ds = self._dataset(split, transform, train)
+        ds = self.dataset(split, transform, train)
         pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
         bs = self.loader_batch_size if train else (self.eval_batch_size or self.loader_batch_size)
         iterable = isinstance(ds, IterableDataset)

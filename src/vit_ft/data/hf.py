@@ -348,9 +348,9 @@ class HFDataModule(ImageDataModule):
         return class_names, {"train": train, "val": val}
 
     # -- streaming loaders: an IterableDataset per split ---------------------------------------
-    def _dataset(self, split: str, transform: Any, train: bool):
+    def dataset(self, split: str, transform: Any, train: bool):
         if not self.streaming:
-            return super()._dataset(split, transform, train)
+            return super().dataset(split, transform, train)
         if split not in self._stream_bad:
             self._stream_bad[split] = torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         return StreamingRecords(

@@ -7,9 +7,10 @@ import math
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vit_ft.models.probe import prepare_linear_probe
+from vit_ft.probe.linear import prepare_linear_probe
+from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.outputs import finish_wandb, print_summary, to_float, write_metrics, write_resolved_config
@@ -32,7 +33,15 @@ def train(cfg: DictConfig) -> float | None:
     try:
         datamodule, model, trainer, loggers = build(cfg)
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
-            model, datamodule = prepare_linear_probe(cfg, model, datamodule, trainer)
+            settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
+            model, datamodule = prepare_linear_probe(
+                settings,
+                model,
+                datamodule,
+                trainer,
+                ckpt_path=cfg.get("ckpt_path"),
+                with_test=bool(cfg.get("test")),
+            )
         output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
             write_resolved_config(cfg, output_dir, loggers, model.preprocessing, datamodule.class_names)

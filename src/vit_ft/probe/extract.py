@@ -1,0 +1,267 @@
+"""One pass of the frozen network over the splits whose features are not cached yet.
+
+Under DDP each rank extracts its share of every split; the shares are gathered with their sample
+indices and the duplicates a distributed sampler may pad in are dropped, so every rank holds each
+image once, in record order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from vit_ft.data.datamodule import collate_skipping_none
+from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Normalize
+from vit_ft.probe.features import (
+    BadCacheError,
+    SplitFeatures,
+    cache_path,
+    feature_key,
+    load_features,
+    preprocessing_fingerprint,
+    recall,
+    records_fingerprint,
+    remember,
+    save_features,
+    weights_fingerprint,
+)
+from vit_ft.probe.settings import FeatureSettings
+
+log = logging.getLogger("vit_ft")
+
+
+# -- features of a network -------------------------------------------------------------------------
+def use_feature_type(classifier: Any, features: str) -> None:
+    """Make ``classifier.features`` (and its forward) pool the way ``probe.features`` says.
+
+    ``mean`` switches timm's pooling to the average of the final-norm patch tokens and records it in
+    the architecture stored with checkpoints (``global_pool=avg, fc_norm=False``: same parameters).
+    """
+    net = classifier.model
+    if features == "cls":
+        if getattr(net, "global_pool", "token") != "token":
+            raise ConfigError(
+                f"probe.features=cls but the model pools with global_pool={net.global_pool!r}; "
+                "use probe.features=mean or a model with a CLS token"
+            )
+        return
+    if not hasattr(net, "global_pool") or not isinstance(getattr(net, "fc_norm", None), nn.Identity):
+        raise ConfigError(f"probe.features={features} needs a timm ViT with a final norm and no fc_norm")
+    net.global_pool = "avg"
+    arch = classifier.hparams.get("arch")
+    if isinstance(arch, dict):
+        arch.setdefault("kwargs", {}).update(global_pool="avg", fc_norm=False)
+
+
+def frozen_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pre-logits features of normalised images ``x`` (what the head sees)."""
+    return net.forward_head(net.forward_features(x), pre_logits=True)
+
+
+# -- extraction ----------------------------------------------------------------------------------------
+class _Indexed(Dataset):
+    """``(index, image, label)`` of a split's dataset: indices let ranks' shares be merged exactly."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        item = self.ds[i]
+        return None if item is None else (i, *item)
+
+
+class FeatureExtractor(L.LightningModule):
+    """Runs the frozen network over the splits given to ``trainer.predict``; gathers over ranks."""
+
+    def __init__(self, classifier: Any) -> None:
+        super().__init__()
+        self.model = classifier.model
+        self.normalizer = Normalize(classifier.preprocessing)
+        self.n_loaders = 1
+        self.parts: dict[int, list] = {}  # loader -> [(indices, features, labels)] of this rank
+        self.result: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def on_predict_start(self) -> None:
+        self.model.eval()
+        self.parts = {}
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch is None:
+            return None
+        idx, x, y = batch
+        x = self.normalizer(x)
+        with torch.no_grad():
+            f = frozen_features(self.model, x).float()
+        self.parts.setdefault(dataloader_idx, []).append((idx.long(), f, y.long()))
+        return None
+
+    def _gather(self, t: torch.Tensor, n_max: int) -> torch.Tensor:
+        pad = torch.zeros((n_max - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        out = self.all_gather(torch.cat([t, pad]))  # [world, n_max, ...]
+        return out.reshape(-1, *t.shape[1:])
+
+    def on_predict_epoch_end(self) -> None:
+        self.merge(int(self.trainer.world_size))
+
+    def merge(self, world: int) -> None:
+        """``parts`` of every rank into ``result``: one row per record, sorted by record index."""
+        dim = int(getattr(self.model, "num_features", 0) or getattr(self.model, "embed_dim", 0))
+        for dl_idx in range(self.n_loaders):
+            parts = self.parts.get(dl_idx, [])
+            dev = self.device
+            if parts:
+                idx = torch.cat([p[0] for p in parts]).to(dev)
+                f = torch.cat([p[1] for p in parts]).to(dev)
+                y = torch.cat([p[2] for p in parts]).to(dev)
+            else:
+                idx = torch.zeros(0, dtype=torch.long, device=dev)
+                f = torch.zeros(0, dim, device=dev)
+                y = torch.zeros(0, dtype=torch.long, device=dev)
+            if world > 1:
+                counts = self.all_gather(torch.tensor([idx.shape[0]], device=dev)).reshape(-1)
+                n_max = int(counts.max())
+                valid = torch.cat([torch.arange(n_max, device=dev) < c for c in counts])
+                idx = self._gather(idx, n_max)[valid]
+                f = self._gather(f, n_max)[valid]
+                y = self._gather(y, n_max)[valid]
+            idx, f, y = idx.cpu(), f.cpu(), y.cpu()
+            # Sort by record index and keep one row per index (samplers may pad with repeats).
+            order = torch.argsort(idx, stable=True)
+            idx, f, y = idx[order], f[order], y[order]
+            keep = torch.ones_like(idx, dtype=torch.bool)
+            keep[1:] = idx[1:] != idx[:-1]
+            self.result[dl_idx] = (f[keep].contiguous(), y[keep], idx[keep])
+        self.parts = {}
+
+
+def _extract_trainer(trainer: L.Trainer | None) -> L.Trainer:
+    if trainer is not None:
+        return trainer
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision="32-true",
+    )
+
+
+def _precision_of(trainer: L.Trainer) -> str:
+    return str(getattr(trainer.precision_plugin, "precision", None) or trainer.precision)
+
+
+def split_features(
+    classifier: Any,
+    datamodule: Any,
+    splits: list[str],
+    settings: FeatureSettings,
+    trainer: L.Trainer | None = None,
+) -> tuple[dict[str, SplitFeatures], dict[str, dict]]:
+    """Features of ``splits`` from memory, the disk cache, or one extraction pass; plus a report.
+
+    Must be called on every rank (the extraction is collective); every rank gets every feature.
+    """
+    trainer = _extract_trainer(trainer)
+    datamodule.setup()
+    transform = datamodule.transform(False)
+    pre = preprocessing_fingerprint(classifier, transform, settings.features, _precision_of(trainer))
+    t0 = time.perf_counter()
+    w_fp = weights_fingerprint(classifier)
+    distributed = int(trainer.world_size) > 1
+    out: dict[str, SplitFeatures] = {}
+    report: dict[str, dict] = {}
+    missing: list[tuple[str, str]] = []
+    for split in splits:
+        records = datamodule.splits[split]
+        if isinstance(records, IterableDataset) or not hasattr(records, "__len__"):
+            raise ConfigError(
+                f"the {split} split is streamed; cached features need a map-style dataset (data.streaming=false)"
+            )
+        key = feature_key(w_fp, records_fingerprint(records), pre)
+        labels = np.asarray(records.labels, dtype=np.int64)
+        path = cache_path(settings.cache_dir, key) if settings.cache_dir else None
+        hit = recall(key) if not distributed else None
+        source = "memory"
+        if hit is None and path and os.path.exists(path):
+            try:
+                hit = load_features(path, key, labels)
+                source = "disk"
+            except BadCacheError as e:
+                if settings.on_bad_cache == "error":
+                    raise ConfigError(
+                        f"{e}; delete it (it is rebuilt on the next run) or set probe.on_bad_cache=rebuild"
+                    ) from None
+                log.warning("%s; rebuilding it", e)
+        if hit is not None:
+            out[split] = hit
+            report[split] = {"images": len(hit), "source": source, "key": key, "path": path}
+            remember(key, hit)
+        else:
+            missing.append((split, key))
+    log.info("features: fingerprinted weights and data in %.1fs", time.perf_counter() - t0)
+
+    if missing:
+        t1 = time.perf_counter()
+        bs = settings.extract_batch_size or datamodule.eval_batch_size or datamodule.loader_batch_size
+        loaders = []
+        for split, _ in missing:
+            ds = _Indexed(datamodule.dataset(split, transform, False))
+            pin = torch.cuda.is_available() if datamodule.pin_memory is None else bool(datamodule.pin_memory)
+            loaders.append(
+                DataLoader(
+                    ds,
+                    batch_size=int(bs),
+                    shuffle=False,
+                    num_workers=datamodule.num_workers,
+                    pin_memory=pin,
+                    collate_fn=collate_skipping_none,
+                )
+            )
+        extractor = FeatureExtractor(classifier)
+        extractor.n_loaders = len(loaders)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*predict returned None.*")
+            trainer.predict(extractor, dataloaders=loaders, return_predictions=False)
+        seconds = time.perf_counter() - t1
+        for i, (split, key) in enumerate(missing):
+            f, y, idx = extractor.result[i]
+            n = len(datamodule.splits[split])
+            feats = SplitFeatures(f, y, idx, n)
+            path = cache_path(settings.cache_dir, key) if settings.cache_dir else None
+            if path and trainer.is_global_zero:
+                meta = {"split": split, "weights": w_fp, "preprocessing": pre, "images": len(feats)}
+                save_features(path, key, split, feats, meta)
+            out[split] = feats
+            remember(key, feats)
+            report[split] = {"images": len(feats), "source": "extracted", "key": key, "path": path}
+            report[split]["seconds"] = round(seconds, 3)
+        if trainer.is_global_zero:
+            log.info(
+                "features: extracted %s in %.1fs%s",
+                ", ".join(f"{s} ({len(out[s])} images)" for s, _ in missing),
+                seconds,
+                f"; cached in {settings.cache_dir}" if settings.cache_dir else " (kept in memory only)",
+            )
+        if distributed:
+            trainer.strategy.barrier("vit_ft_features_written")
+    for split, r in report.items():
+        if r["source"] != "extracted" and trainer.is_global_zero:
+            log.info(
+                "features: %s (%d images) from the %s cache %s", split, r["images"], r["source"], r["key"]
+            )
+    return out, report

@@ -1,0 +1,225 @@
+"""Linear probes on frozen features, computed once and cached.
+
+Each split is passed through the frozen network once, with the eval transform
+(:func:`vit_ft.probe.extract.split_features`), and the head then trains on the stored features for
+as many epochs as asked. The probe module (:class:`LinearProbe`) keeps the network under the same
+attribute as :class:`~vit_ft.models.classifier.ViTClassifier`, logs the same metrics, and writes
+checkpoints that load as a ``ViTClassifier`` (an optional BatchNorm in front of the head is folded
+into it), so ``eval.py ckpt_path=...`` works on a probe's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vit_ft.data.datamodule import ImageDataModule
+from vit_ft.errors import ConfigError
+from vit_ft.models.classifier import ClassifierSteps
+from vit_ft.preprocessing import Normalize
+from vit_ft.probe.extract import frozen_features, split_features, use_feature_type
+from vit_ft.probe.features import SplitFeatures
+from vit_ft.probe.settings import LinearProbeSettings
+
+log = logging.getLogger("vit_ft")
+
+
+def fold_batchnorm(
+    weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``head(BN(x))`` with a non-affine BN in eval mode, as one linear layer."""
+    inv = torch.rsqrt(var.float() + eps)
+    w = weight.float() * inv[None, :]
+    b = bias.float() - w @ mean.float()
+    return w.to(weight.dtype), b.to(bias.dtype)
+
+
+class LinearProbe(ClassifierSteps):
+    """A linear head (optionally after a non-affine BatchNorm) on the frozen network's features.
+
+    ``in_loop=False``: batches are ``(features, labels)`` from the cache. ``in_loop=True``: batches are
+    uint8 images and the frozen network runs on them each step (no gradients through it).
+    Checkpoints hold the whole network with the trained head and load as a ``ViTClassifier``.
+    """
+
+    def __init__(self, classifier: Any, batchnorm: bool = False, in_loop: bool = False) -> None:
+        super().__init__()
+        self.model = classifier.model  # same state_dict keys as ViTClassifier
+        self.normalizer = Normalize(classifier.preprocessing)
+        self.preprocessing = classifier.preprocessing
+        self.class_names = classifier.class_names
+        self.num_classes = int(classifier.num_classes)
+        self.in_loop = bool(in_loop)
+        self.label_smoothing = float(classifier.label_smoothing)
+        self.optimizer_cfg = dict(classifier.optimizer_cfg)
+        self.scheduler_cfg = dict(classifier.scheduler_cfg)
+        if not isinstance(self.head, nn.Linear) or not self.head.weight.numel():
+            raise ConfigError(
+                "the probe has nothing to train: the model has no linear head; give the data's classes a head "
+                "(model.reset_head=true)"
+            )
+        dim = int(self.head.in_features)
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if batchnorm else None
+        for p in self.model.parameters():
+            p.requires_grad = False
+        for p in self.head.parameters():
+            p.requires_grad = True
+        hp = dict(classifier.hparams)
+        hp["freeze_backbone"] = True
+        self._classifier_hparams = hp
+        self.save_hyperparameters(hp, logger=False)
+        self._init_metrics(self.num_classes)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_classifier()
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.model.eval()  # frozen: no dropout, no drop-path, ever
+        self.head.train(mode)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train(True)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(x)
+        with torch.no_grad():
+            return frozen_features(self.model, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from features (``in_loop=False``) or images (``in_loop=True``)."""
+        f = self.features(x) if self.in_loop else x
+        if self.bn is not None:
+            f = self.bn(f)
+        return self.head(f)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        self._log_train(loss, y, logits)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_cfg.get("layer_decay"):
+            log.info("probe: optimizer.layer_decay does not apply to a linear head; ignored")
+        return self._optimizers_for(self.head, layer_decay=None)
+
+    # -- checkpoints: a ViTClassifier's, plus what resuming the probe needs ------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint["state_dict"]
+        probe_state = {"in_loop": self.in_loop, "batchnorm": self.bn is not None}
+        if self.bn is not None:
+            raw = {k: v for k, v in sd.items() if k.startswith("bn.")}
+            raw["model.head.weight"] = sd["model.head.weight"]
+            raw["model.head.bias"] = sd["model.head.bias"]
+            probe_state["raw"] = raw
+            w, b = fold_batchnorm(
+                self.head.weight.detach(),
+                self.head.bias.detach(),
+                self.bn.running_mean,
+                self.bn.running_var,
+                self.bn.eps,
+            )
+            for k in list(sd):
+                if k.startswith("bn."):
+                    del sd[k]
+            sd["model.head.weight"], sd["model.head.bias"] = w.cpu(), b.cpu()
+        checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
+        checkpoint["vit_ft"] = {
+            "format": 1,
+            "total_steps": int(self.trainer.estimated_stepping_batches),
+            "probe": probe_state,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        probe = (checkpoint.get("vit_ft") or {}).get("probe") or {}
+        raw = probe.get("raw")
+        if raw and self.bn is not None:
+            checkpoint["state_dict"].update(raw)
+        elif self.bn is not None:
+            # A checkpoint without the unfolded head: start the BN as identity on the folded head.
+            sd = checkpoint["state_dict"]
+            for k, v in self.bn.state_dict().items():
+                sd.setdefault(f"bn.{k}", v)
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Loaders over cached features, with the image DataModule's batch size, classes and splits."""
+
+    def __init__(self, base: ImageDataModule, features: dict[str, SplitFeatures]) -> None:
+        super().__init__()
+        self.base = base
+        self.features = features
+        self.class_names = base.class_names
+        self.splits = {k: v for k, v in base.splits.items() if k in features}
+        self.bad_image_report = base.bad_image_report
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        f = self.features[split]
+        bs = (
+            self.base.loader_batch_size
+            if train
+            else (self.base.eval_batch_size or self.base.loader_batch_size)
+        )
+        return DataLoader(
+            TensorDataset(f.features, f.labels),
+            batch_size=int(bs),
+            shuffle=train,
+            drop_last=train and len(f) >= 2 * bs,
+            num_workers=0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.features else "val", False)
+
+
+def prepare_linear_probe(
+    settings: LinearProbeSettings,
+    classifier: Any,
+    datamodule: ImageDataModule,
+    trainer: L.Trainer | None,
+    *,
+    ckpt_path: str | None = None,
+    with_test: bool = False,
+) -> tuple[LinearProbe, L.LightningDataModule]:
+    """The probe's module and data, from the classifier and image data built for the run.
+
+    ``ckpt_path``: the checkpoint the run resumes from (only logged: the Trainer restores the head);
+    ``with_test``: extract the test split's features too (the run tests after fitting).
+    """
+    use_feature_type(classifier, settings.features)
+    probe = LinearProbe(classifier, batchnorm=settings.batchnorm, in_loop=not settings.cache)
+    if not settings.cache:
+        if not settings.augment:
+            datamodule.train_with_eval_transform()
+        log.info("probe: backbone in the loop (probe.cache=false), augmentation %s", settings.augment)
+        return probe, datamodule
+    if ckpt_path:
+        log.info("probe: resuming the head from %s", ckpt_path)
+    splits = [s for s in ("train", "val", "test") if s in datamodule.splits]
+    if "test" in splits and not with_test:
+        splits.remove("test")
+    feats, _ = split_features(classifier, datamodule, splits, settings, trainer)
+    if len(feats["train"]) == 0:
+        raise ConfigError(
+            "the probe has nothing to train: the train split has no usable image; check data.root "
+            "and the bad-image report"
+        )
+    return probe, FeatureDataModule(datamodule, feats)
