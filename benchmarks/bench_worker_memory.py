@@ -67,8 +67,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vit_ft.data.datamodule import FileRecords, TransformedDataset, _seed_worker
 from vit_ft.data.folder import FileIndex
+from vit_ft.data.records import FileRecords, TransformedDataset, seed_worker
 
 KINDS = {
     "none": "no index",
@@ -161,7 +161,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
         num_workers=args.workers,
         persistent_workers=True,
         # vit-ft's own worker init (ImageDataModule's loaders): gc.freeze() in each worker at start
-        worker_init_fn=_seed_worker if kind == "vit-ft" else None,
+        worker_init_fn=seed_worker if kind == "vit-ft" else None,
     )
     epochs = []
     for _ in range(args.epochs):

@@ -20,8 +20,9 @@ from PIL import Image
 
 from tests.conftest import quiet_trainer
 from vit_ft.data import ImageFolderDataModule
-from vit_ft.data.datamodule import PlannedBatch, UnusableImageError
+from vit_ft.data.datamodule import PlannedBatch
 from vit_ft.data.decode import decode
+from vit_ft.data.records import UnusableImageError
 from vit_ft.data.transforms import (
     PlannedJpeg,
     PlanOnly,

@@ -11,7 +11,7 @@ import torch
 from data_factory import bad_images, class_folder, unusual_images, write
 
 from vit_ft.data import ImageFolderDataModule
-from vit_ft.data.datamodule import UnusableImageError
+from vit_ft.data.records import UnusableImageError
 from vit_ft.errors import ConfigError
 
 

@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from tests.conftest import ROOT, run_cli, tiny_hf_vit
+from vit_ft.data.folder import find_images
 from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
 from vit_ft.labels import head_labels
-from vit_ft.predict import find_images, load_predictor, predict_images
+from vit_ft.models.predictor import load_predictor, predict_images
 from vit_ft.tasks.cli import run_cli as run_in_process
 
 transformers = pytest.importorskip("transformers")

@@ -72,12 +72,11 @@ def drain_child_watchdogs(timeout: float = 120.0) -> None:
 
 
 # -- hydra-core 1.3.8 ---------------------------------------------------------------------------------
-def fail_job_return(job_return: Any, error: BaseException) -> None:
-    """Turn a completed Hydra ``JobReturn`` into a failed one carrying ``error`` (what the Optuna
-    sweeper reads to record a failed trial); JobReturn offers no public setter for the value."""
-    from hydra.core.utils import JobStatus
-
-    job_return.status = JobStatus.FAILED
+def fail_job_return(job_return: Any, failed_status: Any, error: BaseException) -> None:
+    """Turn a completed Hydra ``JobReturn`` into a failed one (``failed_status``: hydra's
+    ``JobStatus.FAILED``) carrying ``error``, what the Optuna sweeper reads to record a failed trial;
+    JobReturn offers no public setter for the value."""
+    job_return.status = failed_status
     job_return._return_value = error
 
 
@@ -127,6 +126,14 @@ def reseed_sampler(sampler: Any, seed: int) -> None:
     for obj in (sampler, getattr(sampler, "_random_sampler", None)):
         if obj is not None and hasattr(obj, "_rng"):
             obj._rng = np.random.RandomState(rng.randint(2**31))
+
+
+# -- datasets 5.2.0 -----------------------------------------------------------------------------------
+def hf_dataset_fingerprint(ds: Any) -> str | None:
+    """A ``datasets.Dataset``'s content hash, which changes with its data and every transform applied;
+    datasets keeps it private (``_fingerprint``) though its own cache is keyed by it."""
+    fp = getattr(ds, "_fingerprint", None)
+    return None if fp is None else str(fp)
 
 
 # -- huggingface_hub 2.4.0 with timm 1.0.31 ----------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,3 +162,39 @@ def index_image_folder(
     full = _to_index(found, class_names, root)
     tr, va = stratified_split(full.labels, val_fraction, seed)
     return class_names, {"train": full.subset(tr), "val": full.subset(va)}
+
+
+def find_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths of ``images``: a file (used whatever its extension), a folder (image files found
+    recursively, sorted; other files ignored) or a list of either."""
+    if images is None or (isinstance(images, str) and images.strip() in ("", "???")):
+        raise ConfigError("images is not set; pass images=<image file or folder>, e.g. images=photos/")
+    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if not items:
+        raise ConfigError("images=[] names no image; pass an image file or a folder")
+    out: list[str] = []
+    for item in items:
+        path = os.fspath(item)
+        expanded = os.path.expanduser(path)
+        if os.path.isfile(expanded):
+            out.append(path)
+        elif os.path.isdir(expanded):
+            found = []
+            for dirpath, dirnames, filenames in os.walk(expanded, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found += [
+                    os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)
+                ]
+            if not found:
+                raise ConfigError(
+                    f"images={path!r} is a folder with no image files (.jpg, .png, .webp, ...); "
+                    "pass a folder of images or an image file"
+                )
+            if expanded != path:  # keep the user's spelling in the output
+                found = [path + f[len(expanded) :] for f in found]
+            out += sorted(found)
+        else:
+            raise ConfigError(
+                f"images={path!r} does not exist (cwd {os.getcwd()}); pass an image file or folder"
+            )
+    return out

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from vit_ft.data.datamodule import ImageDataModule, UnusableImageError, unusable_message
+from vit_ft.compat import hf_dataset_fingerprint
+from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import stratified_split
+from vit_ft.data.records import UnusableImageError, unusable_message
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,10 @@ class HFRecords:
 
     def load(self, i: int):
         return load_image(self.source(i))
+
+    def fingerprint(self) -> str | None:
+        """The Arrow table's content hash (what ``datasets`` caches by), None when it has none."""
+        return hf_dataset_fingerprint(self.ds)
 
     def name(self, i: int) -> str:
         try:

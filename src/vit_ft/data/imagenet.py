@@ -30,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from vit_ft.data.datamodule import FileRecords, ImageDataModule
+from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import is_image_file
 from vit_ft.data.folder import VAL_ALIASES, FileIndex, stratified_split
+from vit_ft.data.records import FileRecords
 from vit_ft.errors import ConfigError
 from vit_ft.labels import ilsvrc_descriptions, ilsvrc_wnids
 

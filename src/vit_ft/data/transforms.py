@@ -23,7 +23,7 @@ from PIL import Image
 from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
 
-from vit_ft.data.decode import EncodedJpeg, decode, plan_jpeg
+from vit_ft.data.decode import EncodedJpeg, decode, orient, plan_jpeg
 
 _RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -178,7 +178,7 @@ class PlanOnly:
 def supports_device_decode(transform: Any) -> bool:
     """Whether ``transform``'s work can move to the device (timm's PIL augmentations cannot)."""
     if isinstance(transform, DecodeRandomResizedCrop):
-        return transform._augment is None
+        return not transform.auto_augment
     return isinstance(transform, DecodeResize)
 
 
@@ -208,8 +208,6 @@ def finish_on_device(
     via_float: bool | None = None,
 ) -> torch.Tensor:
     """Orient, crop, resize and flip one decoded full-resolution JPEG (on whatever device it is)."""
-    from vit_ft.data.decode import orient
-
     if not oriented:
         img = orient(img, planned.jpeg.orientation)
     x0, y0, x1, y1 = planned.jpeg.box

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from vit_ft.data.datamodule import collate_skipping_none
+from vit_ft.data.records import collate_skipping_none
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.features import (

@@ -77,13 +77,11 @@ def records_fingerprint(records: Any) -> str:
                 stats[i] = (-1, -1)
         h.update(stats.tobytes())
         return h.hexdigest()
-    ds_fp = getattr(getattr(records, "ds", None), "_fingerprint", None)
-    if ds_fp is not None:
-        h.update(str(ds_fp).encode())
     own = getattr(records, "fingerprint", None)
+    own = own() if callable(own) else own
     if own is not None:
-        h.update(str(own() if callable(own) else own).encode())
-    if ds_fp is None and own is None and hasattr(records, "name"):
+        h.update(str(own).encode())
+    elif hasattr(records, "name"):
         for i in range(len(records)):
             h.update(str(records.name(i)).encode() + b"\0")
     return h.hexdigest()

@@ -51,7 +51,7 @@ def mark_failed_returns(returns: Any) -> Any:
                         msg = f"{m['optimized_metric']} was not logged or not finite"
                 except (OSError, ValueError):
                     pass
-            fail_job_return(r, TrialFailed(f"job {os.path.basename(str(out))}: {msg}"))
+            fail_job_return(r, JobStatus.FAILED, TrialFailed(f"job {os.path.basename(str(out))}: {msg}"))
     return returns
 
 

@@ -13,12 +13,21 @@ bar to stderr; nothing else is written (no Hydra output folder).
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-from vit_ft.predict import predict as run_predict
+from vit_ft.data.folder import find_images
+from vit_ft.errors import ConfigError
+from vit_ft.io import atomic_path
+from vit_ft.models.predictor import check_options, load_predictor, predict_images
 
 
 @dataclass
@@ -53,7 +62,7 @@ def predict(cfg: DictConfig) -> int:
         images = [str(i) for i in OmegaConf.to_container(images)]
     elif images is not None:
         images = str(images)
-    return run_predict(
+    return predict_files(
         cfg.weights,
         images,
         topk=cfg.topk,
@@ -68,3 +77,94 @@ def predict(cfg: DictConfig) -> int:
         img_size=cfg.img_size,
         timm_kwargs=OmegaConf.to_container(cfg.timm_kwargs, resolve=True),
     )
+
+
+def format_prediction(record: dict[str, Any]) -> str:
+    """``path`` then one ``  probability  label`` line per class."""
+    lines = [record["image"]]
+    lines += [f"  {t['prob']:.4f}  {t['label']}" for t in record["topk"]]
+    return "\n".join(lines)
+
+
+def _echo_and_write(records: Iterable[dict[str, Any]], f: Any, echo: bool) -> int:
+    n = 0
+    for rec in records:
+        if echo:
+            tqdm.write(format_prediction(rec), file=sys.stdout)
+        if f is not None:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], out: str | None, echo: bool) -> int:
+    """Print (``echo``) and write (``out``) the records as they come; the file appears complete or
+    not at all (written aside, then renamed)."""
+    if not out:
+        return _echo_and_write(records, None, echo)
+    target = Path(os.path.expanduser(str(out)))
+    if target.is_dir():
+        raise ConfigError(f"out={out!r} is a folder; pass a file name, e.g. out=preds.jsonl")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp, open(tmp, "w") as f:
+        return _echo_and_write(records, f, echo)
+
+
+def predict_files(
+    weights: str,
+    images: str | Sequence[str],
+    *,
+    topk: int = 5,
+    out: str | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+    num_workers: int | None = None,
+    on_bad_image: str = "error",
+    backbone: str | None = None,
+    img_size: int | None = None,
+    timm_kwargs: dict[str, Any] | None = None,
+    quiet: bool = False,
+    progress: bool | None = None,
+) -> int:
+    """The ``predict.py`` job: print (unless ``quiet``) and write (``out=``, JSON lines) the top-k
+    classes of every image; return how many images were predicted."""
+    check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
+    paths = find_images(images)
+    notes: list[str] = []
+    predictor = load_predictor(
+        weights,
+        backbone=backbone,
+        img_size=img_size,
+        timm_kwargs=timm_kwargs,
+        device=device,
+        precision=precision,
+        notes=notes,
+    )
+    for note in notes:
+        print(f"weights: {note}", file=sys.stderr)
+    skipped: list[tuple[str, str]] = []
+    records = predict_images(
+        predictor,
+        paths,
+        topk=topk,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        on_bad_image=on_bad_image,
+        progress=progress,
+        skipped=skipped,
+    )
+    n = write_jsonl(records, out, echo=not quiet)
+    if n == 0:
+        raise ConfigError(
+            f"none of the {len(paths)} image(s) could be read (e.g. {skipped[0][0]}: {skipped[0][1]})"
+            if skipped
+            else "no image was predicted"
+        )
+    summary = f"predicted {n} image(s) on {predictor.device}"
+    if skipped:
+        summary += f", skipped {len(skipped)} unusable"
+    if out:
+        summary += f"; written to {out}"
+    print(summary, file=sys.stderr, flush=True)
+    return n

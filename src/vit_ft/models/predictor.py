@@ -1,86 +1,35 @@
-"""Top-k predictions with class names for image files: what ``python predict.py`` runs (no Hydra here).
+"""Batched top-k prediction with class names: a network with its labels and preprocessing, fed by the
+data pipeline's eval transform.
 
-``weights`` is anything :func:`vit_ft.weights.load_weights` reads (a vit-ft ``.ckpt``, a
-transformers directory or hub id, a timm tag or file, an ``.npz``), with its own head. Labels are
-the head's class names: the data set's for a vit-ft checkpoint, ``id2label`` for a transformers
-model, ImageNet names (timm's ``ImageNetInfo``) for timm's ImageNet heads; a 1000-, 11821- or
-21841/21843-class head that states no names is taken as ImageNet (with a note), any other gets
-``class_<i>``.
+``weights`` is anything :func:`vit_ft.weights.load_weights` reads (a vit-ft ``.ckpt``, a transformers
+directory or hub id, a timm tag or file, an ``.npz``), with its own head. Labels are the head's class
+names: the data set's for a vit-ft checkpoint, ``id2label`` for a transformers model, ImageNet names
+(timm's ``ImageNetInfo``) for timm's ImageNet heads; a 1000-, 11821- or 21841/21843-class head that
+states no names is taken as ImageNet (with a note), any other gets ``class_<i>``.
 
-Images are decoded and resized by the data pipeline's eval transform
-(:func:`vit_ft.data.transforms.build_eval_transform` with the weights' preprocessing), so a
-prediction sees exactly the pixels ``eval.py`` feeds the model. Normalisation runs on the device,
-in batches; bf16 autocast on GPUs that support it. An unusable image ends the run with one line
-naming it (``on_bad_image=error``, the default, as for training data) or is skipped with a warning
-on stderr and left out of the output (``on_bad_image=skip``).
+Images are decoded and resized by :func:`vit_ft.data.transforms.build_eval_transform` with the
+weights' preprocessing, so a prediction sees exactly the pixels ``eval.py`` feeds the model.
+Normalisation runs on the device, in batches; bf16 autocast on GPUs that support it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from vit_ft.data.decode import BadImageError
+from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
 from vit_ft.labels import head_labels
 from vit_ft.preprocessing import Normalize
-
-__all__ = [
-    "Predictor",
-    "find_images",
-    "load_predictor",
-    "predict",
-    "predict_images",
-    "check_options",
-    "format_prediction",
-    "resolve_device",
-]
-
-
-# -- inputs -----------------------------------------------------------------------------------------
-def find_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Image paths of ``images``: a file (used whatever its extension), a folder (image files found
-    recursively, sorted; other files ignored) or a list of either."""
-    from vit_ft.data.decode import is_image_file
-
-    if images is None or (isinstance(images, str) and images.strip() in ("", "???")):
-        raise ConfigError("images is not set; pass images=<image file or folder>, e.g. images=photos/")
-    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    if not items:
-        raise ConfigError("images=[] names no image; pass an image file or a folder")
-    out: list[str] = []
-    for item in items:
-        path = os.fspath(item)
-        expanded = os.path.expanduser(path)
-        if os.path.isfile(expanded):
-            out.append(path)
-        elif os.path.isdir(expanded):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(expanded, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [
-                    os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)
-                ]
-            if not found:
-                raise ConfigError(
-                    f"images={path!r} is a folder with no image files (.jpg, .png, .webp, ...); "
-                    "pass a folder of images or an image file"
-                )
-            if expanded != path:  # keep the user's spelling in the output
-                found = [path + f[len(expanded) :] for f in found]
-            out += sorted(found)
-        else:
-            raise ConfigError(
-                f"images={path!r} does not exist (cwd {os.getcwd()}); pass an image file or folder"
-            )
-    return out
+from vit_ft.weights import load_weights
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -164,8 +113,6 @@ def load_predictor(
 ) -> Predictor:
     """A :class:`Predictor` for any weight source, its head kept (``notes`` collects what was
     assumed or changed on the way)."""
-    from vit_ft.weights import load_weights
-
     if weights is None or str(weights).strip() in ("", "???"):
         raise ConfigError(
             "weights is not set; pass a vit-ft .ckpt, a transformers directory or hub id, a timm tag or file, "
@@ -196,8 +143,6 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
-        from vit_ft.data.decode import BadImageError
-
         try:
             return i, self.transform(os.path.expanduser(self.paths[i]))
         except BadImageError as e:
@@ -245,10 +190,6 @@ def predict_images(
     ``progress=None``: a tqdm bar on stderr when there is more than one batch and stderr is a
     terminal. Skipped images (``on_bad_image=skip``) are appended to ``skipped`` as (path, reason).
     """
-    from tqdm import tqdm
-
-    from vit_ft.data.transforms import build_eval_transform
-
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     k = min(topk, len(predictor.labels))
     pre = predictor.preprocessing
@@ -291,102 +232,3 @@ def predict_images(
             bar.update(len(idx) + len(bad))
     finally:
         bar.close()
-
-
-def format_prediction(record: dict[str, Any]) -> str:
-    """``path`` then one ``  probability  label`` line per class."""
-    lines = [record["image"]]
-    lines += [f"  {t['prob']:.4f}  {t['label']}" for t in record["topk"]]
-    return "\n".join(lines)
-
-
-def _write_jsonl(records: Iterable[dict[str, Any]], out: str | None, echo: bool) -> int:
-    """Print (``echo``) and write (``out``) the records as they come; the file appears complete or
-    not at all (written aside, then renamed)."""
-    from tqdm import tqdm
-
-    n = 0
-    f = tmp = None
-    if out:
-        target = Path(os.path.expanduser(str(out)))
-        if target.is_dir():
-            raise ConfigError(f"out={out!r} is a folder; pass a file name, e.g. out=preds.jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        f = open(tmp, "w")  # noqa: SIM115 - closed below
-    try:
-        for rec in records:
-            if echo:
-                tqdm.write(format_prediction(rec), file=sys.stdout)
-            if f is not None:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    except BaseException:
-        if f is not None:
-            f.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if f is not None:
-        f.close()
-        os.replace(tmp, target)
-    return n
-
-
-def predict(
-    weights: str,
-    images: str | Sequence[str],
-    *,
-    topk: int = 5,
-    out: str | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "auto",
-    num_workers: int | None = None,
-    on_bad_image: str = "error",
-    backbone: str | None = None,
-    img_size: int | None = None,
-    timm_kwargs: dict[str, Any] | None = None,
-    quiet: bool = False,
-    progress: bool | None = None,
-) -> int:
-    """The ``predict.py`` job: print (unless ``quiet``) and write (``out=``, JSON lines) the top-k
-    classes of every image; return how many images were predicted."""
-    check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
-    paths = find_images(images)
-    notes: list[str] = []
-    predictor = load_predictor(
-        weights,
-        backbone=backbone,
-        img_size=img_size,
-        timm_kwargs=timm_kwargs,
-        device=device,
-        precision=precision,
-        notes=notes,
-    )
-    for note in notes:
-        print(f"weights: {note}", file=sys.stderr)
-    skipped: list[tuple[str, str]] = []
-    records = predict_images(
-        predictor,
-        paths,
-        topk=topk,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        on_bad_image=on_bad_image,
-        progress=progress,
-        skipped=skipped,
-    )
-    n = _write_jsonl(records, out, echo=not quiet)
-    if n == 0:
-        raise ConfigError(
-            f"none of the {len(paths)} image(s) could be read (e.g. {skipped[0][0]}: {skipped[0][1]})"
-            if skipped
-            else "no image was predicted"
-        )
-    summary = f"predicted {n} image(s) on {predictor.device}"
-    if skipped:
-        summary += f", skipped {len(skipped)} unusable"
-    if out:
-        summary += f"; written to {out}"
-    print(summary, file=sys.stderr, flush=True)
-    return n
