@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +16,21 @@ from omegaconf import DictConfig
 from vit_ft.errors import user_message
 from vit_ft.sweeps.job import run_sweep_job
 from vit_ft.tasks.outputs import finish_wandb
+
+
+@dataclass
+class NoRunDirConfig:
+    """Base of the structured configs of commands that write only what they are told to
+    (``predict.py``, ``export.py``): no ``outputs/<date>/`` folder, no Hydra log file."""
+
+    defaults: list[Any] = field(
+        default_factory=lambda: [
+            "_self_",
+            {"override hydra/job_logging": "none"},
+            {"override hydra/hydra_logging": "none"},
+        ]
+    )
+    hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None})
 
 
 def hydra_info() -> dict[str, Any]:

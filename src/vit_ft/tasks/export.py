@@ -14,18 +14,18 @@ Hydra output folder).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
 from vit_ft.errors import ConfigError
+from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(NoRunDirConfig):
     ckpt_path: str | None = None
     weights: str | None = None  # alias of ckpt_path
     out: str | None = None
@@ -33,15 +33,6 @@ class ExportConfig:
     backbone: str | None = None
     img_size: int | None = None
     num_classes: int | None = None
-    # no outputs/<date>/ folder, no log file: export writes out= only
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            "_self_",
-            {"override hydra/job_logging": "none"},
-            {"override hydra/hydra_logging": "none"},
-        ]
-    )
-    hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None})
 
 
 TIMM_FILE = "timm_model.safetensors"  # beside the transformers files with format=both

@@ -28,10 +28,11 @@ from vit_ft.data.folder import find_images
 from vit_ft.errors import ConfigError
 from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
+from vit_ft.tasks.cli import NoRunDirConfig
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(NoRunDirConfig):
     weights: str | None = None
     images: Any = None
     topk: int = 5
@@ -45,15 +46,6 @@ class PredictConfig:
     backbone: str | None = None
     img_size: int | None = None
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # for a plain timm state dict
-    # no outputs/<date>/ folder, no log file: predict only prints and writes out=
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            "_self_",
-            {"override hydra/job_logging": "none"},
-            {"override hydra/hydra_logging": "none"},
-        ]
-    )
-    hydra: Any = field(default_factory=lambda: {"run": {"dir": "."}, "output_subdir": None})
 
 
 def predict(cfg: DictConfig) -> int:
