@@ -1,0 +1,62 @@
+"""The benchmark scripts still run and print their side-by-side tables (tiny inputs; no timings checked)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+
+import torch
+
+from tests.helpers import ROOT, class_folder
+
+REPO = str(ROOT)
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src")}
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bench_decode_prints_ratios(tmp_path):
+    class_folder(str(tmp_path), {"a": 3, "b": 3}, size=(120, 90))
+    out = _run(
+        "bench_decode.py",
+        *("--root", str(tmp_path), "--size", "64", "--rounds", "1", "--repeat", "1", "--min-seconds", "0"),
+        *("--large", "400x300", "--large-count", "2"),
+    )
+    rows = [ln for ln in out.splitlines() if re.search(r"\b(eval|train)\s+[\d.]+\s+[\d.]+\s+[\d.]+x", ln)]
+    assert len(rows) == 4, out  # photos and large, eval and train: stock, ours, ratio, ...
+    assert "libjpeg-turbo region decoding: " in out and "decode_device=cuda" in out
+
+
+def test_bench_worker_memory_measures_each_side():
+    """In-process (the script's own fresh processes per side would cost ~40 s here): tiny index, 2 epochs."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_worker_memory", os.path.join(REPO, "benchmarks", "bench_worker_memory.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(n=3000, workers=1, epochs=2, batch=500)
+    threads, method = torch.get_num_threads(), mp.get_start_method(allow_none=True)
+    try:  # measure() sets both for its own process: put them back for the tests that follow
+        for kind in ("list", "vit-ft"):
+            res = bench.measure(kind, args)
+            assert res["index_mib"] > 0 and len(res["epochs"]) == 2
+            assert all(e["tree"] > 0 and e["private"] > 0 and e["minflt"] > 0 for e in res["epochs"])
+    finally:
+        torch.set_num_threads(threads)
+        mp.set_start_method(method, force=True)

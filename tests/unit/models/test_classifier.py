@@ -1,0 +1,133 @@
+"""The LightningModule: normalisation, zero head, frozen backbone, gradient clipping."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.helpers import quiet_trainer
+from vit_ft.errors import ConfigError
+from vit_ft.models.classifier import ViTClassifier, load_classifier
+
+
+def tiny(**kw) -> ViTClassifier:
+    args = dict(
+        backbone="vit_tiny_patch16_224",
+        weights=None,
+        img_size=32,
+        num_classes=5,
+        class_names=list("abcde"),
+        timm_kwargs={"depth": 2},
+        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+        scheduler={"warmup_steps": 0},
+    )
+    args.update(kw)
+    return ViTClassifier(**args)
+
+
+def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, k, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def fit(model: ViTClassifier, steps: int = 4, callbacks=(), **trainer_kw) -> L.Trainer:
+    trainer = quiet_trainer(max_steps=steps, callbacks=list(callbacks), **trainer_kw)
+    trainer.fit(model, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
+    return trainer
+
+
+def test_head_starts_at_zero_and_uint8_is_normalised_with_mean_std_half():
+    m = tiny()
+    assert torch.count_nonzero(m.model.head.weight) == 0 and torch.count_nonzero(m.model.head.bias) == 0
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    out = m.normalize(x)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]), atol=1e-6)
+
+
+def test_top5_only_with_five_or_more_classes():
+    assert tiny().has_top5
+    assert not tiny(num_classes=3, class_names=list("abc")).has_top5
+
+
+class GradNorm(L.Callback):
+    """Global gradient norm as the optimizer used it (after clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad.detach().flatten() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.cat(grads).norm()))
+
+
+class LoudClassifier(ViTClassifier):
+    """Scales the loss so that gradients are far above norm 1."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) * 1000.0
+
+
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_gradient_clipping_bounds_global_norm(clip):
+    torch.manual_seed(0)
+    m = LoudClassifier(**{k: v for k, v in tiny().hparams.items() if k not in ("arch", "preprocessing")})
+    cb = GradNorm()
+    fit(m, steps=3, callbacks=[cb], gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    if clip is None:
+        assert max(cb.norms) > 10.0  # the test can fail: without clipping the norm is large
+    else:
+        assert max(cb.norms) <= 1.0 + 1e-4
+
+
+class ModeSpy(L.Callback):
+    def __init__(self) -> None:
+        self.backbone_training: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.backbone_training.append(pl_module.model.blocks.training or pl_module.model.norm.training)
+
+
+def test_frozen_backbone_is_bit_identical_and_in_eval_mode():
+    m = tiny(freeze_backbone=True, timm_kwargs={"depth": 2, "drop_rate": 0.5, "drop_path_rate": 0.5})
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    spy = ModeSpy()
+    fit(m, steps=4, callbacks=[spy])
+    after = m.model.state_dict()
+    for k, v in before.items():
+        if k.startswith("head."):
+            continue
+        assert torch.equal(v, after[k]), f"frozen parameter {k} changed"
+    assert not torch.equal(before["head.weight"], after["head.weight"])  # the probe did train
+    assert spy.backbone_training and not any(spy.backbone_training)
+
+
+def test_checkpoint_round_trip_offline(tmp_path):
+    m = tiny()
+    trainer = fit(m, steps=2)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    back = load_classifier(str(path))
+    assert back.class_names == list("abcde")
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    m.eval(), back.eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x), back(x), atol=1e-6)
+
+
+def test_bad_checkpoint_paths_give_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_classifier(str(tmp_path / "missing.ckpt"))
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable vit-ft checkpoint"):
+        load_classifier(str(bad))
+
+
+def test_mixup_trains_with_soft_targets():
+    m = tiny(mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, random_erasing=0.25)
+    assert m.mixup_fn is not None and m.random_erasing is not None
+    fit(m, steps=2)
