@@ -71,6 +71,16 @@ def drain_child_watchdogs(timeout: float = 120.0) -> None:
             th._finished = True
 
 
+def drop_wandb_anonymous(logger: Any) -> Any:
+    """Lightning's WandbLogger always passes ``anonymous=None`` to ``wandb.init``, and wandb >= 0.19
+    warns that the setting "has no effect" whatever its value: a warning about nothing the user did.
+    Checked on lightning 2.6.6 with wandb 0.31.0."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
+
+
 # -- hydra-core 1.3.8 ---------------------------------------------------------------------------------
 def fail_job_return(job_return: Any, failed_status: Any, error: BaseException) -> None:
     """Turn a completed Hydra ``JobReturn`` into a failed one (``failed_status``: hydra's

@@ -36,6 +36,7 @@ from vit_ft.data.folder import VAL_ALIASES, FileIndex, stratified_split
 from vit_ft.data.records import FileRecords
 from vit_ft.errors import ConfigError
 from vit_ft.labels import ilsvrc_descriptions, ilsvrc_wnids
+from vit_ft.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ def _cache_path(cache_dir: str, root: str, key: str) -> str:
 def _scan_split(root: str, split: str, wnids: list[str], workers: int = 16) -> dict[str, list[str]]:
     folder = os.path.join(root, split)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # many small directory reads: I/O bound
-        lists = list(pool.map(lambda w: _list_images(os.path.join(folder, w)), wnids))
+        listed = pool.map(lambda w: _list_images(os.path.join(folder, w)), wnids)
+        lists = list(track(listed, len(wnids), f"imagenet: indexing {split}/", unit="folders"))
     return {w: [f"{split}/{w}/{n}" for n in names] for w, names in zip(wnids, lists)}
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 from vit_ft.data.decode import check_image, is_image_file
+from vit_ft.progress import track
 
 
 def iter_images(root: str):
@@ -38,12 +40,12 @@ def scan(root: str, workers: int | None = None) -> tuple[int, list[tuple[str, st
     paths = list(iter_images(root))
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(paths) < 64:
-        results = map(_check, paths)
+        results = track(map(_check, paths), len(paths), "scan", unit="img")
         bad = [(p, r) for p, r in results if r is not None]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_check, paths, chunksize=max(1, min(256, len(paths) // (workers * 8))))
-            bad = [(p, r) for p, r in results if r is not None]
+            bad = [(p, r) for p, r in track(results, len(paths), "scan", unit="img") if r is not None]
     return len(paths), sorted(bad)
 
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines when stderr is no terminal
     if not os.path.isdir(args.root):
         print(f"error: {args.root!r} is not a folder", file=sys.stderr)
         return 2

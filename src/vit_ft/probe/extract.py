@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -36,6 +37,7 @@ from vit_ft.probe.features import (
     weights_fingerprint,
 )
 from vit_ft.probe.settings import FeatureSettings
+from vit_ft.progress import Progress
 
 log = logging.getLogger("vit_ft")
 
@@ -91,17 +93,35 @@ class FeatureExtractor(L.LightningModule):
         self.model = classifier.model
         self.normalizer = Normalize(classifier.preprocessing)
         self.n_loaders = 1
+        self.progress = Progress(None, "features", enabled=False)  # set per pass in on_predict_start
         self.parts: dict[int, list] = {}  # loader -> [(indices, features, labels)] of this rank
         self.result: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def on_predict_start(self) -> None:
         self.model.eval()
         self.parts = {}
+        # Lightning's bar shows on a terminal; in a log (a batch job) a line every 10 s says how far it is.
+        trainer = self.trainer
+        bar_visible = trainer.progress_bar_callback is not None and sys.stdout.isatty()
+        loaders = trainer.predict_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        images = sum(len(dl.dataset) for dl in loaders if hasattr(dl.dataset, "__len__"))
+        self.progress = Progress(
+            -(-images // max(1, trainer.world_size)),
+            "features: extracting",
+            unit="img",
+            bar=False,
+            enabled=trainer.is_global_zero and not bar_visible,
+        )
+
+    def on_predict_end(self) -> None:
+        self.progress.close()
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch is None:
             return None
         idx, x, y = batch
+        self.progress.update(int(x.shape[0]))
         x = self.normalizer(x)
         with torch.no_grad():
             f = frozen_features(self.model, x).float()

@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit_ft.errors import ConfigError
+from vit_ft.progress import heartbeat
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
 
@@ -52,12 +53,13 @@ def export(cfg: DictConfig) -> list[Path]:
         )
     if cfg.format not in ("both", "hf", "timm"):
         raise ConfigError(f"format={cfg.format!r} is not supported; use format=both, hf or timm")
-    bb = load_weights(
-        str(source),
-        backbone=cfg.backbone,
-        img_size=cfg.img_size,
-        num_classes=cfg.num_classes,
-    )
+    with heartbeat(f"export: reading {source}"):
+        bb = load_weights(
+            str(source),
+            backbone=cfg.backbone,
+            img_size=cfg.img_size,
+            num_classes=cfg.num_classes,
+        )
     for note in bb.notes:
         print(f"weights: {note}")
     out = Path(str(cfg.out)).expanduser()
@@ -69,18 +71,19 @@ def export(cfg: DictConfig) -> list[Path]:
     if cfg.format == "both":
         hf_vit_config(bb.model, bb.class_names)  # refuse before writing anything
     paths = []
-    if cfg.format in ("both", "hf"):
-        paths.append(save_hf_pretrained(bb.model, bb.arch, bb.preprocessing, bb.class_names, out))
-    if cfg.format in ("both", "timm"):
-        if cfg.format == "both":
-            target = out / TIMM_FILE
-        else:
-            target = out if out.suffix == ".safetensors" else out / "model.safetensors"
-        paths.append(
-            save_timm_safetensors(
-                bb.model, target, arch=bb.arch, preprocessing=bb.preprocessing, class_names=bb.class_names
+    with heartbeat(f"export: writing {out}"):
+        if cfg.format in ("both", "hf"):
+            paths.append(save_hf_pretrained(bb.model, bb.arch, bb.preprocessing, bb.class_names, out))
+        if cfg.format in ("both", "timm"):
+            if cfg.format == "both":
+                target = out / TIMM_FILE
+            else:
+                target = out if out.suffix == ".safetensors" else out / "model.safetensors"
+            paths.append(
+                save_timm_safetensors(
+                    bb.model, target, arch=bb.arch, preprocessing=bb.preprocessing, class_names=bb.class_names
+                )
             )
-        )
     if cfg.format in ("both", "hf"):
         print(f"exported {source} -> {paths[0]} (transformers: ViTForImageClassification.from_pretrained)")
     if cfg.format in ("both", "timm"):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from lightning.pytorch.loggers import WandbLogger
 
+from vit_ft.compat import drop_wandb_anonymous
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def build_wandb_logger(
     if resolved == "offline" and mode in (None, "auto") and not os.environ.get("WANDB_MODE"):
         log.warning("wandb: no credentials found (WANDB_API_KEY or `wandb login`); logging offline")
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         name=name,
         group=group,
@@ -63,3 +64,4 @@ def build_wandb_logger(
         log_model=log_model,
         job_type=job_type,
     )
+    return drop_wandb_anonymous(logger)
