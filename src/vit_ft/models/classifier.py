@@ -157,6 +157,8 @@ class ViTClassifier(ClassifierSteps):
         self.hparams["num_classes"] = self.num_classes
 
         self.normalizer = Normalize(pre)  # uint8 batches -> normalised floats, on the device
+        # One uint8 image: Lightning's model summary shows input/output sizes and real FLOPs (not 0).
+        self.example_input_array = torch.zeros(1, 3, pre.img_size, pre.img_size, dtype=torch.uint8)
 
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:

@@ -66,6 +66,11 @@ class LinearProbe(ClassifierSteps):
             )
         dim = int(self.head.in_features)
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if batchnorm else None
+        size = int(self.preprocessing.img_size)
+        # What a batch holds (images in the loop, else cached features): real sizes and FLOPs in the summary.
+        self.example_input_array = (
+            torch.zeros(1, 3, size, size, dtype=torch.uint8) if self.in_loop else torch.zeros(1, dim)
+        )
         for p in self.model.parameters():
             p.requires_grad = False
         for p in self.head.parameters():

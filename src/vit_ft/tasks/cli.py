@@ -3,7 +3,9 @@ that re-enter the same job."""
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,9 +78,28 @@ def hydra_job_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing ..." lines advertise other products; they say nothing
+    about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip:")
+
+
+def quiet_known_noise() -> None:
+    """Drop output that looks like a problem but is none: Lightning's product tips and its use of a
+    torch pytree API that torch >= 2.9 deprecates (internal to Lightning, nothing a user can change)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in lg.filters):
+            lg.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2. In a
     sweep, a failing job is recorded and the sweep goes on."""
+    quiet_known_noise()
     if hydra_info().get("multirun"):
         return run_sweep_job(fn, cfg)
     try:
