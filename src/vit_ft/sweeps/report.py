@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_ft.io import atomic_path, write_text_atomic
+from vit_ft.report import REPORT_MD as JOB_REPORT_MD
 
 REPORT_MD, REPORT_CSV, REPORT_PNG = "sweep_report.md", "sweep_report.csv", "sweep_report.png"
 FINISHED_MARKER = ".sweep_finished"
@@ -236,10 +237,23 @@ def _markdown(
             r[:col] + [" ".join(o for o in j.overrides if o not in common)] + r[col + 1 :]
             for r, j in zip(rows, jobs)
         ]
+    if any((j.path / JOB_REPORT_MD).is_file() for j in jobs):
+        lines.append(f"- each job's run report: its `{JOB_REPORT_MD}`, linked from the job column")
+        col = header.index("job")
+        rows = [r[:col] + [job_link(j, sweep_dir)] + r[col + 1 :] for r, j in zip(rows, jobs)]
     lines += [f"- plot: `{REPORT_PNG}`", "", "| " + " | ".join(cell(h) for h in header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def job_link(job: Job, sweep_dir: Path) -> str:
+    """``[name](name/report.md)`` when the job has a run report, else its name (cells are escaped later)."""
+    report = job.path / JOB_REPORT_MD
+    if not report.is_file():
+        return job.name
+    target = report.relative_to(sweep_dir).as_posix()
+    return f"[{job.name}](<{target}>)" if any(c in target for c in " ()<>") else f"[{job.name}]({target})"
 
 
 def plot(jobs: list[Job], settings: dict[str, Any], path: Path) -> None:

@@ -11,7 +11,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
-from vit_ft.tasks.outputs import to_float, write_metrics
+from vit_ft.tasks.outputs import to_float, write_metrics, write_report
 
 log = logging.getLogger("vit_ft")
 
@@ -60,4 +60,5 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         for k, v in sorted(metrics.items()):
             print(f"  {k:<12} {v:.4f}" if v is not None else f"  {k:<12} n/a")
         print(f"written to {path}")
+        print(f"report        : {write_report(str(cfg.paths.output_dir), [])}")
     return metrics

@@ -1,8 +1,11 @@
 """What a run leaves in its folder and on the terminal: ``config_resolved.yaml`` (also logged to the
-loggers), ``metrics.json``, and the closing summary with the wandb run and its sync command."""
+loggers), ``metrics.json``, the run report (``report.md`` and ``report/``, its pictures and a table of
+the most confident mistakes also logged to wandb), and the closing summary with the wandb run and its
+sync command."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -10,6 +13,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.io import write_json_atomic, write_text_atomic
+from vit_ft.report import build_report, mistakes_of, picture_files
+
+log = logging.getLogger("vit_ft")
 
 
 def to_float(v: Any) -> float | None:
@@ -40,6 +46,45 @@ def write_metrics(output_dir: str, payload: dict[str, Any]) -> str:
     os.makedirs(output_dir, exist_ok=True)
     write_json_atomic(path, payload)
     return path
+
+
+def write_report(output_dir: str, loggers: list) -> str | None:
+    """Build the run report (after ``metrics.json``) and log it to the wandb loggers; its path, or None
+    when it could not be built (a warning: a report never fails a run). Call on rank 0 only."""
+    try:
+        path = build_report(output_dir)
+    except Exception as e:  # noqa: BLE001 - the run's results are written; the report is extra
+        log.warning("run report not written: %s: %s", type(e).__name__, e)
+        return None
+    try:
+        log_report_to_wandb(output_dir, loggers)
+    except Exception as e:  # noqa: BLE001
+        log.warning("run report not logged to wandb: %s: %s", type(e).__name__, e)
+    return str(path)
+
+
+def log_report_to_wandb(output_dir: str, loggers: list) -> None:
+    """The report's pictures (``report/<name>``) and a ``report/mistakes_table`` (image, true, predicted,
+    prob) to each WandbLogger's run."""
+    runs = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    if not runs:
+        return
+    import wandb
+
+    pictures = {f"report/{p.stem}": wandb.Image(str(p)) for p in picture_files(output_dir)}
+    mistakes = mistakes_of(output_dir)
+    table = None
+    if mistakes:
+        rows = [
+            [wandb.Image(str(m.path)) if m.path else None, m.true_label, m.pred_label, m.prob]
+            for m in mistakes
+        ]
+        table = wandb.Table(columns=["image", "true", "predicted", "prob"], data=rows)
+    for run in runs:
+        if pictures:
+            run.log(pictures)
+        if table is not None:
+            run.log({"report/mistakes_table": table})
 
 
 def wandb_dirs(loggers: list) -> list[str]:

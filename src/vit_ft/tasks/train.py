@@ -13,7 +13,14 @@ from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build
 from vit_ft.tasks.fewshot import fewshot
-from vit_ft.tasks.outputs import finish_wandb, print_summary, to_float, write_metrics, write_resolved_config
+from vit_ft.tasks.outputs import (
+    finish_wandb,
+    print_summary,
+    to_float,
+    write_metrics,
+    write_report,
+    write_resolved_config,
+)
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
@@ -74,12 +81,14 @@ def train(cfg: DictConfig) -> float | None:
                 "run_dir": output_dir,
             }
             write_metrics(output_dir, payload)
+            report = write_report(output_dir, loggers)
             print_summary(
                 output_dir,
                 [
                     f"{metric_name:<14}: {value}",
                     f"best checkpoint: {best_path}",
                     f"last checkpoint: {last_path}",
+                    f"report        : {report}",
                 ],
                 loggers,
             )
