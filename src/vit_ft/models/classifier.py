@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import (
+    BinaryCalibrationError,
     MulticlassAccuracy,
-    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
 )
 
@@ -53,14 +53,14 @@ class ReliabilityBins(Metric):
         # Summed confidence in millionths: an integer state, which no precision setting converts to bf16.
         self.add_state("confidence_e6", torch.zeros(self.n_bins, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        """``probs``: ``[N, K]`` class probabilities; ``target``: ``[N]`` class indices."""
-        conf, pred = probs.float().max(dim=1)
+    def update(self, confidence: torch.Tensor, correct: torch.Tensor) -> None:
+        """``confidence``: ``[N]`` probability of the predicted class; ``correct``: ``[N]`` whether it was right."""
+        conf = confidence.float()
         edges = torch.linspace(0, 1, self.n_bins + 1, device=conf.device)
         b = (torch.bucketize(conf, edges, right=True) - 1).clamp_(0, self.n_bins - 1)
         # index_put_ with accumulate: deterministic on every device (bincount is not on CUDA)
         self.count.index_put_((b,), torch.ones_like(b), accumulate=True)
-        self.correct.index_put_((b,), (pred == target).long(), accumulate=True)
+        self.correct.index_put_((b,), correct.long(), accumulate=True)
         self.confidence_e6.index_put_((b,), (conf * 1e6).round().long(), accumulate=True)
 
     def compute(self) -> dict[str, list[float]]:
@@ -88,6 +88,44 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
         self.confmat.index_put_((target, pred.long()), torch.ones_like(target), accumulate=True)
 
 
+class AnalysisMetrics(torch.nn.Module):
+    """What an evaluation adds to loss, top-1 and top-5: the confusion matrix, the expected calibration
+    error (top-label, L1, ``n_bins`` equal-width bins) and the reliability bins. ``compute`` gathers
+    them over ranks (a collective under DDP). No persistent state: checkpoints are unchanged."""
+
+    def __init__(self, num_classes: int, n_bins: int = ECE_BINS) -> None:
+        super().__init__()
+        self.confusion = ConfusionMatrix(num_classes=num_classes, validate_args=False)
+        # torchmetrics' binary calibration error on (top-1 confidence, correct) is the number
+        # MulticlassCalibrationError gives, without its second pass over the [N, K] probabilities.
+        self.ece = BinaryCalibrationError(n_bins=n_bins, norm="l1", validate_args=False)
+        self.reliability = ReliabilityBins(n_bins)
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        # Top-1 class and its softmax probability, without materialising the [N, K] probabilities.
+        top, pred = logits.float().max(dim=1)
+        conf = (top - torch.logsumexp(logits.float(), dim=1)).exp()
+        correct = pred == target
+        self.confusion.update(pred, target)
+        self.ece.update(conf, correct.long())
+        self.reliability.update(conf, correct)
+
+    def compute(self) -> dict[str, Any]:
+        """``confusion`` (numpy int64 ``[K, K]``, rows = true class), ``ece`` (NaN without images), ``reliability``."""
+        confusion = self.confusion.compute()  # every rank's counts (a sum over ranks)
+        # An evaluation without images (every one skipped as unusable) has no calibration error.
+        ece = float(self.ece.compute()) if int(confusion.sum()) else float("nan")
+        return {
+            "confusion": confusion.cpu().numpy().astype(np.int64),
+            "ece": ece,
+            "reliability": self.reliability.compute(),
+        }
+
+    def reset(self) -> None:
+        for m in (self.confusion, self.ece, self.reliability):
+            m.reset()
+
+
 class ClassifierSteps(L.LightningModule):
     """Metrics, logging, eval steps and the optimizer/schedule shared by every vit-ft classifier
     (:class:`ViTClassifier` and the linear probe on cached features).
@@ -111,18 +149,9 @@ class ClassifierSteps(L.LightningModule):
         if self.has_top5:
             self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
             self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
-        # Not logged as objects: computed (and reset) together in on_*_epoch_end. No persistent
-        # state: checkpoints are unchanged by them.
-        self.val_confusion = ConfusionMatrix(num_classes=k, validate_args=False)
-        self.test_confusion = ConfusionMatrix(num_classes=k, validate_args=False)
-        self.val_ece = MulticlassCalibrationError(
-            num_classes=k, n_bins=ECE_BINS, norm="l1", validate_args=False
-        )
-        self.test_ece = MulticlassCalibrationError(
-            num_classes=k, n_bins=ECE_BINS, norm="l1", validate_args=False
-        )
-        self.val_reliability = ReliabilityBins(ECE_BINS)
-        self.test_reliability = ReliabilityBins(ECE_BINS)
+        # Not logged as objects: computed (and reset) together in on_*_epoch_end.
+        self.val_analysis = AnalysisMetrics(k)
+        self.test_analysis = AnalysisMetrics(k)
         self.eval_analysis: dict[str, Any] | None = None
 
     def _log_train(self, loss: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> None:
@@ -148,40 +177,28 @@ class ClassifierSteps(L.LightningModule):
             acc5 = getattr(self, f"{stage}_acc5")
             acc5(logits, y)
             self.log(f"{stage}/acc5", acc5, on_epoch=True)
-        probs = logits.float().softmax(-1)
-        getattr(self, f"{stage}_confusion").update(logits, y)
-        getattr(self, f"{stage}_ece").update(probs, y)
-        getattr(self, f"{stage}_reliability").update(probs, y)
+        getattr(self, f"{stage}_analysis").update(logits, y)
 
     def _eval_epoch_end(self, stage: str) -> None:
         """Log ``acc1_macro`` and ``ece`` and set :attr:`eval_analysis`, from the metrics gathered over ranks."""
-        metrics = [getattr(self, f"{stage}_{name}") for name in ("confusion", "ece", "reliability")]
-        confusion_m, ece_m, bins_m = metrics
+        metrics = getattr(self, f"{stage}_analysis")
         if not self.trainer.sanity_checking:
-            confusion = confusion_m.compute()  # every rank's counts (a sum over ranks)
-            images = int(confusion.sum())
-            # An epoch without images (every one skipped as unusable) has no calibration error.
-            ece = float(ece_m.compute()) if images else float("nan")
-            reliability = bins_m.compute()
-            confusion = confusion.cpu().numpy().astype(np.int64)
-            macro = per_class_accuracy(confusion)[1]
+            res = metrics.compute()
+            macro = per_class_accuracy(res["confusion"])[1]
             macro = float("nan") if macro is None else macro
             # The values are already the same on every rank; sync_dist only keeps Lightning quiet.
             self.log(f"{stage}/acc1_macro", macro, sync_dist=True)
-            self.log(f"{stage}/ece", ece, sync_dist=True)
+            self.log(f"{stage}/ece", res["ece"], sync_dist=True)
             names = (
                 self.class_names if self.class_names and len(self.class_names) == self.num_classes else None
             )
             self.eval_analysis = {
                 "split": stage,
                 "class_names": unique_class_names(names or [str(i) for i in range(self.num_classes)]),
-                "confusion": confusion,
                 "acc1_macro": macro,
-                "ece": ece,
-                "reliability": reliability,
+                **res,
             }
-        for m in metrics:
-            m.reset()
+        metrics.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

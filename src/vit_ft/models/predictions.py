@@ -94,9 +94,10 @@ class Predictions:
 
     def ece(self, n_bins: int = 15) -> float | None:
         """Expected calibration error (L1, ``n_bins`` equal-width bins): the validation's ``ece``."""
-        if not len(self):
+        conf = np.ascontiguousarray(self.topk_prob[:, 0], dtype=np.float32)
+        if not len(self) or not np.isfinite(conf).all():  # no images, or a model that outputs NaN
             return None
-        conf = torch.from_numpy(np.ascontiguousarray(self.topk_prob[:, 0], dtype=np.float32))
+        conf = torch.from_numpy(conf)
         right = torch.from_numpy(self.correct.astype(np.int64))
         return float(binary_calibration_error(conf, right, n_bins=n_bins, norm="l1", validate_args=False))
 

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from tests.helpers import quiet_trainer
-from vit_ft.models.classifier import ConfusionMatrix, ReliabilityBins, ViTClassifier
+from vit_ft.models.classifier import AnalysisMetrics, ConfusionMatrix, ReliabilityBins, ViTClassifier
 
 
 def tiny(k: int) -> ViTClassifier:
@@ -50,23 +50,30 @@ def test_confusion_matrix_counts_as_torchmetrics_does():
 
 
 def test_reliability_bins_count_confidence_and_correct_per_bin():
-    probs = torch.tensor(
-        [
-            [0.95, 0.05],  # bin 14, right
-            [1.0, 0.0],  # exactly 1: the last bin too, wrong
-            [0.55, 0.45],  # bin 8, right
-            [0.4, 0.6],  # bin 9 (0.6), right
-        ]
-    )
     m = ReliabilityBins(15)
-    m.update(probs[:2], torch.tensor([0, 1]))
-    m.update(probs[2:], torch.tensor([0, 1]))
+    # bin 14 (right), exactly 1: the last bin too (wrong), bin 8 (right), bin 9 (right)
+    m.update(torch.tensor([0.95, 1.0]), torch.tensor([True, False]))
+    m.update(torch.tensor([0.55, 0.6]), torch.tensor([True, True]))
     r = m.compute()
     assert len(r["bin_edges"]) == 16 and r["bin_edges"][0] == 0.0 and r["bin_edges"][-1] == 1.0
     assert r["count"][14] == 2 and r["count"][8] == 1 and r["count"][9] == 1 and sum(r["count"]) == 4
     assert r["accuracy"][14] == 0.5 and r["confidence"][14] == pytest.approx(0.975)
     assert r["accuracy"][9] == 1.0 and r["confidence"][9] == pytest.approx(0.6)
     assert np.isnan(r["accuracy"][0]) and np.isnan(r["confidence"][0])  # an empty bin has no accuracy
+
+
+def test_analysis_metrics_ece_is_torchmetrics_multiclass_one():
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(300, 9, generator=g) * 3, torch.randint(0, 9, (300,), generator=g)
+    m = AnalysisMetrics(9)
+    for s in range(0, 300, 64):
+        m.update(logits[s : s + 64], y[s : s + 64])
+    res = m.compute()
+    ref = float(multiclass_calibration_error(logits.softmax(-1), y, num_classes=9, n_bins=15, norm="l1"))
+    assert res["ece"] == pytest.approx(ref, abs=1e-6)
+    assert res["confusion"].sum() == 300 and sum(res["reliability"]["count"]) == 300
+    m.reset()
+    assert np.isnan(m.compute()["ece"])  # no images: no calibration error (and no error)
 
 
 def perturbed(k: int = 5) -> L.LightningModule:
@@ -141,7 +148,9 @@ def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
     trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=1, callbacks=[cb], limit_train_batches=2)
     trainer.fit(m, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     assert cb.after_sanity is None
-    assert len(cb.at_end) == 2 and all(a["confusion"].sum() == 32 for a in cb.at_end)
+    # on_validation_end after the sanity check sees nothing yet; then one analysis per epoch
+    assert cb.at_end[0] is None and len(cb.at_end) == 3
+    assert all(a["confusion"].sum() == 32 for a in cb.at_end[1:]) and cb.at_end[1] is not cb.at_end[2]
     assert {"val/acc1_macro", "val/ece"} <= set(trainer.callback_metrics)
     # no metric state in checkpoints: old checkpoints load, new ones are unchanged
     assert not [k for k in m.state_dict() if k.startswith(("val_", "test_", "train_"))]
