@@ -134,8 +134,8 @@ def main() -> None:
         extra = (both - old) / n
         print(
             f"{args.model} at {args.img_size}, forward: {1000 * fwd:.2f} ms per image; the new metrics add "
-            f"{1000 * extra:.4f} ms per image = {100 * extra / fwd:.2f}% of a validation pass "
-            f"(all metrics: {100 * both / n / fwd:.2f}%)"
+            f"{1000 * extra:.4f} ms per image = {100 * extra / fwd:.4f}% of a validation pass "
+            f"(all metrics: {100 * both / n / fwd:.4f}%)"
         )
 
 
