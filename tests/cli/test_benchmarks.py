@@ -60,3 +60,22 @@ def test_bench_worker_memory_measures_each_side():
     finally:
         torch.set_num_threads(threads)
         mp.set_start_method(method, force=True)
+
+
+def test_bench_eval_metrics_prints_old_new_and_ratio():
+    out = _run(
+        "bench_eval_metrics.py",
+        *("--classes", "20", "--images", "200", "--batch", "50", "--rounds", "1"),
+        *(
+            "--model",
+            "vit_tiny_patch16_224",
+            "--img-size",
+            "32",
+            "--forward-batch",
+            "2",
+            "--forward-rounds",
+            "1",
+        ),
+    )
+    assert re.search(r"seconds\s+[\d.]+\s+[\d.]+\s+[\d.]+x", out), out
+    assert "% of a validation pass" in out

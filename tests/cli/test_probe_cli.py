@@ -3,6 +3,7 @@ jobs, checkpoints that eval.py reads back."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -36,6 +37,14 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         m = read_metrics(sweep / job)
         assert m["status"] == "completed" and m["global_step"] == 4 * 8
         assert {"val/acc1", "val/loss", "train/loss", "train/lr"} <= set(m["final"])
+        # predictions of the cached-feature probe, from the cached features (no pass over the images)
+        with open(sweep / job / "val_predictions.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 24 == m["analysis"]["images"]
+        right = sum(int(r["correct"]) for r in rows) / 24
+        assert (
+            right == pytest.approx(m["analysis"]["acc1"]) == pytest.approx(m["final"]["val/acc1"], abs=1e-6)
+        )
         clf = load_classifier(m["checkpoints"]["best"])  # a ViTClassifier with the folded head
         assert clf.hparams["arch"]["kwargs"]["global_pool"] == "avg"
         acc = m["best"]["score"]
@@ -58,3 +67,4 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         if ev is not None:
             got = json.loads((tmp_path / "eval1" / "metrics.json").read_text())["metrics"]["val/acc1"]
             assert got == pytest.approx(acc, abs=1e-6)
+            assert (tmp_path / "eval1" / "val_predictions.csv").is_file()

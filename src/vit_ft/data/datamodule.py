@@ -23,6 +23,7 @@ from vit_ft.data.folder import index_image_folder
 from vit_ft.data.quickstart import make_quickstart_dataset
 from vit_ft.data.records import (
     FileRecords,
+    IndexedDataset,
     TransformedDataset,
     UnusableImageError,
     collate_skipping_none,
@@ -251,6 +252,27 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
+            worker_init_fn=seed_worker,
+        )
+
+    def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:
+        """``(record index, image, label)`` batches of ``split`` with the eval transform, in record order,
+        for one pass whose shares are merged over ranks (features, predictions); ``None`` for a streamed
+        split (no record indices). ``batch_size``: per device, by default the evaluation batch."""
+        self.setup()
+        if split not in self.splits:
+            raise ConfigError(f"this data has no {split!r} split (it has {sorted(self.splits)})")
+        ds = self.dataset(split, self.transform(False), False)
+        if isinstance(ds, IterableDataset):
+            return None
+        pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
+        return DataLoader(
+            IndexedDataset(ds),
+            batch_size=int(batch_size or self.eval_batch_size or self.loader_batch_size),
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            collate_fn=collate_skipping_none,
             worker_init_fn=seed_worker,
         )
 

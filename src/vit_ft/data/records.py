@@ -2,7 +2,8 @@
 
 A source provides, per split, *records*: ``len(records)``, ``records.load(i) -> PIL RGB image`` and
 ``records.labels`` (int64 numpy array); :class:`TransformedDataset` adds the transform and the
-handling of bad images, :func:`seed_worker` the per-worker setup.
+handling of bad images, :class:`IndexedDataset` the record index (for passes whose shares of a split
+are merged over ranks), :func:`seed_worker` the per-worker setup.
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ class TransformedDataset(Dataset):
         if isinstance(x, PlannedJpeg):
             x = x._replace(index=i)
         return x, int(self.records.labels[i])
+
+
+class IndexedDataset(Dataset):
+    """``(index, image, label)`` of a map-style dataset of ``(image, label)`` (or ``None`` for a skipped
+    image): the record index lets the shares that ranks computed be merged exactly, one row per record."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        item = self.ds[i]
+        return None if item is None else (i, *item)
 
 
 def collate_skipping_none(batch: list) -> Any:

@@ -11,11 +11,18 @@ import logging
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import (
+    BinaryCalibrationError,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+)
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.analysis import per_class_accuracy, unique_class_names
 from vit_ft.models.backbone import build_backbone
 from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.optim import build_optimizer, build_scheduler
@@ -24,11 +31,113 @@ from vit_ft.weights import Backbone, create_from_arch
 log = logging.getLogger(__name__)
 
 
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+
+
+class ReliabilityBins(Metric):
+    """The reliability diagram: per equal-width bin of top-1 confidence, how many predictions fell in
+    it, their summed confidence and how many were right. Sums, so DDP adds the ranks' counts.
+
+    Bins are those of torchmetrics' calibration error (``[i/n, (i+1)/n)``), except that a confidence
+    of exactly 1 counts in the last bin."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, n_bins: int = ECE_BINS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_bins = int(n_bins)
+        self.add_state("count", torch.zeros(self.n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("correct", torch.zeros(self.n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        # Summed confidence in millionths: an integer state, which no precision setting converts to bf16.
+        self.add_state("confidence_e6", torch.zeros(self.n_bins, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, confidence: torch.Tensor, correct: torch.Tensor) -> None:
+        """``confidence``: ``[N]`` probability of the predicted class; ``correct``: ``[N]`` whether it was right."""
+        conf = confidence.float()
+        edges = torch.linspace(0, 1, self.n_bins + 1, device=conf.device)
+        b = (torch.bucketize(conf, edges, right=True) - 1).clamp_(0, self.n_bins - 1)
+        # index_put_ with accumulate: deterministic on every device (bincount is not on CUDA)
+        self.count.index_put_((b,), torch.ones_like(b), accumulate=True)
+        self.correct.index_put_((b,), correct.long(), accumulate=True)
+        self.confidence_e6.index_put_((b,), (conf * 1e6).round().long(), accumulate=True)
+
+    def compute(self) -> dict[str, list[float]]:
+        """``bin_edges`` (n+1), and per bin the mean ``confidence``, the ``accuracy`` (NaN when empty), ``count``."""
+        count = self.count.cpu().double()
+        conf = (self.confidence_e6.cpu().double() / 1e6 / count).tolist()
+        acc = (self.correct.cpu().double() / count).tolist()
+        return {
+            "bin_edges": torch.linspace(0, 1, self.n_bins + 1, dtype=torch.float64).tolist(),
+            "confidence": conf,
+            "accuracy": acc,
+            "count": [int(c) for c in count.tolist()],
+        }
+
+
+class ConfusionMatrix(MulticlassConfusionMatrix):
+    """torchmetrics' multiclass confusion matrix (its state, DDP sum and compute), counted in place:
+    an update costs O(batch), where the parent's adds a K² bincount per batch (and, under
+    deterministic algorithms or on MPS, builds a ``[batch, K²]`` comparison: 2 GB for 1000 classes)."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """``preds``: ``[N, K]`` logits or probabilities, or ``[N]`` class indices; ``target``: ``[N]``."""
+        pred = preds.argmax(dim=1) if preds.ndim == target.ndim + 1 else preds
+        target = target.long()
+        self.confmat.index_put_((target, pred.long()), torch.ones_like(target), accumulate=True)
+
+
+class AnalysisMetrics(torch.nn.Module):
+    """What an evaluation adds to loss, top-1 and top-5: the confusion matrix, the expected calibration
+    error (top-label, L1, ``n_bins`` equal-width bins) and the reliability bins. ``compute`` gathers
+    them over ranks (a collective under DDP). No persistent state: checkpoints are unchanged."""
+
+    def __init__(self, num_classes: int, n_bins: int = ECE_BINS) -> None:
+        super().__init__()
+        self.confusion = ConfusionMatrix(num_classes=num_classes, validate_args=False)
+        # torchmetrics' binary calibration error on (top-1 confidence, correct) is the number
+        # MulticlassCalibrationError gives, without its second pass over the [N, K] probabilities.
+        self.ece = BinaryCalibrationError(n_bins=n_bins, norm="l1", validate_args=False)
+        self.reliability = ReliabilityBins(n_bins)
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        # Top-1 class and its softmax probability, without materialising the [N, K] probabilities.
+        top, pred = logits.float().max(dim=1)
+        conf = (top - torch.logsumexp(logits.float(), dim=1)).exp()
+        correct = pred == target
+        self.confusion.update(pred, target)
+        self.ece.update(conf, correct.long())
+        self.reliability.update(conf, correct)
+
+    def compute(self) -> dict[str, Any]:
+        """``confusion`` (numpy int64 ``[K, K]``, rows = true class), ``ece`` (NaN without images), ``reliability``."""
+        confusion = self.confusion.compute()  # every rank's counts (a sum over ranks)
+        # An evaluation without images (every one skipped as unusable) has no calibration error.
+        ece = float(self.ece.compute()) if int(confusion.sum()) else float("nan")
+        return {
+            "confusion": confusion.cpu().numpy().astype(np.int64),
+            "ece": ece,
+            "reliability": self.reliability.compute(),
+        }
+
+    def reset(self) -> None:
+        for m in (self.confusion, self.ece, self.reliability):
+            m.reset()
+
+
 class ClassifierSteps(L.LightningModule):
     """Metrics, logging, eval steps and the optimizer/schedule shared by every vit-ft classifier
-    (:class:`ViTClassifier` and the linear probe on cached features)."""
+    (:class:`ViTClassifier` and the linear probe on cached features).
+
+    Each validation (and test) logs ``<stage>/loss``, ``acc1``, ``acc5``, ``acc1_macro`` (mean of the
+    per-class accuracies, over the classes with images) and ``ece`` (expected calibration error, 15
+    bins, L1), all gathered over ranks, and leaves :attr:`eval_analysis`: the gathered confusion
+    matrix, the class names and the reliability diagram, for callbacks (read it from
+    ``on_validation_end``/``on_test_end``: Lightning calls callbacks' ``on_*_epoch_end`` first)."""
 
     num_classes: int
+    class_names: list[str] | None
     optimizer_cfg: dict[str, Any]
     scheduler_cfg: dict[str, Any]
 
@@ -40,6 +149,10 @@ class ClassifierSteps(L.LightningModule):
         if self.has_top5:
             self.val_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
             self.test_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+        # Not logged as objects: computed (and reset) together in on_*_epoch_end.
+        self.val_analysis = AnalysisMetrics(k)
+        self.test_analysis = AnalysisMetrics(k)
+        self.eval_analysis: dict[str, Any] | None = None
 
     def _log_train(self, loss: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> None:
         """``train/loss``, ``train/lr`` every step; ``train/acc1`` when labels are hard (no mixup)."""
@@ -64,12 +177,40 @@ class ClassifierSteps(L.LightningModule):
             acc5 = getattr(self, f"{stage}_acc5")
             acc5(logits, y)
             self.log(f"{stage}/acc5", acc5, on_epoch=True)
+        getattr(self, f"{stage}_analysis").update(logits, y)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """Log ``acc1_macro`` and ``ece`` and set :attr:`eval_analysis`, from the metrics gathered over ranks."""
+        metrics = getattr(self, f"{stage}_analysis")
+        if not self.trainer.sanity_checking:
+            res = metrics.compute()
+            macro = per_class_accuracy(res["confusion"])[1]
+            macro = float("nan") if macro is None else macro
+            # The values are already the same on every rank; sync_dist only keeps Lightning quiet.
+            self.log(f"{stage}/acc1_macro", macro, sync_dist=True)
+            self.log(f"{stage}/ece", res["ece"], sync_dist=True)
+            names = (
+                self.class_names if self.class_names and len(self.class_names) == self.num_classes else None
+            )
+            self.eval_analysis = {
+                "split": stage,
+                "class_names": unique_class_names(names or [str(i) for i in range(self.num_classes)]),
+                "acc1_macro": macro,
+                **res,
+            }
+        metrics.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     def _optimizers_for(self, module: torch.nn.Module, **overrides: Any) -> dict[str, Any]:
         """timm optimizer over ``module``'s trainable parameters, warmup + decay per optimizer step."""

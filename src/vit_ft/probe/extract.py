@@ -18,10 +18,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import IterableDataset
 
-from vit_ft.data.records import collate_skipping_none
 from vit_ft.errors import ConfigError
+from vit_ft.models.predictions import gather_by_index
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.features import (
     BadCacheError,
@@ -71,20 +71,6 @@ def frozen_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- extraction ----------------------------------------------------------------------------------------
-class _Indexed(Dataset):
-    """``(index, image, label)`` of a split's dataset: indices let ranks' shares be merged exactly."""
-
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        item = self.ds[i]
-        return None if item is None else (i, *item)
-
-
 class FeatureExtractor(L.LightningModule):
     """Runs the frozen network over the splits given to ``trainer.predict``; gathers over ranks."""
 
@@ -128,11 +114,6 @@ class FeatureExtractor(L.LightningModule):
         self.parts.setdefault(dataloader_idx, []).append((idx.long(), f, y.long()))
         return None
 
-    def _gather(self, t: torch.Tensor, n_max: int) -> torch.Tensor:
-        pad = torch.zeros((n_max - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
-        out = self.all_gather(torch.cat([t, pad]))  # [world, n_max, ...]
-        return out.reshape(-1, *t.shape[1:])
-
     def on_predict_epoch_end(self) -> None:
         self.merge(int(self.trainer.world_size))
 
@@ -150,20 +131,8 @@ class FeatureExtractor(L.LightningModule):
                 idx = torch.zeros(0, dtype=torch.long, device=dev)
                 f = torch.zeros(0, dim, device=dev)
                 y = torch.zeros(0, dtype=torch.long, device=dev)
-            if world > 1:
-                counts = self.all_gather(torch.tensor([idx.shape[0]], device=dev)).reshape(-1)
-                n_max = int(counts.max())
-                valid = torch.cat([torch.arange(n_max, device=dev) < c for c in counts])
-                idx = self._gather(idx, n_max)[valid]
-                f = self._gather(f, n_max)[valid]
-                y = self._gather(y, n_max)[valid]
-            idx, f, y = idx.cpu(), f.cpu(), y.cpu()
-            # Sort by record index and keep one row per index (samplers may pad with repeats).
-            order = torch.argsort(idx, stable=True)
-            idx, f, y = idx[order], f[order], y[order]
-            keep = torch.ones_like(idx, dtype=torch.bool)
-            keep[1:] = idx[1:] != idx[:-1]
-            self.result[dl_idx] = (f[keep].contiguous(), y[keep], idx[keep])
+            idx, f, y = gather_by_index(self.all_gather, world, idx, f, y)
+            self.result[dl_idx] = (f.contiguous(), y, idx)
         self.parts = {}
 
 
@@ -238,20 +207,7 @@ def split_features(
     if missing:
         t1 = time.perf_counter()
         bs = settings.extract_batch_size or datamodule.eval_batch_size or datamodule.loader_batch_size
-        loaders = []
-        for split, _ in missing:
-            ds = _Indexed(datamodule.dataset(split, transform, False))
-            pin = torch.cuda.is_available() if datamodule.pin_memory is None else bool(datamodule.pin_memory)
-            loaders.append(
-                DataLoader(
-                    ds,
-                    batch_size=int(bs),
-                    shuffle=False,
-                    num_workers=datamodule.num_workers,
-                    pin_memory=pin,
-                    collate_fn=collate_skipping_none,
-                )
-            )
+        loaders = [datamodule.indexed_loader(split, batch_size=int(bs)) for split, _ in missing]
         extractor = FeatureExtractor(classifier)
         extractor.n_loaders = len(loaders)
         with warnings.catch_warnings():

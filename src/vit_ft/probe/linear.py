@@ -185,6 +185,13 @@ class FeatureDataModule(L.LightningDataModule):
             num_workers=0,
         )
 
+    def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on
+        the cached features: a probe's predictions need no pass over the images)."""
+        f = self.features[split]
+        bs = batch_size or self.base.eval_batch_size or self.base.loader_batch_size
+        return DataLoader(TensorDataset(f.indices, f.features, f.labels), batch_size=int(bs), num_workers=0)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
 

@@ -1,5 +1,6 @@
 """``python eval.py``: evaluate a vit-ft checkpoint (``ckpt_path``) or pretrained weights
-(``model.weights``) on the data's test split (or val when there is none); print and write the metrics."""
+(``model.weights``) on the data's test split (or val when there is none); print and write the metrics
+and ``<split>_predictions.csv``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
-from vit_ft.tasks.outputs import to_float, write_metrics, write_report
+from vit_ft.tasks.outputs import predictions_and_analysis, to_float, write_metrics, write_report
 
 log = logging.getLogger("vit_ft")
 
@@ -48,17 +49,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     else:
         res = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
+    output_dir = str(cfg.paths.output_dir)
+    analysis, predictions_path = predictions_and_analysis(trainer, model, datamodule, split, output_dir)
     if trainer.is_global_zero:
         payload = {
             "split": split,
             "metrics": metrics,
             "ckpt_path": cfg.get("ckpt_path"),
             "weights": cfg.model.get("weights"),
+            "analysis": analysis,
         }
-        path = write_metrics(str(cfg.paths.output_dir), payload)
+        path = write_metrics(output_dir, payload)
         print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
         for k, v in sorted(metrics.items()):
-            print(f"  {k:<12} {v:.4f}" if v is not None else f"  {k:<12} n/a")
+            print(f"  {k:<14} {v:.4f}" if v is not None else f"  {k:<14} n/a")
         print(f"written to {path}")
+        if predictions_path:
+            print(f"predictions: {predictions_path}")
         print(f"report        : {write_report(str(cfg.paths.output_dir), [])}")
     return metrics

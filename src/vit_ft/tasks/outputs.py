@@ -1,7 +1,7 @@
 """What a run leaves in its folder and on the terminal: ``config_resolved.yaml`` (also logged to the
-loggers), ``metrics.json``, the run report (``report.md`` and ``report/``, its pictures and a table of
-the most confident mistakes also logged to wandb), and the closing summary with the wandb run and its
-sync command."""
+loggers), ``metrics.json`` (with its ``analysis`` section), ``<split>_predictions.csv``, the run report
+(``report.md`` and ``report/``, its pictures and a table of the most confident mistakes also logged to
+wandb), and the closing summary with the wandb run and its sync command."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.io import write_json_atomic, write_text_atomic
+from vit_ft.models.analysis import analysis_summary
+from vit_ft.models.predictions import predict_split, write_predictions_csv
 from vit_ft.report import build_report, mistakes_of, picture_files
 
 log = logging.getLogger("vit_ft")
@@ -46,6 +48,43 @@ def write_metrics(output_dir: str, payload: dict[str, Any]) -> str:
     os.makedirs(output_dir, exist_ok=True)
     write_json_atomic(path, payload)
     return path
+
+
+def predictions_and_analysis(
+    trainer: Any, model: Any, datamodule: Any, split: str, output_dir: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """One more pass of ``model`` over ``split`` (each rank its share, gathered): rank 0 writes
+    ``<split>_predictions.csv`` and returns the ``analysis`` section of ``metrics.json`` and the CSV's path.
+
+    Collective under DDP: every rank calls it; other ranks get ``(None, None)``. A streamed split has
+    no record indices: no CSV, and the analysis of the module's last evaluation of that split, if any.
+    """
+    names = list(datamodule.class_names)
+    loader = datamodule.indexed_loader(split)
+    if loader is None:
+        ea = getattr(model, "eval_analysis", None)
+        if not trainer.is_global_zero:
+            return None, None
+        log.info(
+            "predictions: the %s split is streamed (no record indices); no %s_predictions.csv", split, split
+        )
+        if ea is None or ea["split"] != split:
+            return None, None
+        return analysis_summary(ea["confusion"], names, split=split, ece=ea["ece"]), None
+    preds = predict_split(trainer, model, loader)
+    if not trainer.is_global_zero:
+        return None, None
+    records = datamodule.splits[split]
+
+    def file_name(i: int) -> str:
+        return records.name(i) if hasattr(records, "name") else f"{split}[{i}]"
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = write_predictions_csv(
+        os.path.join(output_dir, f"{split}_predictions.csv"), preds, names, file_name
+    )
+    analysis = analysis_summary(preds.confusion(len(names)), names, split=split, ece=preds.ece())
+    return analysis, path
 
 
 def write_report(output_dir: str, loggers: list) -> str | None:

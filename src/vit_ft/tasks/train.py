@@ -1,5 +1,6 @@
 """``python train.py``: fit (and test, when the data has a test split) one config, or a linear probe on
-its frozen features, or the few-shot evaluation; write ``metrics.json``; return ``optimized_metric``."""
+its frozen features, or the few-shot evaluation; write ``metrics.json`` and ``val_predictions.csv``
+(the final model on val); return ``optimized_metric``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from vit_ft.tasks.common import build
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.outputs import (
     finish_wandb,
+    predictions_and_analysis,
     print_summary,
     to_float,
     write_metrics,
@@ -53,10 +55,16 @@ def train(cfg: DictConfig) -> float | None:
         if trainer.is_global_zero:
             write_resolved_config(cfg, output_dir, loggers, model.preprocessing, datamodule.class_names)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        interrupted = bool(trainer.interrupted)
 
         ckpt_cb, last_path = checkpoint_paths(trainer)
         best_path = getattr(ckpt_cb, "best_model_path", "") or None
         final = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
+        analysis, predictions_path = None, None
+        if not interrupted:  # the final model on val (before testing loads the best checkpoint)
+            analysis, predictions_path = predictions_and_analysis(
+                trainer, model, datamodule, "val", output_dir
+            )
         test_metrics: dict[str, float | None] = {}
         if cfg.get("test") and "test" in (datamodule.splits or {}):
             res = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
@@ -76,9 +84,10 @@ def train(cfg: DictConfig) -> float | None:
                 "checkpoints": {"best": best_path, "last": last_path},
                 "global_step": int(trainer.global_step),
                 "epoch": int(trainer.current_epoch),
-                "status": "interrupted" if trainer.interrupted else "completed",
+                "status": "interrupted" if interrupted else "completed",
                 "bad_images": datamodule.bad_image_report(),
                 "run_dir": output_dir,
+                "analysis": analysis,
             }
             write_metrics(output_dir, payload)
             report = write_report(output_dir, loggers)
@@ -88,6 +97,7 @@ def train(cfg: DictConfig) -> float | None:
                     f"{metric_name:<14}: {value}",
                     f"best checkpoint: {best_path}",
                     f"last checkpoint: {last_path}",
+                    *([f"val predictions: {predictions_path}"] if predictions_path else []),
                     f"report        : {report}",
                 ],
                 loggers,

@@ -1,0 +1,156 @@
+"""The metrics every validation adds: confusion matrix, mean-per-class accuracy, ECE, reliability bins."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from tests.helpers import quiet_trainer
+from vit_ft.models.classifier import AnalysisMetrics, ConfusionMatrix, ReliabilityBins, ViTClassifier
+
+
+def tiny(k: int) -> ViTClassifier:
+    return ViTClassifier(
+        backbone="vit_tiny_patch16_224",
+        weights=None,
+        img_size=32,
+        num_classes=k,
+        class_names=["a b", "ñandú", "c", "d", "三角"][:k],
+        timm_kwargs={"depth": 2},
+        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+        scheduler={"warmup_steps": 0},
+    )
+
+
+def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, k, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def test_confusion_matrix_counts_as_torchmetrics_does():
+    g = torch.Generator().manual_seed(0)
+    ours, stock = (
+        ConfusionMatrix(num_classes=6, validate_args=False),
+        MulticlassConfusionMatrix(num_classes=6),
+    )
+    for _ in range(3):
+        logits, y = torch.randn(50, 6, generator=g), torch.randint(0, 6, (50,), generator=g)
+        ours.update(logits, y)
+        stock.update(logits, y)
+    ours.update(torch.tensor([2, 2, 2]), torch.tensor([1, 1, 1]))  # class indices; repeated cells
+    stock.update(torch.tensor([2, 2, 2]), torch.tensor([1, 1, 1]))
+    assert torch.equal(ours.compute(), stock.compute()) and int(ours.compute().sum()) == 153
+
+
+def test_reliability_bins_count_confidence_and_correct_per_bin():
+    m = ReliabilityBins(15)
+    # bin 14 (right), exactly 1: the last bin too (wrong), bin 8 (right), bin 9 (right)
+    m.update(torch.tensor([0.95, 1.0]), torch.tensor([True, False]))
+    m.update(torch.tensor([0.55, 0.6]), torch.tensor([True, True]))
+    r = m.compute()
+    assert len(r["bin_edges"]) == 16 and r["bin_edges"][0] == 0.0 and r["bin_edges"][-1] == 1.0
+    assert r["count"][14] == 2 and r["count"][8] == 1 and r["count"][9] == 1 and sum(r["count"]) == 4
+    assert r["accuracy"][14] == 0.5 and r["confidence"][14] == pytest.approx(0.975)
+    assert r["accuracy"][9] == 1.0 and r["confidence"][9] == pytest.approx(0.6)
+    assert np.isnan(r["accuracy"][0]) and np.isnan(r["confidence"][0])  # an empty bin has no accuracy
+
+
+def test_analysis_metrics_ece_is_torchmetrics_multiclass_one():
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(300, 9, generator=g) * 3, torch.randint(0, 9, (300,), generator=g)
+    m = AnalysisMetrics(9)
+    for s in range(0, 300, 64):
+        m.update(logits[s : s + 64], y[s : s + 64])
+    res = m.compute()
+    ref = float(multiclass_calibration_error(logits.softmax(-1), y, num_classes=9, n_bins=15, norm="l1"))
+    assert res["ece"] == pytest.approx(ref, abs=1e-6)
+    assert res["confusion"].sum() == 300 and sum(res["reliability"]["count"]) == 300
+    m.reset()
+    assert np.isnan(m.compute()["ece"])  # no images: no calibration error (and no error)
+
+
+def perturbed(k: int = 5) -> L.LightningModule:
+    m = tiny(k)
+    with torch.no_grad():  # a zero head predicts class 0 for everything: give it some spread
+        m.model.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    return m
+
+
+def outputs(m: L.LightningModule, dl: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    m.eval()
+    with torch.no_grad():
+        logits = torch.cat([m(x) for x, _ in dl])
+    return logits, torch.cat([y for _, y in dl])
+
+
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_validation_logs_macro_accuracy_and_ece_and_leaves_the_gathered_analysis(stage):
+    m, dl = perturbed(), loader(n=40)
+    logits, y = outputs(m, dl)
+    assert m.eval_analysis is None
+    trainer = quiet_trainer()
+    res = (trainer.validate if stage == "val" else trainer.test)(m, dataloaders=dl, verbose=False)[0]
+
+    pred = logits.argmax(1)
+    expected = np.zeros((5, 5), dtype=np.int64)
+    np.add.at(expected, (y.numpy(), pred.numpy()), 1)
+    per_class = [expected[c, c] / expected[c].sum() for c in range(5) if expected[c].sum()]
+    ece = float(multiclass_calibration_error(logits.softmax(-1), y, num_classes=5, n_bins=15, norm="l1"))
+    a = m.eval_analysis
+    assert a["split"] == stage and a["class_names"] == ["a b", "ñandú", "c", "d", "三角"]
+    assert a["confusion"].dtype == np.int64 and np.array_equal(a["confusion"], expected)
+    assert res[f"{stage}/acc1_macro"] == pytest.approx(np.mean(per_class), abs=1e-6) == a["acc1_macro"]
+    assert res[f"{stage}/acc1"] == pytest.approx(np.trace(expected) / 40, abs=1e-6)
+    assert res[f"{stage}/ece"] == pytest.approx(ece, abs=1e-5) and a["ece"] == pytest.approx(ece, abs=1e-5)
+    assert sum(a["reliability"]["count"]) == 40
+    assert sum(
+        round(c * acc) for c, acc in zip(a["reliability"]["count"], a["reliability"]["accuracy"]) if c
+    ) == int((pred == y).sum())
+    # the metrics start afresh each epoch
+    res2 = trainer.validate(m, dataloaders=dl, verbose=False)[0] if stage == "val" else None
+    if res2 is not None:
+        assert np.array_equal(m.eval_analysis["confusion"], expected)
+
+
+def test_a_class_without_images_is_left_out_of_the_mean():
+    m = perturbed(3)
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1] * 6)  # class 2 has no images
+    dl = DataLoader(TensorDataset(x, y), batch_size=5)
+    logits, _ = outputs(m, dl)
+    res = quiet_trainer().validate(m, dataloaders=dl, verbose=False)[0]
+    pred = logits.argmax(1)
+    acc = [float((pred[y == c] == c).float().mean()) for c in (0, 1)]
+    assert res["val/acc1_macro"] == pytest.approx(sum(acc) / 2, abs=1e-6)
+    assert m.eval_analysis["confusion"][2].sum() == 0
+
+
+class SeesAnalysis(L.Callback):
+    def __init__(self) -> None:
+        self.after_sanity, self.at_end = "unset", []
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        self.after_sanity = pl_module.eval_analysis
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.at_end.append(pl_module.eval_analysis)
+
+
+def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
+    m, cb = perturbed(), SeesAnalysis()
+    trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=1, callbacks=[cb], limit_train_batches=2)
+    trainer.fit(m, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
+    assert cb.after_sanity is None
+    # on_validation_end after the sanity check sees nothing yet; then one analysis per epoch
+    assert cb.at_end[0] is None and len(cb.at_end) == 3
+    assert all(a["confusion"].sum() == 32 for a in cb.at_end[1:]) and cb.at_end[1] is not cb.at_end[2]
+    assert {"val/acc1_macro", "val/ece"} <= set(trainer.callback_metrics)
+    # no metric state in checkpoints: old checkpoints load, new ones are unchanged
+    assert not [k for k in m.state_dict() if k.startswith(("val_", "test_", "train_"))]
