@@ -101,6 +101,29 @@ def test_resume_continues_at_same_step_and_lr(trained, image_folder):
         assert math.isclose(lr, ref[step], rel_tol=1e-6, abs_tol=1e-12)
 
 
+def test_eval_without_predictions_is_one_pass_with_the_same_analysis(trained, image_folder):
+    tmp, run_dir, _ = trained
+    out = tmp / "eval_one_pass"
+    run_cli(
+        "eval.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"data.root={image_folder}",
+        "trainer=cpu",
+        "trainer.precision=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.enable_progress_bar=false",
+        "predictions=false",
+        f"hydra.run.dir={out}",
+        tmp_path=tmp,
+    )
+    assert not list(out.glob("*_predictions.csv"))
+    ours, trained_analysis = read_metrics(out)["analysis"], read_metrics(run_dir)["analysis"]
+    assert ours["images"] == trained_analysis["images"]
+    assert ours["acc1"] == pytest.approx(trained_analysis["acc1"], abs=1e-6)
+    assert ours["per_class"] == trained_analysis["per_class"]
+
+
 def test_eval_cli_reproduces_final_val_accuracy(trained, image_folder):
     tmp, run_dir, _ = trained
     out = tmp / "eval"

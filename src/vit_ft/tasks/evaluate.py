@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
+from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
 from vit_ft.tasks.outputs import predictions_and_analysis, to_float, write_metrics, write_report
@@ -50,7 +51,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         res = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
     output_dir = str(cfg.paths.output_dir)
-    analysis, predictions_path = predictions_and_analysis(trainer, model, datamodule, split, output_dir)
+    if cfg.get("predictions", True):
+        analysis, predictions_path = predictions_and_analysis(trainer, model, datamodule, split, output_dir)
+    else:  # one pass only: the analysis of the evaluation itself (counts Lightning's DDP padding)
+        ea = model.eval_analysis
+        analysis = analysis_summary(ea["confusion"], list(datamodule.class_names), split=split, ece=ea["ece"])
+        predictions_path = None
     if trainer.is_global_zero:
         payload = {
             "split": split,
