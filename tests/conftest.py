@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_image_folder
+from tests.helpers import SHAPE_CLASSES, make_image_folder, save_hf_dir, tiny_hf_vit
 
 CLI_DIR = Path(__file__).resolve().parent / "cli"
 
@@ -32,3 +32,15 @@ def _hub_offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    """A tiny transformers ViT whose id2label names the image_folder classes."""
+    return tiny_hf_vit(dict(enumerate(SHAPE_CLASSES)), seed=0, scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(hf_model, tmp_path_factory):
+    """``hf_model`` saved as a transformers directory."""
+    return save_hf_dir(hf_model, tmp_path_factory.mktemp("weights") / "tiny-vit")

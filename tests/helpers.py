@@ -108,6 +108,9 @@ def run_cli(script: str, *overrides: str, tmp_path: Path, check: bool = True, ti
     return proc
 
 
+SHAPE_CLASSES = ["circle", "cross", "square", "triangle"]  # make_image_folder's classes, sorted
+
+
 def make_image_folder(root: Path, n_train: int = 16, n_val: int = 6, size: int = 40) -> Path:
     """4 learnable classes of real JPEG/PNG files in train/ and val/ class folders."""
     from vit_ft.data.quickstart import make_quickstart_dataset

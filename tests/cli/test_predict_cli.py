@@ -7,22 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, save_hf_dir, tiny_hf_vit
+from tests.helpers import SHAPE_CLASSES as CLASSES
+from tests.helpers import run_cli
 from vit_ft.data.folder import find_images
 
 transformers = pytest.importorskip("transformers")
-
-CLASSES = ["circle", "cross", "square", "triangle"]  # the image_folder fixture's classes, sorted
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return tiny_hf_vit(dict(enumerate(CLASSES)), seed=0, scale=0.3)
-
-
-@pytest.fixture(scope="module")
-def hf_dir(hf_model, tmp_path_factory):
-    return save_hf_dir(hf_model, tmp_path_factory.mktemp("weights") / "tiny-vit")
 
 
 def test_cli_prints_and_writes_jsonl(hf_dir, image_folder, tmp_path):

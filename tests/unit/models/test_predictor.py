@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tests.helpers import save_hf_dir, tiny_hf_vit
+from tests.helpers import SHAPE_CLASSES as CLASSES
 from vit_ft.data.folder import find_images
 from vit_ft.data.transforms import build_eval_transform
 from vit_ft.errors import ConfigError
@@ -16,18 +16,6 @@ from vit_ft.labels import head_labels
 from vit_ft.models.predictor import load_predictor, predict_images
 
 transformers = pytest.importorskip("transformers")
-
-CLASSES = ["circle", "cross", "square", "triangle"]  # the image_folder fixture's classes, sorted
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return tiny_hf_vit(dict(enumerate(CLASSES)), seed=0, scale=0.3)
-
-
-@pytest.fixture(scope="module")
-def hf_dir(hf_model, tmp_path_factory):
-    return save_hf_dir(hf_model, tmp_path_factory.mktemp("weights") / "tiny-vit")
 
 
 def test_find_images(image_folder, tmp_path):

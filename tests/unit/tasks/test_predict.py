@@ -8,22 +8,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import ROOT, save_hf_dir, tiny_hf_vit
+from tests.helpers import ROOT
 from vit_ft.tasks.cli import run_cli as run_in_process
 
 transformers = pytest.importorskip("transformers")
-
-CLASSES = ["circle", "cross", "square", "triangle"]  # the image_folder fixture's classes, sorted
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    return tiny_hf_vit(dict(enumerate(CLASSES)), seed=0, scale=0.3)
-
-
-@pytest.fixture(scope="module")
-def hf_dir(hf_model, tmp_path_factory):
-    return save_hf_dir(hf_model, tmp_path_factory.mktemp("weights") / "tiny-vit")
 
 
 def _predict_cli():
