@@ -35,6 +35,9 @@ def load_model(cfg: DictConfig) -> ViTClassifier:
 
 def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     prepare_run(cfg)
+    write_csv = cfg.get("predictions", True)
+    if not isinstance(write_csv, bool):
+        raise ConfigError(f"predictions={write_csv!r} must be true or false (false: one pass, no CSV)")
     datamodule = build_datamodule(cfg, "test")
     model = load_model(cfg)
     note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
@@ -51,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         res = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
     output_dir = str(cfg.paths.output_dir)
-    if cfg.get("predictions", True):
+    if write_csv:
         analysis, predictions_path = predictions_and_analysis(trainer, model, datamodule, split, output_dir)
     else:  # one pass only: the analysis of the evaluation itself (counts Lightning's DDP padding)
         ea = model.eval_analysis

@@ -115,3 +115,5 @@ def test_bad_input_is_one_line(image_folder, tmp_path, capsys):
     line = _error(capsys, [f"model.weights={tmp_path / 'missing.safetensors'}", root], tmp_path / "r3")
     assert "does not exist" in line
     assert "nothing to evaluate" in _error(capsys, ["model.weights=null", root], tmp_path / "r4")
+    line = _error(capsys, [f"model.weights={tmp_path / 'other'}", root, "predictions=maybe"], tmp_path / "r5")
+    assert line == "error: predictions='maybe' must be true or false (false: one pass, no CSV)"
