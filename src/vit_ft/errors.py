@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     """A user-fixable problem with a setting, a path or an input file."""
 
 
+class RunFault(RuntimeError):
+    """A run stopped by a fault it detected while running (a non-finite loss, a checkpoint that
+    cannot be written): one line, exit status 1, what was saved before it left intact."""
+
+
 def user_error(exc: BaseException | None) -> ConfigError | None:
     """The :class:`ConfigError` behind ``exc`` (Hydra's instantiate and DataLoader workers wrap what
     they raise), or Lightning's word on invalid trainer settings, as one; None for anything else."""
@@ -23,6 +28,16 @@ def user_error(exc: BaseException | None) -> ConfigError | None:
         if isinstance(exc, MisconfigurationException):
             first = (str(exc).strip().splitlines() or ["invalid trainer settings"])[0]
             return ConfigError(f"{first} (check the trainer.* settings)")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def run_fault(exc: BaseException | None) -> RunFault | None:
+    """The :class:`RunFault` behind ``exc`` (Lightning and Hydra re-raise or wrap it), or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, RunFault):
+            return exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 

@@ -143,3 +143,19 @@ def check_head_matches_data(
         "the model and the data name the same classes in a different order; "
         "evaluate on a folder laid out like the training data"
     )
+
+
+def class_change(before: Sequence[str], after: Sequence[str]) -> str | None:
+    """How the class list ``after`` differs from ``before`` (index for index), in a few words; None
+    when they are equal."""
+    old, new = [str(n) for n in before], [str(n) for n in after]
+    if old == new:
+        return None
+    if len(old) != len(new) or set(old) != set(new):
+        return (
+            f"{len(old)} classes then, {len(new)} now; only then: {sorted(set(old) - set(new))[:5]}, "
+            f"only now: {sorted(set(new) - set(old))[:5]}"
+        )
+    moved = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(old, new)) if a != b]
+    more = f" (+{len(moved) - 5} more)" if len(moved) > 5 else ""
+    return f"the same {len(old)} names in another order: {', '.join(moved[:5])}{more}"

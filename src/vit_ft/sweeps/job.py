@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from vit_ft.compat import drain_child_watchdogs, tame_child_watchdog
 from vit_ft.dist import DIST_ENV, is_rank_zero
-from vit_ft.errors import user_error, user_message
+from vit_ft.errors import run_fault, user_error, user_message
 from vit_ft.io import write_json_atomic
 
 log = logging.getLogger("vit_ft.sweep")
@@ -33,6 +33,9 @@ def one_line(exc: BaseException) -> str:
     user = user_message(exc)
     if user is not None:
         return user
+    fault = run_fault(exc)
+    if fault is not None:
+        return str(fault)
     text = " ".join(str(exc).split())
     if len(text) > 400:
         text = text[:400] + "..."
@@ -43,11 +46,17 @@ def record_failed_job(cfg: Any, exc: BaseException) -> None:
     """Log ``exc`` (with its traceback, into the job's log file) and write ``status: failed``."""
     msg = one_line(exc)
     num = _job_num()
-    if user_error(exc) is None:  # a bug or a runtime failure: keep the traceback in the job's log
+    if user_error(exc) is None and run_fault(exc) is None:  # a bug: keep the traceback in the job's log
         log.error("job %s failed: %s\n%s", num, msg, "".join(traceback.format_exception(exc)))
     print(f"error: job {num} failed: {msg} (the sweep goes on)", file=sys.stderr, flush=True)
-    if not is_rank_zero():
-        return
+    if is_rank_zero():
+        write_failed_metrics(cfg, exc)
+
+
+def write_failed_metrics(cfg: Any, exc: BaseException, **extra: Any) -> str:
+    """``status: failed`` with the error's one line in the job's ``metrics.json`` (what it already
+    holds kept, ``extra`` added); returns the file's path."""
+    msg = one_line(exc)
     try:
         out = str(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - the config itself may be what failed
@@ -63,12 +72,14 @@ def record_failed_job(cfg: Any, exc: BaseException) -> None:
     payload.update(
         status="failed",
         error=msg,
-        error_type="ConfigError" if user_error(exc) is not None else type(exc).__name__,
+        error_type="ConfigError" if user_error(exc) is not None else type(run_fault(exc) or exc).__name__,
         value=None,
         optimized_metric=str(cfg.get("optimized_metric") or "val/acc1") if hasattr(cfg, "get") else None,
         run_dir=out,
+        **extra,
     )
     write_json_atomic(path, payload)
+    return path
 
 
 def _job_num() -> Any:

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig
 
-from vit_ft.errors import user_message
+from vit_ft.errors import run_fault, user_message
 from vit_ft.sweeps.job import run_sweep_job
 from vit_ft.tasks.outputs import finish_wandb
 
@@ -97,17 +97,20 @@ def quiet_known_noise() -> None:
 
 
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2. In a
-    sweep, a failing job is recorded and the sweep goes on."""
+    """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2, a fault
+    the run detected (:class:`~vit_ft.errors.RunFault`) one line and status 1. In a sweep, a failing
+    job is recorded and the sweep goes on."""
     quiet_known_noise()
     if hydra_info().get("multirun"):
         return run_sweep_job(fn, cfg)
     try:
         return fn(cfg)
     except Exception as e:
-        line = user_message(e)
+        line, status = user_message(e), 2
+        if line is None and run_fault(e) is not None:
+            line, status = str(run_fault(e)), 1
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr, flush=True)
         finish_wandb()
-        sys.exit(2)
+        sys.exit(status)

@@ -18,9 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
+from vit_ft.labels import class_change
+from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
+from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.precision import resolve_precision
+from vit_ft.weights.io import check_checkpoint_file
+from vit_ft.weights.sources import looks_like_path
 
 log = logging.getLogger("vit_ft")
 
@@ -65,9 +70,37 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if cfg.model.get("img_size") is not None:
         positive_int("model.img_size", cfg.model.img_size)
+    NonFiniteLossGuard(action=t.get("on_nonfinite", "stop"), max_skips=t.get("max_nonfinite_skips", 10))
+    check_user_files(cfg)
+
+
+def check_user_files(cfg: DictConfig) -> None:
+    """The checkpoint (``ckpt_path``) and a local ``model.weights`` file are complete, of the right
+    kind and load without running code: checked before any data or model is set up."""
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not os.path.isfile(str(ckpt)):
-        raise ConfigError(f"ckpt_path={ckpt!r} does not exist; pass the path of a .ckpt written by vit-ft")
+    if ckpt and str(ckpt) != "auto":  # "auto": a run-folder checkpoint, found (and checked) later
+        resume = cfg.get("task_name", "train") == "train"
+        check_checkpoint_file(str(ckpt), "ckpt_path", lightning=True, resume=resume)
+    weights = (cfg.get("model") or {}).get("weights")
+    if weights and looks_like_path(str(weights)) and os.path.isfile(os.path.expanduser(str(weights))):
+        check_checkpoint_file(str(weights), "model.weights", lightning=False)
+
+
+def check_resume_classes(cfg: DictConfig, class_names: list[str]) -> None:
+    """Resuming (``ckpt_path``) on data whose classes are not the checkpoint's, index for index, ends
+    with one line listing the difference (the head's outputs would silently mean other classes)."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not os.path.isfile(str(ckpt)):
+        return
+    hp = check_checkpoint_file(str(ckpt), "ckpt_path", lightning=True) or {}
+    names = hp.get("class_names")
+    change = class_change(names, class_names) if names is not None else None
+    if change:
+        raise ConfigError(
+            f"ckpt_path={str(ckpt)!r} was trained on other classes than the data has: {change}; resume on "
+            "the same class folders, or start a new run from its weights (model.weights=<ckpt> "
+            "model.reset_head=true)"
+        )
 
 
 def prepare_run(cfg: DictConfig) -> None:
@@ -127,10 +160,30 @@ def build_loggers(cfg: DictConfig, hydra: dict[str, Any]) -> list:
     return out
 
 
+# trainer.* keys of vit-ft's own, not Lightning Trainer arguments (read by build_trainer, not passed on)
+VIT_FT_TRAINER_KEYS = ("on_nonfinite", "max_nonfinite_skips")
+
+
+def nonfinite_guard(trainer_cfg: dict[str, Any], callbacks: list) -> None:
+    """Configure the :class:`NonFiniteLossGuard` in ``callbacks`` from ``trainer.on_nonfinite`` and
+    ``trainer.max_nonfinite_skips`` (a sweep config may list one of its own), or add one."""
+    action = trainer_cfg.get("on_nonfinite", "stop")
+    max_skips = trainer_cfg.get("max_nonfinite_skips", 10)
+    given = next((c for c in callbacks if isinstance(c, NonFiniteLossGuard)), None)
+    guard = NonFiniteLossGuard(getattr(given, "every_n_steps", 1), action=action, max_skips=max_skips)
+    if given is not None:
+        callbacks.remove(given)
+    callbacks.append(guard)
+
+
 def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list, **overrides: Any) -> L.Trainer:
-    """The configured Trainer with atomic checkpoint files; DDP ranks re-enter this very job."""
+    """The configured Trainer with atomic checkpoint files and the non-finite guard; DDP ranks
+    re-enter this very job."""
     install_ddp_relaunch(hydra_job_command)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    nonfinite_guard(trainer_cfg, callbacks)
+    for key in VIT_FT_TRAINER_KEYS:
+        trainer_cfg.pop(key, None)
     trainer_cfg.update(overrides)
     return instantiate(
         trainer_cfg,
@@ -151,6 +204,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
 
     datamodule = build_datamodule(cfg, "fit")
     class_names = list(datamodule.class_names)
+    check_resume_classes(cfg, class_names)
     model = instantiate(
         OmegaConf.to_container(cfg.model, resolve=True),
         num_classes=len(class_names),
@@ -176,3 +230,21 @@ def build(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
             pre.to_dict(),
         )
     return datamodule, model, trainer, loggers
+
+
+def record_run_failure(cfg: DictConfig, trainer: L.Trainer | None, exc: BaseException) -> None:
+    """``status: failed`` (the error's one line, the step reached, the non-finite count) in
+    ``metrics.json`` of a run that failed once its Trainer existed; nothing before that (a config
+    error, a run folder another run holds)."""
+    if trainer is None or not trainer.is_global_zero:
+        return
+    try:
+        write_failed_metrics(
+            cfg,
+            exc,
+            global_step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            nonfinite=nonfinite_summary(trainer),
+        )
+    except OSError as e:  # a full disk: the error line still reaches the user
+        log.warning("could not write metrics.json: %s", e)

@@ -23,6 +23,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.progress import heartbeat
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
+from vit_ft.weights.io import check_weights_source
 
 
 @dataclass
@@ -53,6 +54,7 @@ def export(cfg: DictConfig) -> list[Path]:
         )
     if cfg.format not in ("both", "hf", "timm"):
         raise ConfigError(f"format={cfg.format!r} is not supported; use format=both, hf or timm")
+    check_weights_source(str(source), "ckpt_path" if ckpt else "weights")
     with heartbeat(f"export: reading {source}"):
         bb = load_weights(
             str(source),

@@ -29,6 +29,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
 from vit_ft.tasks.cli import NoRunDirConfig
+from vit_ft.weights.io import check_weights_source
 
 
 @dataclass
@@ -122,6 +123,7 @@ def predict_files(
     """The ``predict.py`` job: print (unless ``quiet``) and write (``out=``, JSON lines) the top-k
     classes of every image; return how many images were predicted."""
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
+    check_weights_source(weights, "weights")
     paths = find_images(images)
     notes: list[str] = []
     predictor = load_predictor(

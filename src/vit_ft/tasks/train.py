@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
-from vit_ft.tasks.common import build
+from vit_ft.tasks.common import build, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.outputs import (
     finish_wandb,
@@ -23,6 +23,7 @@ from vit_ft.tasks.outputs import (
     write_report,
     write_resolved_config,
 )
+from vit_ft.training.callbacks import nonfinite_summary
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
@@ -39,6 +40,7 @@ def train(cfg: DictConfig) -> float | None:
     if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
         return fewshot(cfg)
     loggers: list = []
+    trainer = None
     try:
         datamodule, model, trainer, loggers = build(cfg)
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
@@ -85,6 +87,7 @@ def train(cfg: DictConfig) -> float | None:
                 "global_step": int(trainer.global_step),
                 "epoch": int(trainer.current_epoch),
                 "status": "interrupted" if interrupted else "completed",
+                "nonfinite": nonfinite_summary(trainer),
                 "bad_images": datamodule.bad_image_report(),
                 "run_dir": output_dir,
                 "analysis": analysis,
@@ -105,5 +108,8 @@ def train(cfg: DictConfig) -> float | None:
         if value is not None and not math.isfinite(value):
             return None
         return value
+    except Exception as e:  # faults: metrics.json says failed (a config error before setup writes nothing)
+        record_run_failure(cfg, trainer, e)
+        raise
     finally:
         finish_wandb()

@@ -1,6 +1,7 @@
 """Lightning callbacks of vit-ft's own (the rest come from Lightning: ModelCheckpoint, ...).
 
-* :class:`NonFiniteLossGuard`: stop at the first NaN/inf training loss;
+* :class:`NonFiniteLossGuard`: a NaN/inf loss or gradient stops the run (or skips the step) before
+  the weights change, and non-finite weights are never checkpointed;
 * :class:`MetricsHistory`: ``history.csv`` in the run folder, one row per logged step and per validation;
 * :class:`RunReport`: redraws the run report after each validation, with a drawing function it is given
   (``vit_ft.report.build_report`` in conf/callbacks/default.yaml: the report package sits above this one).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -20,32 +22,122 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vit_ft.errors import ConfigError, RunFault
 from vit_ft.io import write_text_atomic
 
 log = logging.getLogger("vit_ft")
 
 
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+def first_nonfinite(tensors: list[torch.Tensor]) -> float | None:
+    """The global L2 norm of ``tensors`` when it is not finite (NaN or inf), else None."""
+    if not tensors:
+        return None
+    norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors])
+    norm = float(torch.linalg.vector_norm(norms))
+    return None if math.isfinite(norm) else norm
+
+
 class NonFiniteLossGuard(Callback):
-    """Raise ``FloatingPointError`` at the first non-finite training loss (checked every
-    ``every_n_steps`` batches; under DDP one rank's NaN stops every rank, so none hangs)."""
+    """A NaN/inf training loss or gradient norm never reaches the weights.
 
-    def __init__(self, every_n_steps: int = 1) -> None:
+    Checked after the backward pass, before the optimizer step (and before gradient clipping, which
+    would turn an inf norm into NaN weights):
+
+    * ``action="stop"`` (``trainer.on_nonfinite=stop``, the default): raise :class:`RunFault` with one
+      line (the step, which value) before the weights change; the checkpoints already written stay;
+    * ``action="skip"``: drop that optimizer step (every gradient set to None, so the optimizer
+      leaves the weights and its state, SGD momentum or AdamW moments and step count, untouched),
+      count it (``skipped``, in ``metrics.json``), and stop as above after ``max_skips`` skipped steps
+      in a row.
+
+    Under fp16 with a gradient scaler, an inf gradient is the scaler's business (it skips the step and
+    lowers the scale); only a non-finite loss counts. Under DDP the gradients are already reduced, so
+    a NaN on one rank is a NaN on every rank and all of them decide alike (no extra collective).
+
+    Every checkpoint save is checked as well: weights that are not finite are never written (the
+    save stops the run instead). ``every_n_steps`` > 1 checks only every n-th step in stop mode.
+    """
+
+    def __init__(self, every_n_steps: int = 1, action: str = "stop", max_skips: int = 10) -> None:
+        if action not in NONFINITE_ACTIONS:
+            raise ConfigError(f"trainer.on_nonfinite={action!r} must be one of {list(NONFINITE_ACTIONS)}")
+        if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 1:
+            raise ConfigError(f"trainer.max_nonfinite_skips={max_skips!r} must be a positive integer")
         self.every_n_steps = max(1, int(every_n_steps))
+        self.action = action
+        self.max_skips = max_skips
+        self.skipped = 0  # optimizer steps skipped in the whole run (travels in checkpoints)
+        self.consecutive = 0
+        self.bad_loss: float | None = None  # a non-finite loss of a micro-batch of this step
 
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if batch_idx % self.every_n_steps:
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+    def checking(self, trainer: Any) -> bool:
+        return self.action == "skip" or trainer.global_step % self.every_n_steps == 0
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
+        if self.bad_loss is None and self.checking(trainer):
+            value = loss.detach().float()
+            if not bool(torch.isfinite(value).all()):
+                self.bad_loss = float(value.sum())
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        bad_loss, self.bad_loss = self.bad_loss, None
+        if not self.checking(trainer):
             return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise FloatingPointError(
-                f"non-finite training loss at step {trainer.global_step} (batch {batch_idx}); "
-                "lower optimizer.lr or check the data"
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        grad_norm = None if scaler is not None else first_nonfinite([p.grad.detach() for p in params])
+        if bad_loss is None and grad_norm is None:
+            self.consecutive = 0
+            return
+        step = trainer.global_step + 1  # the optimizer step being taken (1-based, as in the logs)
+        what = f"training loss {bad_loss}" if bad_loss is not None else f"gradient norm {grad_norm}"
+        if self.action == "stop":
+            raise RunFault(
+                f"non-finite {what} at optimizer step {step} (epoch {trainer.current_epoch}): stopped "
+                "before that step, the checkpoints already written are kept - lower optimizer.lr, "
+                "check the data, or set trainer.on_nonfinite=skip"
             )
+        self.skipped += 1
+        self.consecutive += 1
+        for p in params:
+            p.grad = None  # the optimizer leaves parameters without a gradient (and their state) alone
+        if trainer.is_global_zero:
+            log.warning(
+                "non-finite %s at optimizer step %d: step skipped (%d in a row)", what, step, self.consecutive
+            )
+        if self.consecutive >= self.max_skips:
+            raise RunFault(
+                f"non-finite {what} at optimizer step {step}: {self.consecutive} optimizer steps in a row "
+                f"skipped (trainer.max_nonfinite_skips={self.max_skips}; {self.skipped} in the run); the "
+                "checkpoints already written are kept - lower optimizer.lr or check the data"
+            )
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        for name, t in (checkpoint.get("state_dict") or {}).items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise RunFault(
+                    f"the weights are not finite ({name} holds NaN/inf) at optimizer step "
+                    f"{trainer.global_step}: no checkpoint written, the earlier ones are as they were - "
+                    "lower optimizer.lr or check the data"
+                )
+
+
+def nonfinite_summary(trainer: Any) -> dict[str, Any] | None:
+    """``{"on_nonfinite", "skipped_steps"}`` of the run's :class:`NonFiniteLossGuard` (None without one)."""
+    guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteLossGuard)), None)
+    if guard is None:
+        return None
+    return {"on_nonfinite": guard.action, "skipped_steps": guard.skipped}
 
 
 def scalar(v: Any) -> float | None:

@@ -106,3 +106,129 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         sd, meta = load_safetensors(path)
         return strip_prefixes(sd), meta, notes
     return unwrap_state_dict(torch_load_safely(path), path, notes), {}, notes
+
+
+# -- checking a file the user names, before anything else runs ---------------------------------------
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 (and .npz)
+PICKLE_MAGIC = b"\x80"  # a pickle of protocol >= 2 (torch.save's legacy format)
+
+
+def _load_for_check(path: Path, label: str) -> Any:
+    """``torch.load(weights_only=True)`` with the tensors memory-mapped (only the pickle is read)."""
+    try:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == ZIP_MAGIC
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" not in msg:
+            raise ConfigError(f"{label} is corrupt ({first_line(e)}); pass a complete checkpoint") from None
+        m = re.search(r"GLOBAL ([\w.]+)", msg)
+        name = m.group(1) if m else "objects other than tensors and plain containers"
+        raise ConfigError(
+            f"refusing {label}: it is a pickle that needs {name}, which could run code when loaded; vit-ft "
+            "reads only tensors and plain containers - re-save it from a trusted environment "
+            "(safetensors.torch.save_file(state_dict, ...))"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as e:
+        raise ConfigError(
+            f"{label} is truncated or corrupt ({first_line(e)}): a save or a copy that did not finish? "
+            "use an earlier checkpoint or copy the file again"
+        ) from None
+
+
+def check_checkpoint_file(
+    source: str | Path, key: str, *, lightning: bool, resume: bool = False
+) -> dict | None:
+    """Check a file the user names (``ckpt_path=``, ``model.weights=``, ``weights=``) before any data
+    or model is set up; raise :class:`ConfigError` with one line naming the file and what is wrong:
+    missing, a folder where a file is needed, empty, truncated (a save or copy that did not finish),
+    foreign (not a Lightning checkpoint where one is needed, not a weights file) or a pickle that
+    would run code. Only the pickle is read (tensors are memory-mapped): cheap for any size.
+
+    ``lightning``: a Lightning ``.ckpt`` is required (``resume``: with its training state, for
+    ``trainer.fit(ckpt_path=...)``). Returns the checkpoint's ``hyper_parameters`` (a Lightning
+    checkpoint), else None. A folder (a transformers directory) or an ``.npz`` is left to its reader
+    once it is known to exist and not to be empty."""
+    path = Path(str(source)).expanduser()
+    label = f"{key}={str(source)!r}"
+    if not path.exists():
+        raise ConfigError(f"{label} does not exist (cwd {Path.cwd()}); pass the path of an existing file")
+    if path.is_dir():
+        if lightning:
+            raise ConfigError(f"{label} is a folder; pass a .ckpt file (e.g. <run>/checkpoints/last.ckpt)")
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(
+            f"{label} is empty (0 bytes): a save or a copy that never started; pass a complete file"
+        )
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ConfigError(
+                f"{label} is truncated or corrupt ({size} bytes; {first_line(e)}): a save or a copy that did "
+                "not finish - use an earlier checkpoint or copy the file again"
+            ) from None
+        if not any(n.endswith("data.pkl") for n in names):
+            if not lightning and path.suffix == ".npz":
+                return None  # a big_vision .npz: its reader checks the arrays
+            raise ConfigError(f"{label} is a zip archive but not a PyTorch checkpoint (holds {names[:3]})")
+    elif path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        if lightning:
+            raise ConfigError(
+                f"{label} is a safetensors weights file, not a Lightning checkpoint; start from its "
+                f"weights with model.weights={path}"
+            )
+        load_safetensors_header(path, label)
+        return None
+    elif head[:1] != PICKLE_MAGIC:
+        what = (
+            "a Lightning checkpoint (.ckpt)"
+            if lightning
+            else "a weights file (.safetensors, .pth, .bin, .npz)"
+        )
+        raise ConfigError(
+            f"{label} is not {what}: it starts with {head[:8]!r}; pass a file vit-ft wrote or reads"
+        )
+    obj = _load_for_check(path, label)
+    if not lightning:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise ConfigError(
+            f"{label} is not a Lightning checkpoint (it holds {keys}, no 'state_dict'); to start from these "
+            f"weights pass model.weights={path} instead"
+        )
+    if resume and "optimizer_states" not in obj:
+        raise ConfigError(
+            f"{label} holds weights only (no optimizer or loop state: saved with save_weights_only), so "
+            f"training cannot resume from it; start from its weights with model.weights={path}"
+        )
+    hp = obj.get("hyper_parameters")
+    return dict(hp) if isinstance(hp, dict) else {}
+
+
+def load_safetensors_header(path: Path, label: str) -> None:
+    """Open a safetensors file (its header and that the file covers every tensor), nothing more."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"{label} is truncated or corrupt ({first_line(e)}): a save or a copy that did not finish - "
+            "copy or export it again"
+        ) from None
+
+
+def check_weights_source(source: str | None, key: str) -> None:
+    """:func:`check_checkpoint_file` for a weights source that is a local file (a folder, a timm tag
+    or a hub id is left to :func:`vit_ft.weights.load_weights`)."""
+    if source and Path(str(source)).expanduser().is_file():
+        check_checkpoint_file(str(source), key, lightning=False)
