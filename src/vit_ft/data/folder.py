@@ -53,18 +53,54 @@ def _visible_dirs(folder: str) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def _images_under(folder: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(
-            os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and is_image_file(f)
+def walk_files(top: str, root: str | None = None, outside: list[str] | None = None):
+    """``(dirpath, visible file names, sorted)`` for every folder under ``top``, links to folders
+    followed once per real folder: a link loop (``red/self -> .``) or a second link to a folder
+    already seen is not entered again, so no image is found twice. A link to a folder outside
+    ``root`` (default ``top``) is followed and appended to ``outside`` (for the caller's one warning)."""
+    real_root = os.path.realpath(root if root is not None else top)
+    seen = {os.path.realpath(top)}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in seen:
+                continue
+            seen.add(real)
+            if outside is not None and os.path.islink(full):
+                if os.path.commonpath([real, real_root]) != real_root:
+                    outside.append(full)
+            keep.append(d)
+        dirnames[:] = keep
+        yield dirpath, sorted(f for f in filenames if not f.startswith("."))
+
+
+def warn_outside(outside: list[str], root: str) -> None:
+    """One warning for the folder links found leading out of ``root`` (they are followed)."""
+    if outside:
+        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+        log.warning(
+            "%s links to %s, outside %s%s: followed (the data is not all under its root)",
+            outside[0],
+            os.path.realpath(outside[0]),
+            root,
+            more,
         )
+
+
+def _images_under(folder: str, root: str | None = None, outside: list[str] | None = None) -> list[str]:
+    out = []
+    for dirpath, filenames in walk_files(folder, root, outside):
+        out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return out
 
 
-def scan_classes(folder: str, key: str = "data.root") -> dict[str, list[str]]:
-    """``{class_name: [image paths]}`` for the class folders directly under ``folder``."""
+def scan_classes(folder: str, key: str = "data.root", root: str | None = None) -> dict[str, list[str]]:
+    """``{class_name: [image paths]}`` for the class folders directly under ``folder`` (folder links
+    followed once each: see :func:`walk_files`)."""
     classes = _visible_dirs(folder)
     if not classes:
         raise ConfigError(
@@ -72,12 +108,14 @@ def scan_classes(folder: str, key: str = "data.root") -> dict[str, list[str]]:
             "(e.g. root/cat/1.jpg, root/dog/2.jpg) or train/ and val/ folders holding them"
         )
     found = {}
+    outside: list[str] = []
     for name in classes:
-        files = _images_under(os.path.join(folder, name))
+        files = _images_under(os.path.join(folder, name), root or folder, outside)
         if files:
             found[name] = files
         else:
             log.warning("class folder %s has no images; leaving it out", os.path.join(folder, name))
+    warn_outside(outside, root or folder)
     if not found:
         raise ConfigError(
             f"{key}={folder!r}: none of its {len(classes)} class folders holds an image "
@@ -137,19 +175,19 @@ def index_image_folder(
     if not subdirs and not any(True for _ in os.scandir(root)):
         raise ConfigError(f"data.root={root!r} is empty; put one folder of images per class in it")
     if "train" in subdirs:
-        train = scan_classes(os.path.join(root, "train"), "data.root/train")
+        train = scan_classes(os.path.join(root, "train"), "data.root/train", root)
         class_names = sorted(train)
         splits = {"train": _to_index(train, class_names, root)}
         val_name = next((v for v in VAL_ALIASES if v in subdirs), None)
         if val_name is not None:
-            val = scan_classes(os.path.join(root, val_name), f"data.root/{val_name}")
+            val = scan_classes(os.path.join(root, val_name), f"data.root/{val_name}", root)
             _check_same_classes(train, val, val_name)
             splits["val"] = _to_index(val, class_names, root)
         else:
             tr, va = stratified_split(splits["train"].labels, val_fraction, seed)
             splits["train"], splits["val"] = splits["train"].subset(tr), splits["train"].subset(va)
         if "test" in subdirs:
-            test = scan_classes(os.path.join(root, "test"), "data.root/test")
+            test = scan_classes(os.path.join(root, "test"), "data.root/test", root)
             unknown = sorted(set(test) - set(train))
             if unknown:
                 raise ConfigError(
@@ -166,7 +204,7 @@ def index_image_folder(
 
 def find_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Image paths of ``images``: a file (used whatever its extension), a folder (image files found
-    recursively, sorted; other files ignored) or a list of either."""
+    recursively, sorted, folder links followed once each; other files ignored) or a list of either."""
     if images is None or (isinstance(images, str) and images.strip() in ("", "???")):
         raise ConfigError("images is not set; pass images=<image file or folder>, e.g. images=photos/")
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
@@ -179,12 +217,9 @@ def find_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if os.path.isfile(expanded):
             out.append(path)
         elif os.path.isdir(expanded):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(expanded, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [
-                    os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)
-                ]
+            outside: list[str] = []
+            found = _images_under(expanded, expanded, outside)
+            warn_outside(outside, path)
             if not found:
                 raise ConfigError(
                     f"images={path!r} is a folder with no image files (.jpg, .png, .webp, ...); "

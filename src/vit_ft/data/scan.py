@@ -20,15 +20,19 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from vit_ft.data.decode import check_image, is_image_file
+from vit_ft.data.folder import walk_files, warn_outside
 from vit_ft.progress import track
 
 
 def iter_images(root: str):
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not f.startswith(".") and is_image_file(f):
+    """Image files under ``root``, as the loaders find them (folder links followed once each; one
+    warning for links that leave ``root``)."""
+    outside: list[str] = []
+    for dirpath, filenames in walk_files(root, root, outside):
+        for f in filenames:
+            if is_image_file(f):
                 yield os.path.join(dirpath, f)
+    warn_outside(outside, root)
 
 
 def _check(path: str) -> tuple[str, str | None]:

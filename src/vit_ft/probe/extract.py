@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -26,6 +27,7 @@ from vit_ft.preprocessing import Normalize
 from vit_ft.probe.features import (
     BadCacheError,
     SplitFeatures,
+    cache_lock,
     cache_path,
     feature_key,
     load_features,
@@ -175,6 +177,25 @@ def split_features(
     out: dict[str, SplitFeatures] = {}
     report: dict[str, dict] = {}
     missing: list[tuple[str, str]] = []
+
+    def from_disk(split: str, key: str, labels: np.ndarray, path: str | None) -> bool:
+        """Read ``split``'s features from the disk cache into ``out`` (False when absent or bad)."""
+        if not path or not os.path.exists(path):
+            return False
+        try:
+            hit = load_features(path, key, labels)
+        except BadCacheError as e:
+            if settings.on_bad_cache == "error":
+                raise ConfigError(
+                    f"{e}; delete it (it is rebuilt on the next run) or set probe.on_bad_cache=rebuild"
+                ) from None
+            log.warning("%s; rebuilding it", e)
+            return False
+        out[split] = hit
+        report[split] = {"images": len(hit), "source": "disk", "key": key, "path": path}
+        remember(key, hit)
+        return True
+
     for split in splits:
         records = datamodule.splits[split]
         if isinstance(records, IterableDataset) or not hasattr(records, "__len__"):
@@ -185,26 +206,16 @@ def split_features(
         labels = np.asarray(records.labels, dtype=np.int64)
         path = cache_path(settings.cache_dir, key) if settings.cache_dir else None
         hit = recall(key) if not distributed else None
-        source = "memory"
-        if hit is None and path and os.path.exists(path):
-            try:
-                hit = load_features(path, key, labels)
-                source = "disk"
-            except BadCacheError as e:
-                if settings.on_bad_cache == "error":
-                    raise ConfigError(
-                        f"{e}; delete it (it is rebuilt on the next run) or set probe.on_bad_cache=rebuild"
-                    ) from None
-                log.warning("%s; rebuilding it", e)
         if hit is not None:
             out[split] = hit
-            report[split] = {"images": len(hit), "source": source, "key": key, "path": path}
+            report[split] = {"images": len(hit), "source": "memory", "key": key, "path": path}
             remember(key, hit)
-        else:
+        elif not from_disk(split, key, labels, path):
             missing.append((split, key))
     log.info("features: fingerprinted weights and data in %.1fs", time.perf_counter() - t0)
 
-    if missing:
+    def extract_missing(missing: list[tuple[str, str]]) -> None:
+        """One pass over the splits ``missing``; their features into ``out`` and the disk cache."""
         t1 = time.perf_counter()
         bs = settings.extract_batch_size or datamodule.eval_batch_size or datamodule.loader_batch_size
         loaders = [datamodule.indexed_loader(split, batch_size=int(bs)) for split, _ in missing]
@@ -235,6 +246,24 @@ def split_features(
             )
         if distributed:
             trainer.strategy.barrier("vit_ft_features_written")
+
+    # One job builds a cache file at a time: a second one waits for the lock, then reads the file the
+    # first wrote (DDP ranks extract together and rank 0 writes: no lock there).
+    locking = bool(missing and settings.cache_dir and not distributed)
+    with cache_lock(settings.cache_dir, [k for _, k in missing]) if locking else nullcontext():
+        if locking:
+            missing = [
+                (split, key)
+                for split, key in missing
+                if not from_disk(
+                    split,
+                    key,
+                    np.asarray(datamodule.splits[split].labels, dtype=np.int64),
+                    cache_path(settings.cache_dir, key),
+                )
+            ]
+        if missing:
+            extract_missing(missing)
     for split, r in report.items():
         if r["source"] != "extracted" and trainer.is_global_zero:
             log.info(

@@ -12,22 +12,30 @@ so any change of these gives a new key and new features; a cache file is only ev
 key matches and its contents check out (labels agree with the data), never silently otherwise.
 
 Features live in memory (reused across the jobs of a Hydra sweep run in one process) and on disk
-as ``<cache_dir>/<key>.pt`` (written to ``.tmp`` and renamed). Pure: no Lightning, no network pass.
+as ``<cache_dir>/<key>.pt`` (written to a ``.tmp`` and renamed; the job that builds a file holds
+``<key>.lock``, so a second job needing the same features waits and then reads them). Pure: no Lightning, no network pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from vit_ft.errors import ConfigError
+
+log = logging.getLogger("vit_ft")
 
 CACHE_FORMAT = 1
 MEMORY_ENTRIES = 6  # splits kept in memory (most recently used)
@@ -119,9 +127,30 @@ def cache_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, f"{key}.pt")
 
 
+@contextmanager
+def cache_lock(cache_dir: str, keys: list[str]) -> Iterator[None]:
+    """Hold ``<cache_dir>/<key>.lock`` for every key (in sorted order, so two jobs never deadlock):
+    a second job that needs the same features waits here, then finds them cached."""
+    os.makedirs(cache_dir, exist_ok=True)
+    with ExitStack() as stack:
+        for key in sorted(set(keys)):
+            lock = FileLock(os.path.join(cache_dir, f"{key}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("features: another job is building the cache %s; waiting for it", key)
+                lock.acquire()
+            stack.callback(lock.release)
+        yield
+
+
 def save_features(path: str, key: str, split: str, feats: SplitFeatures, meta: dict) -> None:
+    """Write one cache file atomically (a unique temporary beside it, renamed over it)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    fd, tmp = tempfile.mkstemp(
+        prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or "."
+    )
+    os.close(fd)
     payload = {
         "format": CACHE_FORMAT,
         "key": key,
@@ -132,8 +161,13 @@ def save_features(path: str, key: str, split: str, feats: SplitFeatures, meta: d
         "indices": feats.indices,
         "num_records": int(feats.num_records),
     }
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class BadCacheError(ConfigError):
