@@ -126,7 +126,7 @@ def _load_for_check(path: Path, label: str) -> Any:
         m = re.search(r"GLOBAL ([\w.]+)", msg)
         name = m.group(1) if m else "objects other than tensors and plain containers"
         raise ConfigError(
-            f"refusing {label}: it is a pickle that needs {name}, which could run code when loaded; vit-ft "
+            f"{label} is refused: it is a pickle that needs {name}, which could run code when loaded; vit-ft "
             "reads only tensors and plain containers - re-save it from a trusted environment "
             "(safetensors.torch.save_file(state_dict, ...))"
         ) from None
