@@ -85,7 +85,9 @@ def test_stop_raises_one_line_before_the_step_and_consecutive_skips_stop():
     assert "\n" not in str(e.value) and len(model.snapshots) == 3
     model = Poisoned("sgd", inf_grad_at={1})
     with pytest.raises(RunFault, match="non-finite gradient norm inf at optimizer step 2"):
-        quiet_trainer(max_steps=6, callbacks=[NonFiniteLossGuard()], gradient_clip_val=1.0).fit(model, loader())
+        quiet_trainer(max_steps=6, callbacks=[NonFiniteLossGuard()], gradient_clip_val=1.0).fit(
+            model, loader()
+        )
     assert all(torch.isfinite(t).all() for t in model.layer.state_dict().values())  # clipping never ran
 
     model = Poisoned("sgd", nan_at=set(range(1, 8)))
