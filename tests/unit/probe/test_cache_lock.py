@@ -42,3 +42,32 @@ def test_second_builder_waits_then_reuses_the_file(tmp_path):
     assert not errors and len(built) == 1 and len(loaded) == 1
     assert torch.equal(loaded[0].features, torch.full((50, 8), float(built[0])))
     assert sorted(os.listdir(cache_dir)) == [f"{key}.lock", f"{key}.pt"]  # no temporary left
+
+
+def test_split_features_waits_for_the_job_building_the_cache(image_folder, settings, tmp_path):
+    import shutil
+
+    from tests.helpers import probe_datamodule, tiny_probe_classifier
+    from vit_ft.probe.extract import split_features
+    from vit_ft.probe.features import clear_memory_cache
+    from vit_ft.probe.settings import LinearProbeSettings
+
+    _, rep = split_features(tiny_probe_classifier(), probe_datamodule(image_folder), ["val"], settings)
+    key, built = rep["val"]["key"], rep["val"]["path"]
+    clear_memory_cache()
+    other = LinearProbeSettings(cache_dir=str(tmp_path / "shared"))
+    clf = tiny_probe_classifier()
+    calls, result = [0], {}
+    clf.model.patch_embed.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    with cache_lock(other.cache_dir, [key]):  # another job is building this cache file
+        t = threading.Thread(
+            target=lambda: result.update(
+                rep=split_features(clf, probe_datamodule(image_folder), ["val"], other)[1]
+            )
+        )
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive() and calls[0] == 0  # waiting, not extracting
+        shutil.copy(built, cache_path(other.cache_dir, key))  # what that job writes
+    t.join(timeout=60)
+    assert result["rep"]["val"]["source"] == "disk" and calls[0] == 0
