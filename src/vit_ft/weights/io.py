@@ -178,7 +178,7 @@ def check_checkpoint_file(
             if not lightning and path.suffix == ".npz":
                 return None  # a big_vision .npz: its reader checks the arrays
             raise ConfigError(f"{label} is a zip archive but not a PyTorch checkpoint (holds {names[:3]})")
-    elif path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+    elif path.suffix == ".safetensors" or (head[8:9] == b"{" and head[:1] != PICKLE_MAGIC):
         if lightning:
             raise ConfigError(
                 f"{label} is a safetensors weights file, not a Lightning checkpoint; start from its "
