@@ -53,13 +53,27 @@ def _visible_dirs(folder: str) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def walk_files(top: str, root: str | None = None, outside: list[str] | None = None):
+def walk_files(
+    top: str, root: str | None = None, outside: list[str] | None = None, seen: set[str] | None = None
+):
     """``(dirpath, visible file names, sorted)`` for every folder under ``top``, links to folders
     followed once per real folder: a link loop (``red/self -> .``) or a second link to a folder
-    already seen is not entered again, so no image is found twice. A link to a folder outside
-    ``root`` (default ``top``) is followed and appended to ``outside`` (for the caller's one warning)."""
+    already seen (in ``seen``, shared between walks: e.g. the other class folders) is not entered,
+    so no image is found twice. A link to a folder outside ``root`` (default ``top``) is followed and
+    appended to ``outside`` (for the caller's one warning)."""
     real_root = os.path.realpath(root if root is not None else top)
-    seen = {os.path.realpath(top)}
+    seen = set() if seen is None else seen
+    seen.add(os.path.realpath(top))
+
+    def leaves_root(path: str, real: str) -> None:
+        if (
+            outside is not None
+            and os.path.islink(path)
+            and os.path.commonpath([real, real_root]) != real_root
+        ):
+            outside.append(path)
+
+    leaves_root(top, os.path.realpath(top))
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         keep = []
         for d in sorted(dirnames):
@@ -70,9 +84,7 @@ def walk_files(top: str, root: str | None = None, outside: list[str] | None = No
             if real in seen:
                 continue
             seen.add(real)
-            if outside is not None and os.path.islink(full):
-                if os.path.commonpath([real, real_root]) != real_root:
-                    outside.append(full)
+            leaves_root(full, real)
             keep.append(d)
         dirnames[:] = keep
         yield dirpath, sorted(f for f in filenames if not f.startswith("."))
@@ -91,9 +103,11 @@ def warn_outside(outside: list[str], root: str) -> None:
         )
 
 
-def _images_under(folder: str, root: str | None = None, outside: list[str] | None = None) -> list[str]:
+def _images_under(
+    folder: str, root: str | None = None, outside: list[str] | None = None, seen: set[str] | None = None
+) -> list[str]:
     out = []
-    for dirpath, filenames in walk_files(folder, root, outside):
+    for dirpath, filenames in walk_files(folder, root, outside, seen):
         out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return out
 
@@ -109,8 +123,10 @@ def scan_classes(folder: str, key: str = "data.root", root: str | None = None) -
         )
     found = {}
     outside: list[str] = []
+    # every class folder is its own: a link from one into another is not followed
+    seen = {os.path.realpath(os.path.join(folder, name)) for name in classes}
     for name in classes:
-        files = _images_under(os.path.join(folder, name), root or folder, outside)
+        files = _images_under(os.path.join(folder, name), root or folder, outside, seen)
         if files:
             found[name] = files
         else:

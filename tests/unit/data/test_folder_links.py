@@ -32,6 +32,7 @@ def make_linked_root(tmp_path: Path) -> Path:
     os.symlink("..", red / "sub" / "up")  # a loop through the parent
     os.symlink("sub", red / "again")  # a second way into sub
     os.symlink(outside, root / "train" / "blue" / "far")  # leaves the data root
+    os.symlink("../blue", red / "blue")  # into another class folder: its images stay blue's
     return root
 
 
