@@ -1,10 +1,13 @@
-"""The one exception type for mistakes a user can fix, and how to find it behind a wrapped one.
+"""The exception types for what a user can fix, and how to find them behind a wrapped one.
 
-Its message is a single line: what is wrong, the value seen, what to do. Entry points print it as
-``error: <message>`` and exit with status 2; anything else is a bug and keeps its traceback.
+Their message is a single line: what is wrong, the value seen, what to do. Entry points print it as
+``error: <message>`` and exit with status 2 (:class:`ConfigError`: bad input, found before the run)
+or 1 (:class:`RunFault`: a fault met while running); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import errno
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -32,12 +35,19 @@ def user_error(exc: BaseException | None) -> ConfigError | None:
     return None
 
 
+DISK_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
+
+
 def run_fault(exc: BaseException | None) -> RunFault | None:
-    """The :class:`RunFault` behind ``exc`` (Lightning and Hydra re-raise or wrap it), or None."""
+    """The :class:`RunFault` behind ``exc`` (Lightning and Hydra re-raise or wrap it), or None. A
+    full disk or a read-only file system met anywhere (metrics, history, report) is one too."""
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, RunFault):
             return exc
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            where = f" {exc.filename}" if exc.filename else ""
+            return RunFault(f"cannot write{where}: {exc.strerror or exc}; free space or set paths.output_dir")
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 

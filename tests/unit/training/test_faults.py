@@ -174,3 +174,20 @@ def test_read_only_or_vanished_folder(saved, monkeypatch):
     with pytest.raises(RunFault, match=rf"the folder {folder} no longer exists"):
         trainer.save_checkpoint(folder / "last.ckpt")
     assert os.listdir(tmpdir) == []
+
+
+def test_a_full_disk_anywhere_is_a_run_fault():
+    from vit_ft.errors import run_fault
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/run/metrics.json")
+        except OSError as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as wrapped:
+        fault = run_fault(wrapped)
+    assert (
+        str(fault)
+        == "cannot write /run/metrics.json: No space left on device; free space or set paths.output_dir"
+    )
+    assert run_fault(OSError(errno.ENOENT, "No such file")) is None and run_fault(ValueError("x")) is None
