@@ -59,7 +59,9 @@ def _feature_problem(net: nn.Module, features: str) -> str | None:
         return f"probe.features={features} needs a timm ViT with patch tokens; this is a {name}"
     if features == "last4":
         if not hasattr(net, "forward_intermediates"):
-            return f"probe.features=last4 needs timm's forward_intermediates, which {name} lacks; use cls+mean"
+            return (
+                f"probe.features=last4 needs timm's forward_intermediates, which {name} lacks; use cls+mean"
+            )
         depth = len(getattr(net, "blocks", ()))
         if depth < 4:
             return f"probe.features=last4 concatenates the last 4 blocks but this model has {depth}; use cls+mean"

@@ -25,7 +25,11 @@ from vit_ft.probe.settings import FewshotSettings, LinearProbeSettings
         ),
         (FewshotSettings, {"batchnorm": True}, "probe.batchnorm is not a setting of probe.mode=fewshot"),
         (LinearProbeSettings, {"seeds": 3}, "probe.seeds is not a setting of probe.mode=linear"),
-        (LinearProbeSettings, {"features": "avg"}, "probe.features='avg' must be one of cls (final-norm CLS token)"),
+        (
+            LinearProbeSettings,
+            {"features": "avg"},
+            "probe.features='avg' must be one of cls (final-norm CLS token)",
+        ),
         (
             LinearProbeSettings,
             {"features": "last4"},
