@@ -75,7 +75,7 @@ def check_feature_type(net: nn.Module, features: str) -> None:
         raise ConfigError(problem)
 
 
-def use_feature_type(classifier: Any, features: str) -> None:
+def use_feature_type(classifier: Any, features: str, *, head: bool = True) -> None:
     """Check ``probe.features`` against the network and, for a linear probe's sake, make its own
     head input (timm's ``forward_head(pre_logits=True)``) the same features.
 
@@ -83,20 +83,26 @@ def use_feature_type(classifier: Any, features: str) -> None:
     tokens (attention pooling removed) and record it in the architecture stored with checkpoints
     (``global_pool``, ``fc_norm=False``: same parameters); ``pool`` keeps the model's own pooling.
     ``cls+mean`` and ``last4`` have no timm pooling: they are computed by :func:`token_features` only.
+    ``head=False`` (k-NN, few-shot: no head is trained): a network whose head input cannot be made the
+    features is fine as it is (the features come from :func:`token_features` either way).
     """
     net = classifier.model
     check_feature_type(net, features)
     if features not in ("cls", "mean"):
         return
-    pool = "token" if features == "cls" else "avg"
-    if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
-        return
-    if getattr(net, "dist_token", None) is not None:
+    if getattr(net, "dist_token", None) is not None:  # its forward_head ignores global_pool
+        if not head:
+            return
         raise ConfigError(
             f"probe.features={features}: this distilled DeiT always pools the mean of its class and "
             "distillation tokens; use probe.features=pool (that pooling) or cls+mean"
         )
+    pool = "token" if features == "cls" else "avg"
+    if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
+        return
     if not hasattr(net, "global_pool") or not isinstance(getattr(net, "fc_norm", None), nn.Identity):
+        if not head:
+            return
         raise ConfigError(
             f"probe.features={features} needs a timm ViT with a final norm and no fc_norm; "
             "use probe.features=pool (the model's own pooling)"

@@ -40,7 +40,7 @@ def knn(cfg: DictConfig) -> float | None:
             raise ConfigError(
                 f"probe.eval_split={eval_split!r} is not a held-out split of this data (it has {sorted(splits)})"
             )
-        use_feature_type(model, settings.features)
+        use_feature_type(model, settings.features, head=False)
         t0 = time.perf_counter()
         feats, report = split_features(model, datamodule, ["train", eval_split], settings, trainer)
         feature_seconds = time.perf_counter() - t0
