@@ -40,8 +40,11 @@ class Preprocessing:
     crop_mode: str = "center"
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain types; without crop keys when there is no crop (as before crops existed)."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_pct is None:
+            del d["crop_pct"], d["crop_mode"]
         return d
 
     @classmethod

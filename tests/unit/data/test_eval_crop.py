@@ -101,14 +101,12 @@ def test_none_and_fraction_override_the_weights_and_the_seed_keeps_its_plain_res
     path = str(next((folder / "val" / "a").glob("1.png")))  # 37x90 portrait
     base = dict(root=str(folder), batch_size=4, num_workers=0, persistent_workers=False)
     plain = build_eval_transform(SIZE, interpolation="bicubic")(path)
-    for crop, want in (("none", plain), (None, plain), (0.5, build_eval_transform(SIZE, crop_pct=0.5))):
+    half = build_eval_transform(SIZE, interpolation="bicubic", crop_pct=0.5)(path)
+    assert not torch.equal(half, plain)
+    for crop, want in (("none", plain), (None, plain), (0.5, half), ("0.5", half)):
         dm = ImageFolderDataModule(eval_crop=crop, **base)
-        dm.configure_preprocessing(SIZE, "bicubic", 0.875, "center")
-        tf = dm.transform(False)
-        want = want if isinstance(want, torch.Tensor) else build_eval_transform(
-            SIZE, interpolation="bicubic", crop_pct=0.5
-        )(path)
-        assert torch.equal(tf(path), want), crop
+        dm.configure_preprocessing(SIZE, "bicubic", 0.875, "center")  # the weights say 0.875
+        assert torch.equal(dm.transform(False)(path), want), crop
     # the seed's transformers directory states no crop: auto = the paper's plain resize
     seed = Preprocessing(SIZE, (0.5,) * 3, (0.5,) * 3, "bilinear")
     assert Preprocessing.from_dict(seed.to_dict()) == seed and seed.crop_pct is None
