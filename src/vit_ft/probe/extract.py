@@ -97,16 +97,16 @@ def use_feature_type(classifier: Any, features: str, *, head: bool = True) -> No
             f"probe.features={features}: this distilled DeiT always pools the mean of its class and "
             "distillation tokens; use probe.features=pool (that pooling) or cls+mean"
         )
-    pool = "token" if features == "cls" else "avg"
-    if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
-        return
     if not hasattr(net, "global_pool") or not isinstance(getattr(net, "fc_norm", None), nn.Identity):
         if not head:
             return
-        raise ConfigError(
+        raise ConfigError(  # e.g. BEiT: its head sees fc_norm(mean), not the token itself
             f"probe.features={features} needs a timm ViT with a final norm and no fc_norm; "
             "use probe.features=pool (the model's own pooling)"
         )
+    pool = "token" if features == "cls" else "avg"
+    if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
+        return
     net.global_pool = pool
     if getattr(net, "attn_pool", None) is not None:
         net.attn_pool = None  # timm builds none for global_pool != 'map': same parameters as the arch below

@@ -128,3 +128,16 @@ def test_feature_choice_is_in_the_cache_key(image_folder, tmp_path):
     assert feats["val"].features.shape == (24, 2 * 192) and rep["val"]["source"] == "extracted"
     plain, _ = split_features(clf, probe_datamodule(image_folder, clf=clf), ["val"], FewshotSettings())
     torch.testing.assert_close(feats["val"].features[:, :192], plain["val"].features)
+
+
+@torch.no_grad()
+def test_a_head_behind_fc_norm_is_probed_with_its_own_pooling(x):
+    net = timm.create_model("vit_tiny_patch16_224", global_pool="avg", **KW).eval()  # BEiT-style fc_norm
+    ff = net.forward_features(x)
+    torch.testing.assert_close(token_features(net, x, "pool"), net.fc_norm(ff[:, 1:].mean(1)))
+    with pytest.raises(
+        ConfigError, match="^probe.features=mean needs a timm ViT with a final norm and no fc_norm"
+    ):
+        use_feature_type(SimpleNamespace(model=net, hparams={}), "mean")  # the head would see fc_norm(mean)
+    use_feature_type(SimpleNamespace(model=net, hparams={}), "mean", head=False)  # k-NN / few-shot: fine
+    assert net.global_pool == "avg"
