@@ -4,7 +4,8 @@
 Features come from the same cache as linear probes and few-shot runs
 (:func:`vit_ft.probe.extract.split_features`), so once they exist an evaluation takes seconds. The
 train split is the neighbour bank and the eval split the queries; under DDP every rank holds all
-features and evaluates its share of the query chunks, and the counts are summed.
+features and evaluates its share of the query chunks, and the counts are summed (every rank votes on
+all queries when the features came from the cache and no process group was started).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import math
 import time
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
@@ -50,6 +52,9 @@ def knn(cfg: DictConfig) -> float | None:
         class_names = list(datamodule.class_names)
         ks = effective_ks(settings.k, len(tr))
         t1 = time.perf_counter()
+        # Shard the queries over ranks when they can sum their counts; features read from the cache start
+        # no process group (no extraction ran), and then every rank votes on all queries.
+        world = int(trainer.world_size) if torch.distributed.is_initialized() else 1
         counts = knn_evaluate(
             tr.features,
             tr.labels,
@@ -59,11 +64,11 @@ def knn(cfg: DictConfig) -> float | None:
             ks,
             settings.temperature,
             chunk=settings.query_chunk,
-            rank=int(trainer.global_rank),
-            world=int(trainer.world_size),
+            rank=int(trainer.global_rank) if world > 1 else 0,
+            world=world,
             device=trainer.strategy.root_device,
         )
-        if int(trainer.world_size) > 1:
+        if world > 1:
             counts = {k: trainer.strategy.reduce(c, reduce_op="sum") for k, c in counts.items()}
         counts = {k: c.cpu() for k, c in counts.items()}
         final = knn_metrics(counts, len(ev), len(class_names))
