@@ -1,4 +1,5 @@
-"""A linear probe with cached features vs with the frozen backbone in the loop, in one run.
+"""A linear probe with cached features vs with the frozen backbone in the loop, and the k-NN
+evaluation on the same cached features, in one run.
 
     python benchmarks/bench_probe.py                       # small ViT, generated images, ~2 min on 2 cores
     python benchmarks/bench_probe.py --backbone vit_base_patch32_384 --img-size 384 \\
@@ -8,7 +9,9 @@ Both probes train the same head (same init, optimizer, schedule, batches of the 
 ``--epochs`` epochs with Lightning and validate every epoch; the in-loop probe reads images with
 the eval transform (no augmentation), so both see the same inputs. Printed: wall time of each
 (the cached one split into feature extraction and head training), their ratio, the validation
-accuracy of each, and the marginal cost of ``--extra-epochs`` more probe epochs on each path.
+accuracy of each, and the marginal cost of ``--extra-epochs`` more probe epochs on each path. The
+k-NN column (``experiment=knn``: DINO's weighted vote, k = 10, 20, 100, 200 in one pass) votes on the
+cached features: seconds per evaluation (median of ``--knn-repeats``) and its k=20 top-1.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vit_ft.data import ImageFolderDataModule
 from vit_ft.models.classifier import ViTClassifier
 from vit_ft.probe.extract import split_features
 from vit_ft.probe.features import clear_memory_cache
+from vit_ft.probe.knn import DEFAULT_K, effective_ks, knn_evaluate, knn_metrics
 from vit_ft.probe.linear import FeatureDataModule, LinearProbe
 from vit_ft.probe.settings import LinearProbeSettings
 
@@ -49,6 +53,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm without affine before the head")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--knn-repeats", type=int, default=5, help="k-NN evaluations timed (median reported)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on CPU")
     return p.parse_args()
@@ -79,7 +84,7 @@ def _datamodule(a: argparse.Namespace, root: str, pre) -> ImageFolderDataModule:
         root=root, batch_size=a.batch_size, num_workers=a.workers, persistent_workers=a.workers > 0
     )
     dm.setup()
-    dm.configure_preprocessing(pre.img_size, pre.interpolation)
+    dm.configure_preprocessing(pre.img_size, pre.interpolation, pre.crop_pct, pre.crop_mode)
     dm.train_with_eval_transform()  # in-loop probe without augmentation
     return dm
 
@@ -148,6 +153,22 @@ def main() -> None:
     )
     cached_s = extract_s + head_s
 
+    # k-NN on the same cached features: train = the neighbour bank, val = the queries.
+    tr, va = feats["train"], feats["val"]
+    ks = effective_ks(DEFAULT_K, len(tr))
+    device = "cuda" if torch.cuda.is_available() and a.accelerator != "cpu" else "cpu"
+    knn_times = []
+    for _ in range(max(1, a.knn_repeats)):
+        t0 = time.perf_counter()
+        counts = knn_evaluate(
+            tr.features, tr.labels, va.features, va.labels, len(class_names), ks, device=device
+        )
+        counts = {k: c.cpu() for k, c in counts.items()}  # waits for the device
+        knn_times.append(time.perf_counter() - t0)
+    knn_s = sorted(knn_times)[len(knn_times) // 2]
+    knn_k = min(ks, key=lambda k: abs(k - 20))
+    acc_knn = knn_metrics(counts, len(va), len(class_names))[f"knn/k{knn_k}/acc1"]
+
     clf2, dm2 = fresh()
     loop_s, acc_loop = _fit(a, LinearProbe(clf2, batchnorm=a.batchnorm, in_loop=True), dm2, a.epochs)
 
@@ -168,19 +189,26 @@ def main() -> None:
 
     w = 34
     print()
-    print(f"{'':{w}}{'cached':>12}{'in the loop':>14}")
-    print(f"{'feature extraction (once)':{w}}{extract_s:>11.2f}s{'-':>14}")
-    print(f"{f'probe training, {a.epochs} epochs':{w}}{head_s:>11.2f}s{loop_s:>13.2f}s")
-    print(f"{'total wall time':{w}}{cached_s:>11.2f}s{loop_s:>13.2f}s")
-    print(f"{'val/acc1':{w}}{acc_cached:>12.4f}{acc_loop:>14.4f}")
-    print(f"{'extra cost per probe epoch':{w}}{cached_per_epoch:>11.3f}s{loop_per_epoch:>13.3f}s")
-    print(f"{'fingerprint + cache lookup':{w}}{reload_s:>11.2f}s{'-':>14}")
+    print(f"{'':{w}}{'cached':>12}{'in the loop':>14}{'k-NN (cached)':>16}")
+    print(f"{'feature extraction (once)':{w}}{extract_s:>11.2f}s{'-':>14}{'(shared)':>16}")
+    print(
+        f"{f'evaluation: probe {a.epochs} epochs / k-NN':{w}}{head_s:>11.2f}s{loop_s:>13.2f}s{knn_s:>15.3f}s"
+    )
+    print(f"{'total wall time':{w}}{cached_s:>11.2f}s{loop_s:>13.2f}s{extract_s + knn_s:>15.2f}s")
+    print(f"{f'val/acc1 (k-NN: k={knn_k})':{w}}{acc_cached:>12.4f}{acc_loop:>14.4f}{acc_knn:>16.4f}")
+    print(f"{'extra cost per probe epoch':{w}}{cached_per_epoch:>11.3f}s{loop_per_epoch:>13.3f}s{'-':>16}")
+    print(f"{'fingerprint + cache lookup':{w}}{reload_s:>11.2f}s{'-':>14}{'-':>16}")
     print()
     print(
         f"speed-up {loop_s / cached_s:.1f}x at {a.epochs} epochs (goal >= 5x); accuracy difference "
         f"{100 * abs(acc_cached - acc_loop):.1f} points (goal <= 1); each extra epoch costs "
         f"{cached_per_epoch:.3f}s cached vs {loop_per_epoch:.3f}s in the loop "
         f"({loop_per_epoch / max(cached_per_epoch, 1e-3):.0f}x)"
+    )
+    print(
+        f"k-NN on the cached features: {knn_s:.3f}s per evaluation (k = {', '.join(map(str, ks))} in one pass, "
+        f"{len(va)} queries x {len(tr)} neighbours on {device}) vs {head_s:.2f}s for the cached linear "
+        f"probe's {a.epochs} epochs ({head_s / max(knn_s, 1e-6):.0f}x)"
     )
     tmp.cleanup()
 

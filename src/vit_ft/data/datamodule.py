@@ -36,6 +36,7 @@ from vit_ft.data.transforms import (
     build_eval_transform,
     build_train_transform,
     finish_on_device,
+    parse_eval_crop,
     supports_device_decode,
 )
 from vit_ft.errors import ConfigError
@@ -122,8 +123,10 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         decode_device: str = "cpu",
+        eval_crop: Any = "auto",
     ) -> None:
         super().__init__()
+        self.eval_crop = parse_eval_crop(eval_crop)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer (e.g. 512)")
         if num_workers is None or int(num_workers) < 0:
@@ -161,14 +164,34 @@ class ImageDataModule(L.LightningDataModule):
         self.augment_train = True  # false: train splits use the eval transform (train_with_eval_transform)
         self.img_size = 224
         self.interpolation = "bilinear"
+        self.crop_pct: float | None = None  # the weights' (Preprocessing.crop_pct); data.eval_crop decides
+        self.crop_mode = "center"
         self.loader_batch_size = batch_size
         self.class_names: list[str] | None = None
         self.splits: dict[str, Any] | None = None
         self._bad_flags: dict[str, torch.Tensor] = {}
 
     # -- configuration from the run -------------------------------------------------------------
-    def configure_preprocessing(self, img_size: int, interpolation: str) -> None:
+    def configure_preprocessing(
+        self, img_size: int, interpolation: str, crop_pct: float | None = None, crop_mode: str = "center"
+    ) -> None:
+        """The network's input: size, resize filter, and the evaluation crop its weights state."""
         self.img_size, self.interpolation = int(img_size), str(interpolation)
+        self.crop_pct = None if crop_pct is None else float(crop_pct)
+        self.crop_mode = str(crop_mode or "center")
+
+    @property
+    def eval_crop_pct(self) -> float | None:
+        """The evaluation crop in use: the weights' (``data.eval_crop=auto``), none, or the one asked."""
+        if self.eval_crop == "auto":
+            crop = self.crop_pct
+            if crop is not None and not 0.0 < crop <= 1.0:
+                raise ConfigError(
+                    f"the weights' preprocessing has crop_pct={crop} (outside (0, 1]); set data.eval_crop "
+                    "to a fraction such as 0.875, or none"
+                )
+            return crop
+        return None if self.eval_crop == "none" else float(self.eval_crop)
 
     def configure_batch(self, world_size: int, accumulate_grad_batches: int = 1) -> int:
         """Split the global batch over devices and accumulation steps; return the loader batch."""
@@ -217,7 +240,12 @@ class ImageDataModule(L.LightningDataModule):
                 hflip=self.hflip,
                 auto_augment=self.auto_augment,
             )
-        return build_eval_transform(self.img_size, interpolation=self.interpolation)
+        return build_eval_transform(
+            self.img_size,
+            interpolation=self.interpolation,
+            crop_pct=self.eval_crop_pct,
+            crop_mode=self.crop_mode,
+        )
 
     def dataset(self, split: str, transform: Any, train: bool) -> Dataset:
         """The torch Dataset of one split with ``transform`` (map-style here; streaming overrides this)."""

@@ -2,7 +2,8 @@
 
 Normalisation happens later, on the device and in batch (see ``ViTClassifier.normalize``), so the
 DataLoader moves 4× fewer bytes. The defaults are the paper's: Inception crop + horizontal flip for
-training, a plain resize to ``img_size``×``img_size`` (no crop) for evaluation, no colour jitter.
+training, a plain resize to ``img_size``×``img_size`` (no crop) for evaluation, no colour jitter; weights
+whose preprocessing has a ``crop_pct`` (timm's) are evaluated with timm's resize + centre crop.
 
 Both transforms decode and resize in one step (:func:`vit_ft.data.decode.decode`): the crop box is
 drawn from the image header before decoding, so JPEGs decode at reduced DCT scale when the box is
@@ -12,6 +13,7 @@ other timm policies (``auto_augment``) are timm's own, applied to the resized cr
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,6 +26,7 @@ from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
 
 from vit_ft.data.decode import EncodedJpeg, decode, orient, plan_jpeg
+from vit_ft.errors import ConfigError
 
 _RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -55,20 +58,91 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
 
 
-class DecodeResize:
-    """Eval: decode and resize to exactly ``img_size``×``img_size`` (no crop, as in the paper)."""
+def parse_eval_crop(value: Any) -> str | float:
+    """``data.eval_crop``: ``auto`` (the weights' crop), ``none`` (plain square resize) or a fraction in (0, 1]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return "none"
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0.0 < float(number) <= 1.0:
+        raise ConfigError(
+            f"data.eval_crop={value!r} must be auto (the weights' own crop), none (resize to the square, no "
+            "crop) or a crop fraction in (0, 1] such as 0.875"
+        )
+    return float(number)
 
-    def __init__(self, img_size: int, interpolation: str = "bilinear") -> None:
+
+def eval_geometry(
+    width: int, height: int, img_size: int, crop_pct: float | None, crop_mode: str = "center"
+) -> tuple[int, int, int, int]:
+    """``(resized_h, resized_w, top, left)``: the size an image of ``width``×``height`` is resized to,
+    and where the ``img_size`` square is cut from it — timm's eval transform
+    (``transforms_imagenet_eval``) to the pixel: ``Resize(floor(img_size / crop_pct))`` (the shorter
+    side, aspect kept; ``squash``: both sides), then torchvision's ``CenterCrop(img_size)``.
+    ``crop_pct=None``: a plain resize to ``img_size``×``img_size``.
+    """
+    if crop_pct is None:
+        return img_size, img_size, 0, 0
+    s = math.floor(img_size / crop_pct)
+    if crop_mode == "squash":
+        rh = rw = s
+    elif width <= height:  # torchvision's Resize(int): the shorter side to s, the longer truncated
+        rw, rh = s, int(s * height / width)
+    else:
+        rh, rw = s, int(s * width / height)
+    return rh, rw, int(round((rh - img_size) / 2.0)), int(round((rw - img_size) / 2.0))
+
+
+class DecodeResize:
+    """Eval: decode, resize and centre-crop to ``img_size``×``img_size`` (see :func:`eval_geometry`).
+
+    ``crop_pct=None`` (the ViT paper, transformers' ViT processors): a plain resize to the square.
+    With a ``crop_pct`` the whole image is resized to ``img_size / crop_pct`` and the centre cut out,
+    exactly as timm does (resizing only the box would filter its edges differently); JPEGs may still
+    decode at reduced DCT scale as long as the decode stays >= the resized size.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        interpolation: str = "bilinear",
+        crop_pct: float | None = None,
+        crop_mode: str = "center",
+    ) -> None:
         self.size = (int(img_size), int(img_size))
         self.interpolation = interpolation
+        self.crop_pct = None if crop_pct is None else float(crop_pct)
+        self.crop_mode = crop_mode
         self._mode = _interp("bilinear" if interpolation == "random" else interpolation)
 
+    def geometry(self, width: int, height: int) -> tuple[int, int, int, int]:
+        return eval_geometry(width, height, self.size[0], self.crop_pct, self.crop_mode)
+
     def __call__(self, src: Any) -> torch.Tensor:
-        t = decode(src, out_size=(self.size[1], self.size[0]))
-        return _resize(t, self.size, self._mode)
+        if self.crop_pct is None:
+            t = decode(src, out_size=(self.size[1], self.size[0]))
+            return _resize(t, self.size, self._mode)
+        seen: list[tuple[int, int]] = []
+
+        def whole(w: int, h: int) -> tuple[int, int, int, int]:  # records the oriented size, keeps it all
+            seen.append((w, h))
+            return (0, 0, w, h)
+
+        s = math.floor(self.size[0] / self.crop_pct)
+        t = decode(src, out_size=(s, s), plan=whole)  # shorter side (squash: both) stays >= s
+        rh, rw, top, left = self.geometry(*seen[0])
+        t = _resize(t, (rh, rw), self._mode)
+        return t[:, top : top + self.size[0], left : left + self.size[1]]
 
     def __repr__(self) -> str:
-        return f"DecodeResize(size={self.size}, interpolation={self.interpolation})"
+        crop = "" if self.crop_pct is None else f", crop_pct={self.crop_pct}, crop_mode={self.crop_mode}"
+        return f"DecodeResize(size={self.size}, interpolation={self.interpolation}{crop})"
 
 
 class DecodeRandomResizedCrop:
@@ -142,6 +216,7 @@ class PlannedJpeg(NamedTuple):
     flip: bool
     interpolation: str  # "bilinear" | "bicubic"
     index: int = -1  # the record's index in its split (set by the dataset; -1 when streamed)
+    crop: tuple[int, int, int, int] | None = None  # eval crop: (resized h, w, top, left), see eval_geometry
 
 
 class PlanOnly:
@@ -165,7 +240,9 @@ class PlanOnly:
         if jpeg is None:
             return tf(src)
         if not self.train:
-            return PlannedJpeg(jpeg, False, "bilinear" if tf.interpolation == "random" else tf.interpolation)
+            mode = "bilinear" if tf.interpolation == "random" else tf.interpolation
+            crop = tf.geometry(*jpeg.size) if tf.crop_pct is not None else None
+            return PlannedJpeg(jpeg, False, mode, crop=crop)
         modes = _RANDOM_INTERPOLATIONS if tf.interpolation == "random" else (tf.interpolation,)
         mode = modes[0] if len(modes) == 1 else random.choice(modes)
         flip = tf.hflip > 0 and random.random() < tf.hflip
@@ -216,6 +293,10 @@ def finish_on_device(
         img = img[:, min(y0, h - 1) : max(min(y1, h), 1), min(x0, w - 1) : max(min(x1, w), 1)]
     if via_float is None:
         via_float = img.device.type != "cpu"
+    if planned.crop is not None:  # eval crop: resize the whole image, cut the centre (as DecodeResize)
+        rh, rw, top, left = planned.crop
+        out = resize_uint8(img, (rh, rw), planned.interpolation, via_float=via_float)
+        return out[:, top : top + size[0], left : left + size[1]]
     out = resize_uint8(img, size, planned.interpolation, via_float=via_float)
     return out.flip(-1) if planned.flip else out
 
@@ -239,5 +320,11 @@ def build_train_transform(
     )
 
 
-def build_eval_transform(img_size: int, *, interpolation: str = "bilinear") -> Callable:
-    return DecodeResize(img_size, interpolation=interpolation)
+def build_eval_transform(
+    img_size: int,
+    *,
+    interpolation: str = "bilinear",
+    crop_pct: float | None = None,
+    crop_mode: str = "center",
+) -> Callable:
+    return DecodeResize(img_size, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode)

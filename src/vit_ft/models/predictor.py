@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vit_ft.data.decode import BadImageError
-from vit_ft.data.transforms import build_eval_transform
+from vit_ft.data.transforms import build_eval_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.labels import head_labels
 from vit_ft.preprocessing import Normalize
@@ -183,17 +183,26 @@ def predict_images(
     on_bad_image: str = "error",
     progress: bool | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    eval_crop: Any = "auto",
 ) -> Iterator[dict[str, Any]]:
     """One record ``{"image", "topk": [{"index", "label", "prob"}]}`` per usable image, in order.
 
     ``num_workers=None``: decode in up to 4 worker processes when there is more than one batch.
     ``progress=None``: a tqdm bar on stderr when there is more than one batch and stderr is a
     terminal. Skipped images (``on_bad_image=skip``) are appended to ``skipped`` as (path, reason).
+    ``eval_crop``: as ``data.eval_crop`` (``auto``: the weights' crop, as ``eval.py`` uses it).
     """
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     k = min(topk, len(predictor.labels))
     pre = predictor.preprocessing
-    transform = build_eval_transform(int(pre.img_size), interpolation=str(pre.interpolation))
+    crop = parse_eval_crop(eval_crop)
+    crop_pct = getattr(pre, "crop_pct", None) if crop == "auto" else (None if crop == "none" else crop)
+    transform = build_eval_transform(
+        int(pre.img_size),
+        interpolation=str(pre.interpolation),
+        crop_pct=crop_pct,
+        crop_mode=getattr(pre, "crop_mode", "center"),
+    )
     many = len(paths) > batch_size
     if num_workers is None:
         num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if many else 0

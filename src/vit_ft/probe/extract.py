@@ -45,26 +45,111 @@ log = logging.getLogger("vit_ft")
 
 
 # -- features of a network -------------------------------------------------------------------------
-def use_feature_type(classifier: Any, features: str) -> None:
-    """Make ``classifier.features`` (and its forward) pool the way ``probe.features`` says.
+def _has_class_token(net: nn.Module) -> bool:
+    return getattr(net, "cls_token", None) is not None
 
-    ``mean`` switches timm's pooling to the average of the final-norm patch tokens and records it in
-    the architecture stored with checkpoints (``global_pool=avg, fc_norm=False``: same parameters).
+
+def _feature_problem(net: nn.Module, features: str) -> str | None:
+    """Why ``net`` cannot give ``probe.features=features`` (``None`` when it can)."""
+    name = type(net).__name__
+    if features in ("cls", "cls+mean", "last4") and not _has_class_token(net):
+        return (
+            f"probe.features={features} needs a CLS token but this {name} has none (e.g. SigLIP); "
+            "use probe.features=pool (the model's own pooling) or mean"
+        )
+    if features in ("mean", "cls+mean", "last4") and not hasattr(net, "num_prefix_tokens"):
+        return f"probe.features={features} needs a timm ViT with patch tokens; this is a {name}"
+    if features == "last4":
+        if not hasattr(net, "forward_intermediates"):
+            return (
+                f"probe.features=last4 needs timm's forward_intermediates, which {name} lacks; use cls+mean"
+            )
+        depth = len(getattr(net, "blocks", ()))
+        if depth < 4:
+            return f"probe.features=last4 concatenates the last 4 blocks but this model has {depth}; use cls+mean"
+    return None
+
+
+def check_feature_type(net: nn.Module, features: str) -> None:
+    """One ``ConfigError`` line when ``net`` cannot give ``probe.features=features``."""
+    problem = _feature_problem(net, features)
+    if problem:
+        raise ConfigError(problem)
+
+
+def use_feature_type(classifier: Any, features: str, *, head: bool = True) -> None:
+    """Check ``probe.features`` against the network and, for a linear probe's sake, make its own
+    head input (timm's ``forward_head(pre_logits=True)``) the same features.
+
+    ``cls`` / ``mean`` switch timm's pooling to the CLS token / the average of the final-norm patch
+    tokens (attention pooling removed) and record it in the architecture stored with checkpoints
+    (``global_pool``, ``fc_norm=False``: same parameters); ``pool`` keeps the model's own pooling.
+    ``cls+mean`` and ``last4`` have no timm pooling: they are computed by :func:`token_features` only.
+    ``head=False`` (k-NN, few-shot: no head is trained): a network whose head input cannot be made the
+    features is fine as it is (the features come from :func:`token_features` either way).
     """
     net = classifier.model
-    if features == "cls":
-        if getattr(net, "global_pool", "token") != "token":
-            raise ConfigError(
-                f"probe.features=cls but the model pools with global_pool={net.global_pool!r}; "
-                "use probe.features=mean or a model with a CLS token"
-            )
+    check_feature_type(net, features)
+    if features not in ("cls", "mean"):
         return
+    if getattr(net, "dist_token", None) is not None:  # its forward_head ignores global_pool
+        if not head:
+            return
+        raise ConfigError(
+            f"probe.features={features}: this distilled DeiT always pools the mean of its class and "
+            "distillation tokens; use probe.features=pool (that pooling) or cls+mean"
+        )
     if not hasattr(net, "global_pool") or not isinstance(getattr(net, "fc_norm", None), nn.Identity):
-        raise ConfigError(f"probe.features={features} needs a timm ViT with a final norm and no fc_norm")
-    net.global_pool = "avg"
+        if not head:
+            return
+        raise ConfigError(  # e.g. BEiT: its head sees fc_norm(mean), not the token itself
+            f"probe.features={features} needs a timm ViT with a final norm and no fc_norm; "
+            "use probe.features=pool (the model's own pooling)"
+        )
+    pool = "token" if features == "cls" else "avg"
+    if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
+        return
+    net.global_pool = pool
+    if getattr(net, "attn_pool", None) is not None:
+        net.attn_pool = None  # timm builds none for global_pool != 'map': same parameters as the arch below
     arch = classifier.hparams.get("arch")
     if isinstance(arch, dict):
-        arch.setdefault("kwargs", {}).update(global_pool="avg", fc_norm=False)
+        arch.setdefault("kwargs", {}).update(global_pool=pool, fc_norm=False)
+
+
+def feature_dim(net: nn.Module, features: str) -> int:
+    """The width of :func:`token_features` for ``net``."""
+    width = int(getattr(net, "embed_dim", 0) or getattr(net, "num_features", 0))
+    if features == "pool":
+        return int(getattr(net, "head_hidden_size", 0) or getattr(net, "num_features", 0) or width)
+    return width * {"cls": 1, "mean": 1, "cls+mean": 2, "last4": 5}[features]
+
+
+def token_features(net: nn.Module, x: torch.Tensor, features: str) -> torch.Tensor:
+    """``probe.features`` of normalised images ``x``, from timm's token outputs.
+
+    * ``cls``: the final-norm CLS token; ``mean``: the mean of the final-norm patch tokens (the
+      ``num_prefix_tokens`` class, distillation and register tokens left out);
+      ``cls+mean``: both, concatenated;
+    * ``pool``: the model's own pooling (timm's ``forward_head(pre_logits=True)``: CLS for ViT, the
+      attention pool for SigLIP, the mean of class and distillation tokens for distilled DeiT);
+    * ``last4``: DINOv2's linear evaluation (``use_n_blocks=4, avgpool=True``): the CLS tokens of the
+      last 4 blocks, each through the final norm, and the mean patch token of the last block.
+    """
+    if features == "last4":
+        inter = net.forward_intermediates(
+            x, indices=4, norm=True, return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
+        )
+        return torch.cat([prefix[:, 0] for _, prefix in inter] + [inter[-1][0].mean(1)], dim=-1)
+    tokens = net.forward_features(x)
+    if features == "pool":
+        return net.forward_head(tokens, pre_logits=True)
+    if features == "cls":
+        return tokens[:, 0]
+    patch_mean = tokens[:, int(net.num_prefix_tokens) :].mean(1)
+    if features == "mean":
+        return patch_mean
+    return torch.cat([tokens[:, 0], patch_mean], dim=-1)
 
 
 def frozen_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +161,10 @@ def frozen_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class FeatureExtractor(L.LightningModule):
     """Runs the frozen network over the splits given to ``trainer.predict``; gathers over ranks."""
 
-    def __init__(self, classifier: Any) -> None:
+    def __init__(self, classifier: Any, features: str = "pool") -> None:
         super().__init__()
         self.model = classifier.model
+        self.features = features
         self.normalizer = Normalize(classifier.preprocessing)
         self.n_loaders = 1
         self.progress = Progress(None, "features", enabled=False)  # set per pass in on_predict_start
@@ -112,7 +198,7 @@ class FeatureExtractor(L.LightningModule):
         self.progress.update(int(x.shape[0]))
         x = self.normalizer(x)
         with torch.no_grad():
-            f = frozen_features(self.model, x).float()
+            f = token_features(self.model, x, self.features).float()
         self.parts.setdefault(dataloader_idx, []).append((idx.long(), f, y.long()))
         return None
 
@@ -121,7 +207,7 @@ class FeatureExtractor(L.LightningModule):
 
     def merge(self, world: int) -> None:
         """``parts`` of every rank into ``result``: one row per record, sorted by record index."""
-        dim = int(getattr(self.model, "num_features", 0) or getattr(self.model, "embed_dim", 0))
+        dim = feature_dim(self.model, self.features)
         for dl_idx in range(self.n_loaders):
             parts = self.parts.get(dl_idx, [])
             dev = self.device
@@ -219,7 +305,7 @@ def split_features(
         t1 = time.perf_counter()
         bs = settings.extract_batch_size or datamodule.eval_batch_size or datamodule.loader_batch_size
         loaders = [datamodule.indexed_loader(split, batch_size=int(bs)) for split, _ in missing]
-        extractor = FeatureExtractor(classifier)
+        extractor = FeatureExtractor(classifier, settings.features)
         extractor.n_loaders = len(loaders)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*predict returned None.*")

@@ -13,8 +13,8 @@ from typing import Any, ClassVar, TypeVar
 from vit_ft.errors import ConfigError
 from vit_ft.probe.ridge import DEFAULT_L2
 
-MODES = ("linear", "fewshot")
-FEATURE_TYPES = ("cls", "mean")
+MODES = ("linear", "fewshot", "knn")
+FEATURE_TYPES = ("cls", "mean", "cls+mean", "pool", "last4")
 S = TypeVar("S", bound="FeatureSettings")
 
 
@@ -24,7 +24,7 @@ class FeatureSettings:
 
     MODE: ClassVar[str] = ""
 
-    features: str = "cls"  # cls: final-norm CLS token; mean: mean of final-norm patch tokens
+    features: str = "cls"  # one of FEATURE_TYPES (see vit_ft.probe.extract.token_features)
     cache_dir: str | None = None  # null: in memory only
     on_bad_cache: str = "error"  # error | rebuild
     extract_batch_size: int | None = None  # null: data.eval_batch_size or the per-device batch
@@ -35,7 +35,7 @@ class FeatureSettings:
         d = dict(d or {})
         mode = d.pop("mode", cls.MODE)
         if mode not in MODES:
-            raise ConfigError(f"probe.mode={mode!r} must be linear or fewshot")
+            raise ConfigError(f"probe.mode={mode!r} must be linear, fewshot or knn")
         if mode != cls.MODE:
             raise ConfigError(cls.wrong_mode(mode))
         known = sorted({f.name for f in fields(cls)} | {"mode"})
@@ -53,7 +53,8 @@ class FeatureSettings:
     def validate(self) -> None:
         if self.features not in FEATURE_TYPES:
             raise ConfigError(
-                f"probe.features={self.features!r} must be cls (final-norm CLS token) or mean (mean of patch tokens)"
+                f"probe.features={self.features!r} must be one of cls (final-norm CLS token), mean (mean "
+                "patch token), cls+mean (both), pool (the model's own pooling), last4 (DINOv2's linear eval)"
             )
         if self.on_bad_cache not in ("error", "rebuild"):
             raise ConfigError(f"probe.on_bad_cache={self.on_bad_cache!r} must be error or rebuild")
@@ -77,6 +78,16 @@ class LinearProbeSettings(FeatureSettings):
     @classmethod
     def wrong_mode(cls, mode: str) -> str:
         return f"probe.mode={mode} is run by its own job, not as a linear probe"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.features in ("cls+mean", "last4"):
+            # The probe's checkpoint is the network with its own head (eval.py, predict.py, export.py load
+            # it as such); timm's head sits on one pooled token, not on a concatenation.
+            raise ConfigError(
+                f"probe.features={self.features} is for the feature evaluations (experiment=knn, "
+                "experiment=fewshot); a linear probe trains the network's own head: use cls, mean or pool"
+            )
 
 
 @dataclass
@@ -110,3 +121,34 @@ class FewshotSettings(FeatureSettings):
         l2 = self.l2_reg
         if l2 != "auto" and (isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 > 0):
             raise ConfigError(f"probe.l2_reg={l2!r} must be a positive number (default 1024) or auto")
+
+
+@dataclass
+class KnnSettings(FeatureSettings):
+    """``probe.mode=knn``: the weighted k-NN evaluation of DINO (conf/experiment/knn.yaml)."""
+
+    MODE: ClassVar[str] = "knn"
+
+    cache: bool = True  # kept for the shared config keys: k-NN always reads cached features
+    k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])  # neighbours; capped at the train size
+    temperature: float = 0.07  # vote weight exp(cosine / temperature)
+    eval_split: str | None = None  # null: test if the data has one, else val
+    query_chunk: int | None = None  # queries per similarity block; null: as many as fit in 256 MiB
+
+    @classmethod
+    def wrong_mode(cls, mode: str) -> str:
+        return f"probe.mode={mode} is not the k-NN evaluation (experiment=knn)"
+
+    def validate(self) -> None:
+        super().validate()
+        k = [self.k] if isinstance(self.k, int) else list(self.k or [])
+        if not k or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in k):
+            raise ConfigError(f"probe.k={k!r} must be a list of positive integers, e.g. [10,20,100,200]")
+        self.k = sorted(set(k))
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ConfigError(f"probe.temperature={t!r} must be a positive number (DINO uses 0.07)")
+        self.temperature = float(t)
+        n = self.query_chunk
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"probe.query_chunk={n!r} must be a positive integer or null (automatic)")

@@ -43,7 +43,7 @@ def fewshot(cfg: DictConfig) -> float | None:
         select_on_val = l2_cfg == "auto" and eval_split != "val" and "val" in splits
         if select_on_val:
             need.append("val")
-        use_feature_type(model, settings.features)
+        use_feature_type(model, settings.features, head=False)
         t0 = time.perf_counter()
         feats, report = split_features(model, datamodule, need, settings, trainer)
         feature_seconds = time.perf_counter() - t0

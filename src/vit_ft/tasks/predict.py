@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vit_ft.data.folder import find_images
+from vit_ft.data.transforms import parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
@@ -47,6 +48,7 @@ class PredictConfig(NoRunDirConfig):
     backbone: str | None = None
     img_size: int | None = None
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # for a plain timm state dict
+    eval_crop: Any = "auto"  # auto: the weights' own eval crop | none: plain resize | a crop_pct, e.g. 0.875
 
 
 def predict(cfg: DictConfig) -> int:
@@ -69,6 +71,7 @@ def predict(cfg: DictConfig) -> int:
         backbone=cfg.backbone,
         img_size=cfg.img_size,
         timm_kwargs=OmegaConf.to_container(cfg.timm_kwargs, resolve=True),
+        eval_crop=cfg.eval_crop,
     )
 
 
@@ -119,10 +122,12 @@ def predict_files(
     timm_kwargs: dict[str, Any] | None = None,
     quiet: bool = False,
     progress: bool | None = None,
+    eval_crop: Any = "auto",
 ) -> int:
     """The ``predict.py`` job: print (unless ``quiet``) and write (``out=``, JSON lines) the top-k
     classes of every image; return how many images were predicted."""
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
+    parse_eval_crop(eval_crop)
     check_weights_source(weights, "weights")
     paths = find_images(images)
     notes: list[str] = []
@@ -147,6 +152,7 @@ def predict_files(
         on_bad_image=on_bad_image,
         progress=progress,
         skipped=skipped,
+        eval_crop=eval_crop,
     )
     n = write_jsonl(records, out, echo=not quiet)
     if n == 0:

@@ -1,5 +1,5 @@
 """``python train.py``: fit (and test, when the data has a test split) one config, or a linear probe on
-its frozen features, or the few-shot evaluation; write ``metrics.json`` and ``val_predictions.csv``
+its frozen features, or the few-shot or k-NN evaluation; write ``metrics.json`` and ``val_predictions.csv``
 (the final model on val); return ``optimized_metric``."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
+from vit_ft.tasks.knn import knn
 from vit_ft.tasks.outputs import (
     finish_wandb,
     predictions_and_analysis,
@@ -39,6 +40,8 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 def train(cfg: DictConfig) -> float | None:
     if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
         return fewshot(cfg)
+    if (cfg.get("probe") or {}).get("mode") == "knn":  # k-NN on cached features: its own task
+        return knn(cfg)
     loggers: list = []
     trainer = None
     try:

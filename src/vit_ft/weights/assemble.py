@@ -150,7 +150,7 @@ def assemble(
     if pre is None:
         prep = preprocessing_from_timm(model, target)
     else:
-        prep = Preprocessing(target, pre.mean, pre.std, pre.interpolation)
+        prep = pre.with_size(target)  # the crop travels too
     model.eval()
     return Backbone(
         model=model,

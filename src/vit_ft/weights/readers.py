@@ -214,6 +214,9 @@ def read_timm_dir(path: Path, cfg: dict[str, Any], *, timm_kwargs: dict[str, Any
         prep = Preprocessing(
             0, tuple(pcfg["mean"]), tuple(pcfg["std"]), str(pcfg.get("interpolation", "bicubic"))
         )
+        if pcfg.get("crop_pct") is not None:  # timm's eval crop (its default 0.875 is not assumed)
+            prep.crop_pct = float(pcfg["crop_pct"])
+            prep.crop_mode = "squash" if pcfg.get("crop_mode") == "squash" else "center"
     return read_timm_state_dict(
         sd,
         files[0],

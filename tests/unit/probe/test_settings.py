@@ -25,14 +25,23 @@ from vit_ft.probe.settings import FewshotSettings, LinearProbeSettings
         ),
         (FewshotSettings, {"batchnorm": True}, "probe.batchnorm is not a setting of probe.mode=fewshot"),
         (LinearProbeSettings, {"seeds": 3}, "probe.seeds is not a setting of probe.mode=linear"),
-        (LinearProbeSettings, {"features": "avg"}, "probe.features='avg' must be cls (final-norm CLS token)"),
+        (
+            LinearProbeSettings,
+            {"features": "avg"},
+            "probe.features='avg' must be one of cls (final-norm CLS token)",
+        ),
+        (
+            LinearProbeSettings,
+            {"features": "last4"},
+            "probe.features=last4 is for the feature evaluations (experiment=knn, experiment=fewshot)",
+        ),
         (FewshotSettings, {"on_bad_cache": "skip"}, "probe.on_bad_cache='skip' must be error or rebuild"),
         (
             LinearProbeSettings,
             {"extract_batch_size": 0},
             "probe.extract_batch_size=0 must be a positive integer",
         ),
-        (LinearProbeSettings, {"mode": "ridge"}, "probe.mode='ridge' must be linear or fewshot"),
+        (LinearProbeSettings, {"mode": "ridge"}, "probe.mode='ridge' must be linear, fewshot or knn"),
         (
             LinearProbeSettings,
             {"mode": "fewshot"},
