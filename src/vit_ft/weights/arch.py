@@ -217,11 +217,16 @@ def native_img_size(
 ) -> int | None:
     """The square resolution a state dict's ``pos_embed`` was trained at (None: not square / absent)."""
     pos, proj = sd.get("pos_embed"), sd.get("patch_embed.proj.weight")
-    if pos is None or pos.ndim != 3:
-        return None
     patch = (
         int(proj.shape[-1]) if proj is not None and proj.ndim == 4 else int(arch_kwargs.get("patch_size", 16))
     )
+    if pos is None or pos.ndim != 3:
+        # BEiT: no absolute position embeddings, a (2g-1)^2 + 3 relative-position bias table per block
+        rel = next((v for k, v in sd.items() if k.endswith("relative_position_bias_table")), None)
+        if rel is None or rel.ndim != 2:
+            return None
+        side = math.isqrt(max(int(rel.shape[0]) - 3, 0))
+        return (side + 1) // 2 * patch if side * side == rel.shape[0] - 3 and side % 2 == 1 else None
     n = pos.shape[1] - prefix_tokens
     g = math.isqrt(max(n, 0))
     return g * patch if g * g == n else None
