@@ -27,6 +27,8 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bilinear"
+    # Evaluation: resize the shorter side to img_size / crop_pct, then centre-crop img_size (None: plain resize)
+    crop_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -40,10 +42,11 @@ class Preprocessing:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             interpolation=str(d.get("interpolation", "bilinear")),
+            crop_pct=None if d.get("crop_pct") is None else float(d["crop_pct"]),
         )
 
     def with_size(self, img_size: int) -> Preprocessing:
-        return Preprocessing(int(img_size), self.mean, self.std, self.interpolation)
+        return Preprocessing(int(img_size), self.mean, self.std, self.interpolation, self.crop_pct)
 
 
 def preprocessing_from_timm(model: nn.Module, img_size: int) -> Preprocessing:

@@ -120,7 +120,10 @@ def assemble(
     if not keep:
         sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
     native = int(ckpt.arch["kwargs"]["img_size"])
-    target = int(img_size) if img_size is not None else native
+    pre = ckpt.preprocessing
+    # the size the weights' own preprocessing feeds (DINOv2's processor: 224 crops for 518 embeddings)
+    default = int(pre.img_size) if pre is not None and pre.img_size else native
+    target = int(img_size) if img_size is not None else default
     arch = copy.deepcopy(ckpt.arch)
     arch["kwargs"]["img_size"] = target
     arch["kwargs"]["num_classes"] = target_classes
@@ -179,11 +182,10 @@ def assemble(
     else:
         names = None
     notes.append(head_note)
-    pre = ckpt.preprocessing
     if pre is None:
         prep = preprocessing_from_timm(model, target)
     else:
-        prep = Preprocessing(target, pre.mean, pre.std, pre.interpolation)
+        prep = pre.with_size(target)
     model.eval()
     return Backbone(
         model=model,

@@ -1,0 +1,167 @@
+"""transformers directories of DeiT, DINOv2 (with registers), CLIP and SigLIP -> the matching timm
+network, with the same features as transformers (fp32, 1e-4 relative): tiny random models saved with
+``save_pretrained``, compared in-process. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import assert_close_rel
+from vit_ft.errors import ConfigError
+from vit_ft.weights import load_weights
+
+transformers = pytest.importorskip("transformers")
+
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+NAMES = {0: "ant", 1: "bee", 2: "cat"}
+
+
+def _models():
+    """name -> (transformers model, its timm class name): one per model type and head kind."""
+    T = transformers
+    v28 = dict(VISION, image_size=28, patch_size=14)
+    v32 = dict(VISION, image_size=32, patch_size=8)
+    lab = dict(num_labels=3, id2label=NAMES, label2id={n: i for i, n in NAMES.items()})
+    return {
+        "deit_teacher": T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(**v32, **lab)),
+        "deit": T.DeiTForImageClassification(T.DeiTConfig(**v32, **lab)),
+        "dinov2": T.Dinov2Model(T.Dinov2Config(**v28, layerscale_value=0.5)),
+        "dinov2_cls": T.Dinov2ForImageClassification(T.Dinov2Config(**v28, **lab)),
+        "dinov2_reg": T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(**v28, num_register_tokens=3)),
+        "clip_vision": T.CLIPVisionModel(T.CLIPVisionConfig(**v32)),
+        "clip": T.CLIPModel(T.CLIPConfig(vision_config=v32, text_config=TEXT)),
+        "clip_cls": T.CLIPForImageClassification(T.CLIPConfig(vision_config=v32, text_config=TEXT, **lab)),
+        "siglip_vision": T.SiglipVisionModel(T.SiglipVisionConfig(**v32)),
+        "siglip_cls": T.SiglipForImageClassification(T.SiglipConfig(vision_config=v32, text_config=TEXT, **lab)),
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    """name -> (transformers model in eval mode, its saved directory)."""
+    root = tmp_path_factory.mktemp("hf_families")
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    for name, model in _models().items():
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+            if name == "dinov2_cls":  # a head on the class token only (the mean-patch half zero)
+                model.classifier.weight[:, 32:] = 0
+        model.eval()
+        path = root / name
+        model.save_pretrained(path)
+        out[name] = (model, path)
+    return out
+
+
+def _pixels(size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _pre_logits(model, x):
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def _vision(model):
+    return getattr(model, "vision_model", model)
+
+
+@pytest.mark.parametrize(
+    ("name", "timm_class", "size"),
+    [
+        ("deit_teacher", "VisionTransformerDistilled", 32),
+        ("deit", "VisionTransformerDistilled", 32),
+        ("dinov2", "VisionTransformer", 28),
+        ("dinov2_cls", "VisionTransformer", 28),
+        ("dinov2_reg", "VisionTransformer", 28),
+        ("clip_vision", "VisionTransformer", 32),
+        ("clip", "VisionTransformer", 32),
+        ("clip_cls", "VisionTransformer", 32),
+        ("siglip_vision", "VisionTransformer", 32),
+        ("siglip_cls", "VisionTransformer", 32),
+    ],
+)
+def test_same_features_as_transformers(name, timm_class, size, hf_dirs):
+    """Pooled features (and logits of a classification head, and the last hidden state where both
+    normalise it) equal transformers' at the checkpoint's size."""
+    hf, path = hf_dirs[name]
+    bb = load_weights(str(path))
+    net = bb.model
+    assert type(net).__name__ == timm_class and bb.preprocessing.img_size == size
+    x = _pixels(size)
+    with torch.no_grad():
+        ours = _pre_logits(net, x)
+        if name.startswith("clip") and name != "clip_cls":
+            assert_close_rel(ours, _vision(hf)(pixel_values=x).pooler_output)
+        elif name == "siglip_vision":
+            out = hf(pixel_values=x)
+            assert_close_rel(ours, out.pooler_output)
+            assert_close_rel(net.forward_features(x), out.last_hidden_state)
+        elif name.startswith(("dinov2", "deit")) and not name.endswith("cls"):
+            base = getattr(hf, "deit", hf)
+            out = base(pixel_values=x)
+            assert_close_rel(net.forward_features(x), out.last_hidden_state)
+        if hasattr(hf, "classifier") or name == "deit_teacher":
+            assert bb.head_kept and bb.class_names == list(NAMES.values())
+            assert_close_rel(net(x), hf(pixel_values=x).logits)
+        else:
+            assert not bb.head_kept and bb.num_classes == 0
+
+
+def test_resolution_change_interpolates_like_transformers(hf_dirs):
+    """A new model.img_size resamples the position embeddings as transformers interpolates them."""
+    for name, size, kwargs in (
+        ("dinov2", 42, {}),
+        ("dinov2_reg", 42, {}),
+        ("siglip_vision", 48, {"interpolate_pos_encoding": True}),
+        ("clip_vision", 48, {"interpolate_pos_encoding": True}),
+    ):
+        hf, path = hf_dirs[name]
+        bb = load_weights(str(path), img_size=size)
+        x = _pixels(size, seed=2)
+        with torch.no_grad():
+            assert_close_rel(_pre_logits(bb.model, x), hf(pixel_values=x, **kwargs).pooler_output)
+
+
+def test_dinov2_head_on_cls_and_mean_is_not_kept(hf_dirs, tmp_path):
+    """Dinov2ForImageClassification's head reads [CLS, mean patch]: with a mean-patch part it cannot
+    be timm's head, so a new one is trained (and said)."""
+    hf, path = hf_dirs["dinov2_cls"]
+    with torch.no_grad():
+        hf.classifier.weight[:, 32:] = 0.1
+    hf.save_pretrained(tmp_path / "m")
+    bb = load_weights(str(tmp_path / "m"), num_classes=3)
+    assert not bb.head_kept and any("mean patch token" in n for n in bb.notes)
+
+
+def test_preprocessing_from_the_processor(hf_dirs, tmp_path):
+    """mean/std, resample, shortest_edge and crop_size -> Preprocessing (crop_pct = crop / resize)."""
+    _, path = hf_dirs["dinov2"]
+    prep = {
+        "do_resize": True,
+        "size": {"shortest_edge": 32},
+        "do_center_crop": True,
+        "crop_size": {"height": 28, "width": 28},
+        "resample": 3,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    }
+    d = tmp_path / "d"
+    d.mkdir()
+    for f in path.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "preprocessor_config.json").write_text(json.dumps(prep))
+    p = load_weights(str(d)).preprocessing
+    assert (p.img_size, p.interpolation, p.crop_pct) == (28, "bicubic", pytest.approx(28 / 32))
+    assert p.mean == (0.485, 0.456, 0.406) and p.std == (0.229, 0.224, 0.225)
+
+
+def test_unsupported_model_type_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "swin", "hidden_size": 8}))
+    with pytest.raises(ConfigError, match=r"model_type='swin'.*supported.*dinov2_with_registers.*siglip"):
+        load_weights(str(tmp_path))
