@@ -33,6 +33,8 @@ class Preprocessing:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["crop_pct"] is None:  # a plain resize: the dict checkpoints have always stored
+            del d["crop_pct"]
         return d
 
     @classmethod

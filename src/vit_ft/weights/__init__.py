@@ -34,6 +34,7 @@ from vit_ft.weights.io import read_state_dict
 from vit_ft.weights.readers import read_dir, read_npz, read_timm_pretrained, read_weight_file
 from vit_ft.weights.sources import looks_like_path, timm_tag
 from vit_ft.weights.writers import (
+    hf_export,
     hf_preprocessor_config,
     hf_vit_config,
     save_hf_pretrained,
@@ -53,6 +54,7 @@ __all__ = [
     "save_hf_pretrained",
     "save_timm_safetensors",
     "hf_vit_config",
+    "hf_export",
     "hf_preprocessor_config",
 ]
 

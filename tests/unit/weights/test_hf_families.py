@@ -131,11 +131,16 @@ def test_resolution_change_interpolates_like_transformers(hf_dirs):
 def test_dinov2_head_on_cls_and_mean_is_not_kept(hf_dirs, tmp_path):
     """Dinov2ForImageClassification's head reads [CLS, mean patch]: with a mean-patch part it cannot
     be timm's head, so a new one is trained (and said)."""
-    hf, path = hf_dirs["dinov2_cls"]
-    with torch.no_grad():
-        hf.classifier.weight[:, 32:] = 0.1
-    hf.save_pretrained(tmp_path / "m")
-    bb = load_weights(str(tmp_path / "m"), num_classes=3)
+    from safetensors.torch import load_file, save_file
+
+    _, path = hf_dirs["dinov2_cls"]
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_bytes((path / "config.json").read_bytes())
+    sd = load_file(str(path / "model.safetensors"))
+    sd["classifier.weight"][:, 32:] = 0.1
+    save_file(sd, str(d / "model.safetensors"))
+    bb = load_weights(str(d), num_classes=3)
     assert not bb.head_kept and any("mean patch token" in n for n in bb.notes)
 
 
@@ -165,3 +170,61 @@ def test_unsupported_model_type_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "swin", "hidden_size": 8}))
     with pytest.raises(ConfigError, match=r"model_type='swin'.*supported.*dinov2_with_registers.*siglip"):
         load_weights(str(tmp_path))
+
+
+def _outputs(model, x):
+    """(logits or None, pooled features or None) of a transformers model."""
+    if hasattr(model, "text_model"):  # CLIPModel: its vision tower
+        return None, model.vision_model(pixel_values=x).pooler_output
+    out = model(pixel_values=x)
+    return getattr(out, "logits", None), getattr(out, "pooler_output", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("deit_teacher", "DeiTForImageClassificationWithTeacher"),
+        ("deit", "DeiTForImageClassificationWithTeacher"),
+        ("dinov2", "Dinov2Model"),
+        ("dinov2_cls", "Dinov2ForImageClassification"),
+        ("dinov2_reg", "Dinov2WithRegistersModel"),
+        ("clip", "CLIPVisionModel"),
+        ("clip_cls", "CLIPForImageClassification"),
+        ("siglip_vision", "SiglipVisionModel"),
+        ("siglip_cls", "SiglipForImageClassification"),
+    ],
+)
+def test_export_writes_its_own_transformers_type(name, written, hf_dirs, tmp_path):
+    """load -> save_hf_pretrained -> transformers from_pretrained: the same logits / pooled features
+    as the original transformers model, and the export reads back to the same network."""
+    from vit_ft.weights import save_hf_pretrained
+
+    hf, path = hf_dirs[name]
+    bb = load_weights(str(path))
+    out = save_hf_pretrained(bb.model, bb.arch, bb.preprocessing, bb.class_names, tmp_path / "export")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == [written]
+    back = getattr(transformers, written).from_pretrained(out).eval()
+    size = bb.preprocessing.img_size
+    x = _pixels(size, seed=3)
+    with torch.no_grad():
+        ref_logits, ref_pooled = _outputs(hf, x)
+        logits, pooled = _outputs(back, x)
+        if ref_logits is not None:
+            assert_close_rel(logits, ref_logits)
+        else:
+            assert_close_rel(pooled, ref_pooled)
+        again = load_weights(str(out))
+        assert_close_rel(again.model(x), bb.model(x), rtol=1e-6)
+    assert again.class_names == bb.class_names
+
+
+def test_export_refuses_what_transformers_cannot_express(hf_dirs):
+    """A CLIP or SigLIP (attention-pool) network with a trained class-token head has no transformers
+    class: one line, nothing written."""
+    from vit_ft.weights import hf_export
+
+    for name in ("clip_vision", "siglip_vision"):
+        bb = load_weights(str(hf_dirs[name][1]), num_classes=3)
+        with pytest.raises(ConfigError, match="cannot be written as a transformers model.*format=timm"):
+            hf_export(bb.model, ["a", "b", "c"])
