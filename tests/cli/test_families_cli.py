@@ -40,7 +40,9 @@ def sweep(image_folder, tmp_path_factory):
         backbone = OmegaConf.load(ROOT / "conf" / "model" / f"{fam}.yaml").backbone
         torch.manual_seed(0)
         m = timm.create_model(backbone, pretrained=False, img_size=SIZE, num_classes=0, **TINY_KW)
-        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(weights / f"{backbone}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in m.state_dict().items()}, str(weights / f"{backbone}.safetensors")
+        )
     tiny = [o for o in TINY if not o.startswith(("model=", "model.img_size", "+model.timm_kwargs"))]
     sweep_dir = tmp / "multirun"
     proc = run_cli(
@@ -93,7 +95,9 @@ def test_every_family_checkpoint_predicts_and_keeps_its_architecture(sweep, imag
         assert "pretrained_cfg_overlay" not in clf.hparams["arch"]["kwargs"], fam  # rebuilt without the file
         pred = load_predictor(str(ckpt), device="cpu", precision="32")
         rows = list(predict_images(pred, images, topk=2, num_workers=0))
-        assert len(rows) == 4 and all(r["topk"][0]["label"] in ("circle", "cross", "square", "triangle") for r in rows)
+        assert len(rows) == 4 and all(
+            r["topk"][0]["label"] in ("circle", "cross", "square", "triangle") for r in rows
+        )
         x = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
         with torch.no_grad():
             assert torch.allclose(pred(x), clf.eval()(x).softmax(-1), atol=1e-5), fam

@@ -347,9 +347,11 @@ HF_POS_ANTIALIAS = {"dinov2_with_registers": True}
 
 def hf_family(model_type: str) -> str:
     """The family a transformers model type belongs to (``clip_vision_model`` -> ``clip``)."""
-    return {"clip_vision_model": "clip", "siglip_vision_model": "siglip", "dinov2_with_registers": "dinov2"}.get(
-        model_type, model_type
-    )
+    return {
+        "clip_vision_model": "clip",
+        "siglip_vision_model": "siglip",
+        "dinov2_with_registers": "dinov2",
+    }.get(model_type, model_type)
 
 
 def hf_vision_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
@@ -358,7 +360,9 @@ def hf_vision_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     model_type = str(cfg.get("model_type"))
     vision = cfg.get("vision_config") if model_type in ("clip", "siglip") else cfg
     if not isinstance(vision, dict):
-        raise ConfigError(f"{where}: model_type={model_type!r} without a vision_config; download the model again")
+        raise ConfigError(
+            f"{where}: model_type={model_type!r} without a vision_config; download the model again"
+        )
     return {**_HF_DEFAULTS.get(hf_family(model_type), {}), **vision}
 
 
@@ -380,7 +384,9 @@ def arch_from_hf_family(cfg: dict[str, Any], where: str = "config.json") -> dict
         raise ConfigError(f"{where} lacks {e.args[0]!r}; it is not a complete {model_type} config") from None
     act = str(v.get("hidden_act", "gelu"))
     if act not in _HF_ACTS:
-        raise ConfigError(f"{where}: hidden_act={act!r} has no timm equivalent; supported: {sorted(_HF_ACTS)}")
+        raise ConfigError(
+            f"{where}: hidden_act={act!r} has no timm equivalent; supported: {sorted(_HF_ACTS)}"
+        )
     if v.get("use_swiglu_ffn"):
         raise ConfigError(
             f"{where}: use_swiglu_ffn=true (DINOv2 giant) is not supported; use the timm tag "

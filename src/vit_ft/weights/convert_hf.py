@@ -294,7 +294,9 @@ def hf_family_to_timm(
     return out, heads, unused
 
 
-def timm_to_hf_family(model_type: str, sd: dict[str, torch.Tensor], *, prefix: str) -> dict[str, torch.Tensor]:
+def timm_to_hf_family(
+    model_type: str, sd: dict[str, torch.Tensor], *, prefix: str
+) -> dict[str, torch.Tensor]:
     """timm backbone keys -> transformers keys of ``model_type`` (the inverse of
     :func:`hf_family_to_timm` for the backbone; heads are the writer's). ``prefix`` is the
     backbone's prefix in the class written (``"dinov2."``, ``"vision_model."``, ``""``)."""

@@ -30,11 +30,11 @@ from vit_ft.weights.arch import (
     HF_POS_ANTIALIAS,
     arch_from_hf_config,
     arch_from_hf_family,
-    hf_family,
     arch_from_npz,
     backbone_note,
     create_from_arch,
     head_classes,
+    hf_family,
     merge_timm_kwargs,
     meta_defaults,
     native_img_size,
@@ -247,7 +247,9 @@ def _family_head(
         # DeiTForImageClassification reads the class token only; timm averages two heads: 2W and a zero one
         sd.update({"head.weight": 2 * w, "head.bias": 2 * b})
         sd.update({"head_dist.weight": torch.zeros_like(w), "head_dist.bias": torch.zeros_like(b)})
-        notes.append("DeiTForImageClassification's head: timm's class-token head (x2), distillation head zero")
+        notes.append(
+            "DeiTForImageClassification's head: timm's class-token head (x2), distillation head zero"
+        )
         return
     if fam == "dinov2":
         width = w.shape[1] // 2

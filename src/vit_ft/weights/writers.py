@@ -219,7 +219,10 @@ def _labels(model: nn.Module, class_names: list[str] | None) -> dict[str, Any]:
     if not num_classes:
         return {}
     names = [str(n) for n in class_names] if class_names else [f"LABEL_{i}" for i in range(num_classes)]
-    return {"id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)}}
+    return {
+        "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
 
 
 def _refuse(model: nn.Module, why: str) -> ConfigError:
@@ -266,7 +269,9 @@ def hf_export(
         cfg = {**base, "model_type": family, "qkv_bias": model.blocks[0].attn.qkv.bias is not None}
         hidden = cfg.pop("intermediate_size")
         if hidden % width:
-            raise _refuse(model, f"an MLP of {hidden} units for width {width} (transformers' DINOv2: a whole ratio)")
+            raise _refuse(
+                model, f"an MLP of {hidden} units for width {width} (transformers' DINOv2: a whole ratio)"
+            )
         cfg["mlp_ratio"] = hidden // width
         cfg.update(layerscale_value=1.0, use_swiglu_ffn=False, apply_layernorm=True)
         prefix = f"{family}." if has_head else ""
@@ -275,7 +280,11 @@ def hf_export(
             # timm folds the class position into the class token; transformers adds one: zero
             sd["pos_embed"] = torch.cat([torch.zeros_like(sd["pos_embed"][:, :1]), sd["pos_embed"]], dim=1)
         cfg["architectures"] = [
-            ("Dinov2WithRegistersForImageClassification" if cfg.get("num_register_tokens") else "Dinov2ForImageClassification")
+            (
+                "Dinov2WithRegistersForImageClassification"
+                if cfg.get("num_register_tokens")
+                else "Dinov2ForImageClassification"
+            )
             if has_head
             else ("Dinov2WithRegistersModel" if cfg.get("num_register_tokens") else "Dinov2Model")
         ]
@@ -301,7 +310,10 @@ def hf_export(
             return {**vision, "model_type": "clip_vision_model", "architectures": ["CLIPVisionModel"]}, (
                 timm_to_hf_family("clip", sd, prefix="")
             )
-        sd["norm.weight"], sd["norm.bias"] = torch.ones(model.embed_dim), torch.zeros(model.embed_dim)  # unused
+        sd["norm.weight"], sd["norm.bias"] = (
+            torch.ones(model.embed_dim),
+            torch.zeros(model.embed_dim),
+        )  # unused
         out = timm_to_hf_family("clip", sd, prefix="vision_model.")
         cfg = {
             "model_type": "clip",

@@ -115,4 +115,6 @@ def test_family_freeze_and_layer_decay(fam, family_files):
 
 def test_beit_wrong_backbone_is_one_line(family_files):
     with pytest.raises(ConfigError, match="does not fit"):
-        load_weights(str(family_files["beit"][1]), backbone="deit_tiny_distilled_patch16_224", timm_kwargs=TINY_KW)
+        load_weights(
+            str(family_files["beit"][1]), backbone="deit_tiny_distilled_patch16_224", timm_kwargs=TINY_KW
+        )

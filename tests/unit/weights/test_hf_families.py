@@ -36,7 +36,9 @@ def _models():
         "clip": T.CLIPModel(T.CLIPConfig(vision_config=v32, text_config=TEXT)),
         "clip_cls": T.CLIPForImageClassification(T.CLIPConfig(vision_config=v32, text_config=TEXT, **lab)),
         "siglip_vision": T.SiglipVisionModel(T.SiglipVisionConfig(**v32)),
-        "siglip_cls": T.SiglipForImageClassification(T.SiglipConfig(vision_config=v32, text_config=TEXT, **lab)),
+        "siglip_cls": T.SiglipForImageClassification(
+            T.SiglipConfig(vision_config=v32, text_config=TEXT, **lab)
+        ),
     }
 
 
