@@ -239,8 +239,16 @@ def hf_export(
     ViT, DeiT (two heads: ``DeiTForImageClassificationWithTeacher``), DINOv2 (with registers; its
     class-token head as ``Dinov2ForImageClassification`` whose mean-patch half is zero), CLIP and
     SigLIP vision towers. Raises :class:`ConfigError` (one line) for what transformers cannot express."""
+    if not _is(model, "VisionTransformer", "VisionTransformerDistilled"):
+        raise _refuse(
+            model,
+            "vit-ft writes transformers ViT, DeiT, DINOv2, CLIP and SigLIP models; timm's "
+            f"{type(model).__name__} is none of them",
+        )
     family = _family_of(model)
     has_head = bool(getattr(model, "num_classes", 0))
+    if family in ("clip", "siglip") and any(b.attn.qkv.bias is None for b in model.blocks):
+        raise _refuse(model, f"attention without q/k/v biases, which transformers' {family} always has")
     sd = _tensors(model)
     if family == "vit":
         cfg = hf_vit_config(model, class_names)

@@ -187,7 +187,6 @@ def _outputs(model, x):
     [
         ("deit_teacher", "DeiTForImageClassificationWithTeacher"),
         ("deit", "DeiTForImageClassificationWithTeacher"),
-        ("dinov2", "Dinov2Model"),
         ("dinov2_cls", "Dinov2ForImageClassification"),
         ("dinov2_reg", "Dinov2WithRegistersModel"),
         ("clip", "CLIPVisionModel"),
@@ -230,3 +229,18 @@ def test_export_refuses_what_transformers_cannot_express(hf_dirs):
         bb = load_weights(str(hf_dirs[name][1]), num_classes=3)
         with pytest.raises(ConfigError, match="cannot be written as a transformers model.*format=timm"):
             hf_export(bb.model, ["a", "b", "c"])
+
+
+def test_export_refuses_other_timm_classes():
+    import timm
+
+    from vit_ft.weights import hf_export
+
+    eva = timm.create_model("eva02_tiny_patch14_224", depth=1, embed_dim=32, num_heads=2, img_size=28)
+    with pytest.raises(ConfigError, match="timm's Eva is none of them.*format=timm"):
+        hf_export(eva)
+    no_bias = timm.create_model(
+        "vit_base_patch16_siglip_224", depth=1, embed_dim=32, num_heads=2, qkv_bias=False
+    )
+    with pytest.raises(ConfigError, match="without q/k/v biases"):
+        hf_export(no_bias)
