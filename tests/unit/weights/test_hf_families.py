@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import assert_close_rel
 from vit_ft.errors import ConfigError
-from vit_ft.weights import load_weights
+from vit_ft.weights import create_from_arch, load_weights
 
 transformers = pytest.importorskip("transformers")
 
@@ -95,6 +95,7 @@ def test_same_features_as_transformers(name, timm_class, size, hf_dirs):
     bb = load_weights(str(path))
     net = bb.model
     assert type(net).__name__ == timm_class and bb.preprocessing.img_size == size
+    create_from_arch(bb.arch).load_state_dict(net.state_dict())  # what a vit-ft checkpoint rebuilds
     x = _pixels(size)
     with torch.no_grad():
         ours = _pre_logits(net, x)
