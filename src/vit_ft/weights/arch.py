@@ -419,7 +419,9 @@ def arch_from_hf_family(cfg: dict[str, Any], where: str = "config.json") -> dict
             kwargs.update(global_pool="avg", fc_norm=False, final_norm=False)
     else:  # siglip
         name = "vit_base_patch16_siglip_224"
-        kwargs.update(class_token=False, global_pool="map" if v.get("vision_use_head", True) else "avg")
-        if "SiglipForImageClassification" in arch_names:  # its head reads the mean final-norm token
-            kwargs.update(global_pool="avg", fc_norm=False)
+        kwargs.update(class_token=False, global_pool="map")
+        if "SiglipForImageClassification" in arch_names or not v.get("vision_use_head", True):
+            kwargs.update(
+                global_pool="avg", fc_norm=False
+            )  # the mean final-norm token (its classifier's input)
     return {"name": name, "kwargs": kwargs, "layer_norm_eps": float(v["layer_norm_eps"])}
