@@ -27,6 +27,7 @@ from vit_ft.models.backbone import build_backbone
 from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
+from vit_ft.weights.assemble import HEAD_PREFIXES, head_modules
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class ViTClassifier(ClassifierSteps):
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:
             for name, p in self.model.named_parameters():
-                p.requires_grad = name.startswith("head.")
+                p.requires_grad = name.startswith(HEAD_PREFIXES)  # DeiT-distilled: both heads
         self.label_smoothing = float(label_smoothing)
         self.optimizer_cfg = dict(
             optimizer or {"name": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 0.0}
@@ -354,7 +355,8 @@ class ViTClassifier(ClassifierSteps):
         if self.freeze_backbone:
             # A linear probe: the frozen backbone stays in eval mode (no dropout or drop-path).
             self.model.eval()
-            self.model.get_classifier().train(mode)
+            for head in head_modules(self.model):
+                head.train(mode)
         return self
 
     def on_train_epoch_start(self) -> None:

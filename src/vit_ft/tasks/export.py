@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from vit_ft.errors import ConfigError
 from vit_ft.progress import heartbeat
 from vit_ft.tasks.cli import NoRunDirConfig
-from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
+from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
 
 
@@ -70,8 +70,9 @@ def export(cfg: DictConfig) -> list[Path]:
             f"out={cfg.out!r} is a file name but format={cfg.format} writes a directory; "
             "pass a directory, or format=timm for a single .safetensors file"
         )
-    if cfg.format == "both":
-        hf_vit_config(bb.model, bb.class_names)  # refuse before writing anything
+    hf_class = None
+    if cfg.format in ("both", "hf"):  # refuse before writing anything
+        hf_class = hf_export(bb.model, bb.class_names)[0]["architectures"][0]
     paths = []
     with heartbeat(f"export: writing {out}"):
         if cfg.format in ("both", "hf"):
@@ -87,7 +88,7 @@ def export(cfg: DictConfig) -> list[Path]:
                 )
             )
     if cfg.format in ("both", "hf"):
-        print(f"exported {source} -> {paths[0]} (transformers: ViTForImageClassification.from_pretrained)")
+        print(f"exported {source} -> {paths[0]} (transformers: {hf_class}.from_pretrained)")
     if cfg.format in ("both", "timm"):
         print(f"exported {source} -> {paths[-1]} (timm safetensors)")
     return paths

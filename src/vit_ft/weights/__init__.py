@@ -3,7 +3,7 @@ other tools read.
 
 One entry point, :func:`load_weights`, for:
 
-* a Hugging Face hub id of a transformers ViT (``google/vit-base-patch32-384``), fetched into the
+* a Hugging Face hub id of a transformers ViT, DeiT, DINOv2, CLIP or SigLIP (``google/vit-base-patch32-384``), fetched into the
   normal hub cache (``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` are honoured at call time);
 * a timm pretrained tag (``timm/vit_base_patch32_224.orig_in21k``, ``vit_base_patch32_384.augreg_in21k_ft_in1k``),
   loaded by timm itself;
@@ -34,6 +34,7 @@ from vit_ft.weights.io import read_state_dict
 from vit_ft.weights.readers import read_dir, read_npz, read_timm_pretrained, read_weight_file
 from vit_ft.weights.sources import looks_like_path, timm_tag
 from vit_ft.weights.writers import (
+    hf_export,
     hf_preprocessor_config,
     hf_vit_config,
     save_hf_pretrained,
@@ -53,6 +54,7 @@ __all__ = [
     "save_hf_pretrained",
     "save_timm_safetensors",
     "hf_vit_config",
+    "hf_export",
     "hf_preprocessor_config",
 ]
 

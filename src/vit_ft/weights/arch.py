@@ -217,11 +217,16 @@ def native_img_size(
 ) -> int | None:
     """The square resolution a state dict's ``pos_embed`` was trained at (None: not square / absent)."""
     pos, proj = sd.get("pos_embed"), sd.get("patch_embed.proj.weight")
-    if pos is None or pos.ndim != 3:
-        return None
     patch = (
         int(proj.shape[-1]) if proj is not None and proj.ndim == 4 else int(arch_kwargs.get("patch_size", 16))
     )
+    if pos is None or pos.ndim != 3:
+        # BEiT: no absolute position embeddings, a (2g-1)^2 + 3 relative-position bias table per block
+        rel = next((v for k, v in sd.items() if k.endswith("relative_position_bias_table")), None)
+        if rel is None or rel.ndim != 2:
+            return None
+        side = math.isqrt(max(int(rel.shape[0]) - 3, 0))
+        return (side + 1) // 2 * patch if side * side == rel.shape[0] - 3 and side % 2 == 1 else None
     n = pos.shape[1] - prefix_tokens
     g = math.isqrt(max(n, 0))
     return g * patch if g * g == n else None
@@ -316,3 +321,107 @@ def arch_from_npz(w: Any, path: Path) -> tuple[dict[str, Any], int, bool]:
         "layer_norm_eps": None,  # flax LayerNorm: 1e-6, timm's default
     }
     return arch, classes, f"{prefix}pre_logits/kernel" in keys
+
+
+# transformers model types vit-ft reads, with the timm model each becomes (every dim is also in the kwargs)
+HF_MODEL_TYPES = (
+    "vit",
+    "deit",
+    "dinov2",
+    "dinov2_with_registers",
+    "clip",
+    "clip_vision_model",
+    "siglip",
+    "siglip_vision_model",
+)
+# what transformers' config classes default to, where a config.json may leave a value out
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "deit": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
+    "dinov2": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "mlp_ratio": 4, "layerscale_value": 1.0},
+    "clip": {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    "siglip": {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True},
+}
+# transformers' own position-embedding interpolation: bicubic, antialiased for DINOv2-with-registers only
+HF_POS_ANTIALIAS = {"dinov2_with_registers": True}
+
+
+def hf_family(model_type: str) -> str:
+    """The family a transformers model type belongs to (``clip_vision_model`` -> ``clip``)."""
+    return {
+        "clip_vision_model": "clip",
+        "siglip_vision_model": "siglip",
+        "dinov2_with_registers": "dinov2",
+    }.get(model_type, model_type)
+
+
+def hf_vision_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """The vision tower's config: ``vision_config`` of a CLIP / SigLIP model, else the config itself,
+    with transformers' defaults filled in."""
+    model_type = str(cfg.get("model_type"))
+    vision = cfg.get("vision_config") if model_type in ("clip", "siglip") else cfg
+    if not isinstance(vision, dict):
+        raise ConfigError(
+            f"{where}: model_type={model_type!r} without a vision_config; download the model again"
+        )
+    return {**_HF_DEFAULTS.get(hf_family(model_type), {}), **vision}
+
+
+def arch_from_hf_family(cfg: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
+    """vit-ft ``arch`` of a transformers DeiT / DINOv2 (with registers) / CLIP / SigLIP config (for the
+    classification classes, the pooling their head reads)."""
+    model_type = str(cfg.get("model_type"))
+    fam = hf_family(model_type)
+    v = hf_vision_config(cfg, where)
+    arch_names = [str(a) for a in cfg.get("architectures") or []]
+    try:
+        width = int(v["hidden_size"])
+        depth = int(v["num_hidden_layers"])
+        heads = int(v["num_attention_heads"])
+        patch = _square(v["patch_size"], "patch_size", where)
+        img = _square(v["image_size"], "image_size", where)
+        hidden = int(width * float(v["mlp_ratio"])) if fam == "dinov2" else int(v["intermediate_size"])
+    except KeyError as e:
+        raise ConfigError(f"{where} lacks {e.args[0]!r}; it is not a complete {model_type} config") from None
+    act = str(v.get("hidden_act", "gelu"))
+    if act not in _HF_ACTS:
+        raise ConfigError(
+            f"{where}: hidden_act={act!r} has no timm equivalent; supported: {sorted(_HF_ACTS)}"
+        )
+    if v.get("use_swiglu_ffn"):
+        raise ConfigError(
+            f"{where}: use_swiglu_ffn=true (DINOv2 giant) is not supported; use the timm tag "
+            "vit_giant_patch14_dinov2.lvd142m instead"
+        )
+    kwargs: dict[str, Any] = {
+        "img_size": img,
+        "patch_size": patch,
+        "in_chans": int(v.get("num_channels", 3)),
+        "embed_dim": width,
+        "depth": depth,
+        "num_heads": heads,
+        "mlp_ratio": _mlp_ratio(width, hidden),
+        "qkv_bias": bool(v.get("qkv_bias", True)),
+    }
+    if _HF_ACTS[act] is not None:
+        kwargs["act_layer"] = _HF_ACTS[act]
+    if fam == "deit":
+        name = "deit_base_distilled_patch16_224"  # transformers' DeiT always has the distillation token
+    elif fam == "dinov2":
+        name = "vit_base_patch14_dinov2"
+        kwargs["init_values"] = float(v.get("layerscale_value", 1.0))
+        if model_type == "dinov2_with_registers":
+            name = "vit_base_patch14_reg4_dinov2"
+            kwargs.update(reg_tokens=int(v.get("num_register_tokens", 4)), no_embed_class=True)
+    elif fam == "clip":
+        name = "vit_base_patch16_clip_224"
+        kwargs.update(class_token=True, pre_norm=True, global_pool="token")
+        if "CLIPForImageClassification" in arch_names:  # its head reads the mean patch token, unnormalised
+            kwargs.update(global_pool="avg", fc_norm=False, final_norm=False)
+    else:  # siglip
+        name = "vit_base_patch16_siglip_224"
+        kwargs.update(class_token=False, global_pool="map")
+        if "SiglipForImageClassification" in arch_names or not v.get("vision_use_head", True):
+            kwargs.update(
+                global_pool="avg", fc_norm=False
+            )  # the mean final-norm token (its classifier's input)
+    return {"name": name, "kwargs": kwargs, "layer_norm_eps": float(v["layer_norm_eps"])}

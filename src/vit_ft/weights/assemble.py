@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from vit_ft.errors import ConfigError
@@ -44,20 +44,50 @@ class Backbone:
         return int(getattr(self.model, "num_classes", 0))
 
 
+# Names of the classifier modules of timm's ViT families (``head_dist``: DeiT-distilled's second head).
+HEAD_NAMES = ("head", "head_dist")
+HEAD_PREFIXES = tuple(f"{n}." for n in HEAD_NAMES)
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The classifier modules of a timm ViT (one, or two for DeiT-distilled)."""
+    return [m for n in HEAD_NAMES if isinstance(m := getattr(model, n, None), nn.Module)]
+
+
 def zero_head(model: nn.Module) -> None:
     """The paper's head initialisation: all zeros, so fine-tuning starts from uniform predictions."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear):
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.zero_()
+    for head in head_modules(model):
+        if isinstance(head, nn.Linear):
+            with torch.no_grad():
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
 
 
 def resample_pos_embed(
-    pos_embed: torch.Tensor, new_grid: Iterable[int], num_prefix_tokens: int = 1
+    pos_embed: torch.Tensor, new_grid: Iterable[int], num_prefix_tokens: int = 1, antialias: bool = True
 ) -> torch.Tensor:
-    """Position embeddings ``[1, prefix + g*g, D]`` resampled to ``new_grid`` (timm, bicubic)."""
-    return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), num_prefix_tokens=num_prefix_tokens)
+    """Position embeddings ``[1, prefix + g*g, D]`` resampled to ``new_grid`` (timm, bicubic;
+    ``antialias=False`` is what transformers' DINOv2, CLIP and SigLIP do when they interpolate)."""
+    return resample_abs_pos_embed(
+        pos_embed, new_size=list(new_grid), num_prefix_tokens=num_prefix_tokens, antialias=antialias
+    )
+
+
+def _resize_rel_pos_tables(model: nn.Module, sd: dict[str, torch.Tensor], notes: list[str]) -> dict:
+    """BEiT's relative-position bias tables resized to the network's window (timm's resizer)."""
+    expected = model.state_dict()
+    out, resized = dict(sd), 0
+    for k, v in sd.items():
+        if k.endswith("relative_position_bias_table") and k in expected and v.shape != expected[k].shape:
+            attn = model.get_submodule(k[: -len(".relative_position_bias_table")])
+            out[k] = resize_rel_pos_bias_table(
+                v, new_window_size=attn.window_size, new_bias_shape=tuple(expected[k].shape)
+            )
+            resized += 1
+    if resized:
+        notes.append(f"resized {resized} relative-position bias tables to the new window (timm)")
+    return out
 
 
 def _head_decision(ckpt_classes: int, num_classes: int | None, reset_head: bool) -> tuple[bool, int, str]:
@@ -88,9 +118,12 @@ def assemble(
     sd, notes = ckpt.sd, ckpt.notes
     keep, target_classes, head_note = _head_decision(head_classes(sd), num_classes, reset_head)
     if not keep:
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
     native = int(ckpt.arch["kwargs"]["img_size"])
-    target = int(img_size) if img_size is not None else native
+    pre = ckpt.preprocessing
+    # the size the weights' own preprocessing feeds (DINOv2's processor: 224 crops for 518 embeddings)
+    default = int(pre.img_size) if pre is not None and pre.img_size else native
+    target = int(img_size) if img_size is not None else default
     arch = copy.deepcopy(ckpt.arch)
     arch["kwargs"]["img_size"] = target
     arch["kwargs"]["num_classes"] = target_classes
@@ -110,16 +143,19 @@ def assemble(
         new_grid = tuple(int(g) for g in model.patch_embed.grid_size)
         if math.isqrt(old) ** 2 == old and pos.shape[2] == expected["pos_embed"].shape[2]:
             sd = dict(sd)
-            sd["pos_embed"] = resample_pos_embed(pos, new_grid, num_prefix_tokens=prefix)
+            sd["pos_embed"] = resample_pos_embed(
+                pos, new_grid, num_prefix_tokens=prefix, antialias=ckpt.pos_antialias
+            )
             g = math.isqrt(old)
             notes.append(
                 f"resampled position embeddings from a {g}x{g} grid ({native}px) to "
                 f"{new_grid[0]}x{new_grid[1]} ({target}px), bicubic"
             )
+    sd = _resize_rel_pos_tables(model, sd, notes)
     problems: list[str] = []
     for k, v in expected.items():
         if k not in sd:
-            if not k.startswith("head.") or keep:
+            if not k.startswith(HEAD_PREFIXES) or keep:
                 problems.append(f"{k} {_shape(v)} is missing from the checkpoint")
         elif sd[k].shape != v.shape:
             problems.append(
@@ -146,7 +182,6 @@ def assemble(
     else:
         names = None
     notes.append(head_note)
-    pre = ckpt.preprocessing
     if pre is None:
         prep = preprocessing_from_timm(model, target)
     else:
