@@ -13,11 +13,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import user_message
 from vit_ft.sweeps.job import run_sweep_job
 from vit_ft.tasks.outputs import finish_wandb
+from vit_ft.training.preemption import RESUMABLE_EXIT, Preempted
 
 
 @dataclass
@@ -96,14 +99,36 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+def stop_preempted(e: BaseException) -> None:
+    """A run stopped by a signal: one line (rank 0), the wandb run marked preempted, exit status 75.
+    A launcher's own requeue handler (submitit's) runs last; it exits by itself."""
+    if isinstance(e, Preempted):
+        line = e.line()
+    else:  # Lightning's own SIGTERM stop outside training steps (e.g. the final evaluation)
+        line = (
+            "preempted: SIGTERM received outside the training steps; exit status "
+            f"{RESUMABLE_EXIT} (resumable): re-run the same command (same hydra.run.dir) to finish"
+        )
+    if is_rank_zero():
+        print(line, file=sys.stderr, flush=True)
+    finish_wandb(preempted=True)
+    chain = getattr(e, "chain", None)
+    if chain is not None:
+        chain(e.signum, None)  # type: ignore[attr-defined]
+    sys.exit(RESUMABLE_EXIT)
+
+
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2. In a
-    sweep, a failing job is recorded and the sweep goes on."""
+    """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2, a
+    preemption (SIGTERM, SIGUSR1) one line and exit status 75. In a sweep, a failing job is recorded
+    and the sweep goes on; a preemption stops the sweep (its process is being stopped)."""
     quiet_known_noise()
-    if hydra_info().get("multirun"):
-        return run_sweep_job(fn, cfg)
     try:
+        if hydra_info().get("multirun"):
+            return run_sweep_job(fn, cfg)
         return fn(cfg)
+    except (Preempted, SIGTERMException) as e:
+        stop_preempted(e)
     except Exception as e:
         line = user_message(e)
         if line is None:

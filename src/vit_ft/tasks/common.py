@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.compat import install_ddp_relaunch
@@ -66,7 +67,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.model.get("img_size") is not None:
         positive_int("model.img_size", cfg.model.img_size)
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not os.path.isfile(str(ckpt)):
+    if ckpt and str(ckpt) != "auto" and not os.path.isfile(str(ckpt)):
         raise ConfigError(f"ckpt_path={ckpt!r} does not exist; pass the path of a .ckpt written by vit-ft")
 
 
@@ -132,11 +133,14 @@ def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list, **override
     install_ddp_relaunch(hydra_job_command)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(overrides)
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # the Preemption callback saves at a step boundary and requeues
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=loggers if loggers else False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         _convert_="all",
     )
 

@@ -16,6 +16,7 @@ from vit_ft.io import write_json_atomic, write_text_atomic
 from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.predictions import predict_split, write_predictions_csv
 from vit_ft.report import build_report, mistakes_of, picture_files
+from vit_ft.training.preemption import RESUMABLE_EXIT
 
 log = logging.getLogger("vit_ft")
 
@@ -138,11 +139,17 @@ def wandb_dirs(loggers: list) -> list[str]:
     return dirs
 
 
-def finish_wandb() -> None:
-    """Close a wandb run left open (a failed job must not leave it to the next job of a sweep)."""
+def finish_wandb(preempted: bool = False) -> None:
+    """Close a wandb run left open (a failed job must not leave it to the next job of a sweep);
+    ``preempted``: mark it so (wandb shows it as preempted until it is resumed)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        if preempted:
+            try:
+                wandb.run.mark_preempting()
+            except Exception:  # noqa: BLE001 - a marker only
+                pass
+        wandb.finish(exit_code=RESUMABLE_EXIT if preempted else None)
 
 
 def print_summary(output_dir: str, lines: list[str], loggers: list) -> None:
