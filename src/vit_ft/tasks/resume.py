@@ -34,7 +34,7 @@ from vit_ft.io import write_text_atomic
 log = logging.getLogger("vit_ft")
 
 # Keys that may change between the interrupted run and its resumption: how long it runs, what it shows,
-# where it logs. Prefixes end with "."; everything else is compared.
+# where it logs (a key and everything under it); everything else is compared.
 IGNORED_KEYS = (
     "ckpt_path",
     "trainer.max_epochs",
@@ -45,11 +45,12 @@ IGNORED_KEYS = (
     "trainer.num_sanity_val_steps",
     "trainer.log_every_n_steps",
     "test",
-    "paths.",
-    "logger.",
+    "paths",
+    "logger",
     "callbacks.last_checkpoint.every_n_steps",
     "callbacks.last_checkpoint.every_minutes",
-    "callbacks.run_report.",
+    "callbacks.run_report",
+    "callbacks.preemption",
     "resolved_preprocessing",
     "class_names",
 )
@@ -68,7 +69,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def ignored(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in IGNORED_KEYS)
+    return any(key == k.rstrip(".") or key.startswith(k.rstrip(".") + ".") for k in IGNORED_KEYS)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
