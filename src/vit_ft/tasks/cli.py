@@ -115,7 +115,9 @@ def stop_preempted(e: BaseException) -> None:
     chain = getattr(e, "chain", None)
     if chain is not None:
         chain(e.signum, None)  # type: ignore[attr-defined]
-    sys.exit(RESUMABLE_EXIT)
+    # Rank 0's status is the run's (srun reports the highest): ranks > 0 end quietly, or Lightning's DDP
+    # watchdog would SIGKILL rank 0 for a child's non-zero exit while it is still closing the run.
+    sys.exit(RESUMABLE_EXIT if is_rank_zero() else 0)
 
 
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
