@@ -109,7 +109,9 @@ def test_a_busy_run_directory_is_refused_naming_the_holder(tmp_path, monkeypatch
 
 
 def test_a_holder_killed_with_sigkill_leaves_no_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="in use by another run"):
@@ -133,7 +135,9 @@ def test_a_resumed_run_keeps_its_wandb_id(tmp_path):
 def test_replayed_steps_are_not_logged_twice(tmp_path, monkeypatch):
     """Killed after logging step 5 with its last checkpoint at step 3: the resumed run replays 4 and 5."""
     sent = []
-    monkeypatch.setattr(loggers_mod.WandbLogger, "log_metrics", lambda self, m, step=None: sent.append((step, dict(m))))
+    monkeypatch.setattr(
+        loggers_mod.WandbLogger, "log_metrics", lambda self, m, step=None: sent.append((step, dict(m)))
+    )
     steps_file = str(tmp_path / "wandb_steps.json")
     first = ResumableWandbLogger(steps_file=steps_file, id="abc12345", save_dir=str(tmp_path), offline=True)
     for step in range(6):
