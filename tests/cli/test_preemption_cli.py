@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, TINY, clean_env, read_metrics, read_wandb_records, run_cli
+from vit_ft.training.loggers import logged_steps
 
-STEPS = 8  # 64 images / global batch 8 = 8 optimizer steps (16 micro-batches of 4) in the one epoch
+STEPS = 16  # 64 images / global batch 8 = 8 optimizer steps (16 micro-batches of 4) per epoch, 2 epochs
 
 
 def command(image_folder, run_dir, *extra):
@@ -24,7 +25,7 @@ def command(image_folder, run_dir, *extra):
         "train.py",
         f"data.root={image_folder}",
         *TINY,
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=2",
         "callbacks.run_report=null",  # (the report is drawn once at the end anyway)
         "trainer.accumulate_grad_batches=2",  # a kill can come between micro-batches
         "test=false",
@@ -34,15 +35,12 @@ def command(image_folder, run_dir, *extra):
 
 
 def wait_for_step(run_dir, proc, step: int, timeout: float = 120) -> int:
-    """Poll the wandb logger's record of the last step it logged until it reaches ``step``."""
-    path, t0 = run_dir / "wandb_steps.json", time.time()
+    """Poll the offline wandb run file until it holds ``step``."""
+    t0 = time.time()
     while time.time() - t0 < timeout and proc.poll() is None:
-        try:
-            logged = json.loads(path.read_text())["step"]
-            if logged >= step:
-                return logged
-        except (OSError, ValueError, KeyError):
-            pass
+        logged, _ = logged_steps([str(p) for p in run_dir.glob("wandb/offline-run-*/run-*.wandb")])
+        if logged >= step:
+            return logged
         time.sleep(0.05)
     raise AssertionError(f"no step {step} within {timeout}s (exit {proc.poll()}): {proc.communicate()}")
 

@@ -103,10 +103,15 @@ def write_report(output_dir: str, loggers: list) -> str | None:
     return str(path)
 
 
+def is_wandb(logger: Any) -> bool:
+    """A Lightning WandbLogger (or a subclass: vit-ft's ResumableWandbLogger), without importing wandb."""
+    return any(c.__name__ == "WandbLogger" for c in type(logger).__mro__)
+
+
 def log_report_to_wandb(output_dir: str, loggers: list) -> None:
     """The report's pictures (``report/<name>``) and a ``report/mistakes_table`` (image, true, predicted,
     prob) to each WandbLogger's run."""
-    runs = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    runs = [lg.experiment for lg in loggers if is_wandb(lg)]
     if not runs:
         return
     import wandb
@@ -131,7 +136,7 @@ def wandb_dirs(loggers: list) -> list[str]:
     """The local folders of the wandb runs among ``loggers``."""
     dirs = []
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if is_wandb(lg):
             run = lg.experiment
             d = getattr(run, "dir", None) or getattr(getattr(run, "settings", None), "files_dir", None)
             if d:

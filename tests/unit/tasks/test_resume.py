@@ -132,23 +132,40 @@ def test_a_resumed_run_keeps_its_wandb_id(tmp_path):
     assert wandb_run_id(str(tmp_path), resuming_own_run=False) != first  # a fresh start: a new run
 
 
+def write_wandb_file(path, rows, cut: int = 0):
+    """A ``run-*.wandb`` file holding history ``rows`` (wandb's LevelDB framing, one chunk per record)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = bytearray(b":W&B\x00\x00\x01")
+    for row in rows:
+        rec = pb.Record()
+        for k, v in row.items():
+            item = rec.history.item.add()
+            item.key, item.value_json = k, json.dumps(v)
+        raw = rec.SerializeToString()
+        out += (0).to_bytes(4, "little") + len(raw).to_bytes(2, "little") + b"\x01" + raw
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out[: len(out) - cut]))
+
+
 def test_replayed_steps_are_not_logged_twice(tmp_path, monkeypatch):
-    """Killed after logging step 5 with its last checkpoint at step 3: the resumed run replays 4 and 5."""
+    """Killed after logging step 5 (train and val) with its last checkpoint at step 3: the resumed run
+    replays steps 4 and 5; a record cut short by the kill (step 6) does not count."""
     sent = []
     monkeypatch.setattr(
         loggers_mod.WandbLogger, "log_metrics", lambda self, m, step=None: sent.append((step, dict(m)))
     )
-    steps_file = str(tmp_path / "wandb_steps.json")
-    first = ResumableWandbLogger(steps_file=steps_file, id="abc12345", save_dir=str(tmp_path), offline=True)
-    for step in range(6):
-        first.log_metrics({"train/loss": 1.0}, step)
-    first.log_metrics({"val/acc1": 0.5}, 5)
-    sent.clear()
-    resumed = ResumableWandbLogger(steps_file=steps_file, id="abc12345", save_dir=str(tmp_path), offline=True)
+    rows = [{"train/loss": 1.0, "trainer/global_step": s} for s in range(6)]
+    rows += [{"val/acc1": 0.5, "trainer/global_step": 5}, {"train/loss": 1.0, "trainer/global_step": 6}]
+    write_wandb_file(
+        tmp_path / "wandb" / "offline-run-20260101_000000-abc12345" / "run-abc12345.wandb", rows, cut=3
+    )
+    resumed = ResumableWandbLogger(id="abc12345", save_dir=str(tmp_path), offline=True)
+    assert resumed.floor == 5
     for step in range(4, 8):
-        resumed.log_metrics({"train/loss": 2.0, **({"lr": 0.1} if step == 5 else {})}, step)
+        resumed.log_metrics({"train/loss": 2.0, **({"val/acc1": 0.6, "lr": 0.1} if step == 5 else {})}, step)
     assert sent == [(5, {"lr": 0.1}), (6, {"train/loss": 2.0}), (7, {"train/loss": 2.0})]
-    other = ResumableWandbLogger(steps_file=steps_file, id="new00000", save_dir=str(tmp_path), offline=True)
     sent.clear()
+    other = ResumableWandbLogger(id="new00000", save_dir=str(tmp_path), offline=True)
     other.log_metrics({"train/loss": 3.0}, 0)  # another wandb run: logs from the start
     assert sent == [(0, {"train/loss": 3.0})]
