@@ -6,18 +6,16 @@ tests/unit/tasks/test_resume.py; the callback and SLURM requeue: tests/unit/trai
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from tests.helpers import ROOT, TINY, clean_env, read_metrics, read_wandb_records, run_cli
-from vit_ft.training.loggers import logged_steps
+from tests.helpers import TINY, read_metrics, read_wandb_records, run_cli
 
-STEPS = 16  # 64 images / global batch 8 = 8 optimizer steps (16 micro-batches of 4) per epoch, 2 epochs
+STEPS = 8  # 64 images / global batch 8 = 8 optimizer steps (16 micro-batches of 4) in the one epoch
 
 
 def command(image_folder, run_dir, *extra):
@@ -25,7 +23,7 @@ def command(image_folder, run_dir, *extra):
         "train.py",
         f"data.root={image_folder}",
         *TINY,
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=1",
         "callbacks.run_report=null",  # (the report is drawn once at the end anyway)
         "trainer.accumulate_grad_batches=2",  # a kill can come between micro-batches
         "test=false",
@@ -34,36 +32,34 @@ def command(image_folder, run_dir, *extra):
     ]
 
 
-def wait_for_step(run_dir, proc, step: int, timeout: float = 120) -> int:
-    """Poll the offline wandb run file until it holds ``step``."""
-    t0 = time.time()
-    while time.time() - t0 < timeout and proc.poll() is None:
-        logged, _ = logged_steps([str(p) for p in run_dir.glob("wandb/offline-run-*/run-*.wandb")])
-        if logged >= step:
-            return logged
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} within {timeout}s (exit {proc.poll()}): {proc.communicate()}")
+class SignalAt(Callback):
+    """Sends the run's own process ``signum`` after micro-batch ``at_batch`` of the first epoch (given on the
+    command line as ``+callbacks.sigterm._target_=tests.cli.test_preemption_cli.SignalAt``); a resumed run,
+    which starts past that batch, is left alone."""
+
+    def __init__(self, at_batch: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.at_batch, self.signum = at_batch, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.at_batch:
+            os.kill(os.getpid(), self.signum)
 
 
 @pytest.fixture(scope="module")
 def preempted(image_folder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("preempt")
     run_dir = tmp / "run"
-    args = command(image_folder, run_dir)
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / args[0]), *args[1:]],
-        cwd=tmp,
-        env=clean_env(tmp),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # SIGTERM after micro-batch 4, the first half of optimizer step 3 (micro-batches 4 and 5)
+    args = command(
+        image_folder,
+        run_dir,
+        f"+callbacks.sigterm._target_={__name__}.SignalAt",
+        "+callbacks.sigterm.at_batch=4",
     )
-    wait_for_step(run_dir, proc, 2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    first = run_cli(*args, tmp_path=tmp, check=False)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     resumed = run_cli(*args, tmp_path=tmp)
-    return dict(proc=proc, out=out, err=err, ckpt=ckpt, resumed=resumed, run_dir=run_dir)
+    return dict(proc=first, out=first.stdout, err=first.stderr, ckpt=ckpt, resumed=resumed, run_dir=run_dir)
 
 
 def test_sigterm_saves_at_a_step_boundary_and_exits_resumable(preempted):
@@ -72,11 +68,9 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_resumable(preempted):
     lines = [ln for ln in p["err"].splitlines() if ln.startswith("preempted:")]
     assert len(lines) == 1 and "SIGTERM" in lines[0] and "exit status 75" in lines[0]
     assert "re-run the same command" in lines[0] and "Traceback" not in p["err"]
-    step = p["ckpt"]["global_step"]
-    assert 2 <= step < STEPS and f"at step {step}" in lines[0]
-    # an optimizer-step boundary: the batches seen are whole accumulation groups (or a whole epoch)
-    batches = p["ckpt"]["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
-    assert batches % 2 == 0, batches
+    # saved at the end of optimizer step 3, not after the micro-batch the signal came in
+    assert p["ckpt"]["global_step"] == 3 and "at step 3" in lines[0]
+    assert p["ckpt"]["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 6
     assert not list((p["run_dir"] / "checkpoints").glob("*.tmp"))
 
 

@@ -42,9 +42,9 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
-        return fewshot(cfg)
-    with run_dir_lock(str(cfg.paths.output_dir)):
+    with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/resume.py)
+        if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
+            return fewshot(cfg)
         return _train(cfg)
 
 
