@@ -68,16 +68,18 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def ignored(key: str) -> bool:
-    return any(key == k.rstrip(".") or key.startswith(k.rstrip(".") + ".") for k in IGNORED_KEYS)
+def ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
+    return any(key == k.rstrip(".") or key.startswith(k.rstrip(".") + ".") for k in IGNORED_KEYS + extra)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for each differing key that is not in :data:`IGNORED_KEYS`."""
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], extra_ignored: tuple[str, ...] = ()
+) -> list[str]:
+    """``key: saved -> current`` for each differing key that is not in :data:`IGNORED_KEYS` (or ``extra_ignored``)."""
     a, b = flatten(saved), flatten(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if ignored(key):
+        if ignored(key, extra_ignored):
             continue
         va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
         if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va == vb):
@@ -109,8 +111,11 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def plan_resume(cfg: DictConfig) -> ResumePlan:
-    """What ``ckpt_path`` means for this run (see the module's doc); raises ConfigError on a different config."""
+def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumePlan:
+    """What ``ckpt_path`` means for this run (see the module's doc); raises ConfigError on a different config.
+
+    ``auto_resolved``: keys the user left to vit-ft (``trainer.precision: null``), which may resolve
+    differently on the machine a requeued job lands on; not compared."""
     run_dir = str(cfg.paths.output_dir)
     ckpt = cfg.get("ckpt_path")
     own = os.path.join(run_dir, LAST)
@@ -128,7 +133,7 @@ def plan_resume(cfg: DictConfig) -> ResumePlan:
             "unreadable; pass ckpt_path=<that file> to resume from it anyway, or use another hydra.run.dir"
         )
     current = OmegaConf.to_container(cfg, resolve=True)
-    diffs = config_differences(saved, current)  # type: ignore[arg-type]
+    diffs = config_differences(saved, current, auto_resolved)  # type: ignore[arg-type]
     if diffs:
         raise ConfigError(
             f"ckpt_path=auto: {run_dir} holds a run with another config ({'; '.join(diffs)}); run the same "

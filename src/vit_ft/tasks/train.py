@@ -50,8 +50,9 @@ def train(cfg: DictConfig) -> float | None:
 
 def settle_resume(cfg: DictConfig) -> ResumePlan:
     """``ckpt_path=auto`` → a file or None (in ``cfg``); the wandb run id to log to (in ``cfg``)."""
+    auto = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
     prepare_run(cfg)  # the config as it will be saved (precision resolved), to compare with the saved one
-    plan = plan_resume(cfg)
+    plan = plan_resume(cfg, auto_resolved=auto)
     with open_dict(cfg):
         cfg.ckpt_path = plan.ckpt_path
         wandb_cfg = (cfg.get("logger") or {}).get("wandb")

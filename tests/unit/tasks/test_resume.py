@@ -87,6 +87,7 @@ def test_config_differences_ignore_only_run_length_display_and_logging():
     a = {"trainer": {"max_epochs": 1, "devices": 1}, "logger": {"wandb": {"tags": []}}, "x": 1.0}
     b = {"trainer": {"max_epochs": 9, "devices": 2}, "logger": {"csv": {}}, "x": 1, "y": None}
     assert config_differences(a, b) == ["trainer.devices: 1 -> 2", "y: '<unset>' -> None"]
+    assert config_differences(a, b, ("trainer.devices",)) == ["y: '<unset>' -> None"]  # left to vit-ft
 
 
 # A holder as light as can be (a bare flock, as run_dir_lock takes it), to be killed with -9.
