@@ -25,6 +25,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from vit_ft.errors import ConfigError
+
 log = logging.getLogger("vit_ft")
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry" — a scheduler (or a shell
@@ -117,7 +119,9 @@ class Preemption(Callback):
         self.signals = [str(s) if str(s).startswith("SIG") else f"SIG{s}" for s in signals]
         for name in self.signals:
             if not hasattr(signal, name):
-                raise ValueError(f"callbacks.preemption.signals: unknown signal {name!r}")
+                raise ConfigError(
+                    f"callbacks.preemption.signals: unknown signal {name!r}; use names like SIGTERM, SIGUSR1"
+                )
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._installed = False

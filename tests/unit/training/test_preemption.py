@@ -138,6 +138,14 @@ def test_which_slurm_job_is_requeued(signame, env, expected):
     assert should_requeue(signame, env, requeue=False) is None
 
 
+def test_an_unknown_signal_name_is_a_user_error():
+    from vit_ft.errors import ConfigError
+
+    assert Preemption("x", signals=["USR1", "SIGTERM"]).signals == ["SIGUSR1", "SIGTERM"]
+    with pytest.raises(ConfigError, match="SIGFOO"):
+        Preemption("x", signals=["SIGFOO"])
+
+
 def test_requeue_reports_a_failed_scontrol():
     assert slurm_job_id({"SLURM_JOB_ID": "9"}) == "9"
     assert requeue_slurm_job("9", run=lambda cmd: 0)
