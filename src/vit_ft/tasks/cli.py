@@ -13,11 +13,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, to_absolute_path
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import run_fault, user_message
 from vit_ft.sweeps.job import run_sweep_job
 from vit_ft.tasks.outputs import finish_wandb
+from vit_ft.training.preemption import RESUMABLE_EXIT, Preempted
 
 
 @dataclass
@@ -96,15 +99,39 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+def stop_preempted(e: BaseException) -> None:
+    """A run stopped by a signal: one line (rank 0), the wandb run marked preempted, exit status 75.
+    A launcher's own requeue handler (submitit's) runs last; it exits by itself."""
+    if isinstance(e, Preempted):
+        line = e.line()
+    else:  # Lightning's own SIGTERM stop outside training steps (e.g. the final evaluation)
+        line = (
+            "preempted: SIGTERM received outside the training steps; exit status "
+            f"{RESUMABLE_EXIT} (resumable): re-run the same command (same hydra.run.dir) to finish"
+        )
+    if is_rank_zero():
+        print(line, file=sys.stderr, flush=True)
+    finish_wandb(preempted=True)
+    chain = getattr(e, "chain", None)
+    if chain is not None:
+        chain(e.signum, None)  # type: ignore[attr-defined]
+    # Rank 0's status is the run's (srun reports the highest): ranks > 0 end quietly, or Lightning's DDP
+    # watchdog would SIGKILL rank 0 for a child's non-zero exit while it is still closing the run.
+    sys.exit(RESUMABLE_EXIT if is_rank_zero() else 0)
+
+
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; a user error becomes one ``error:`` line on stderr and exit status 2, a fault
-    the run detected (:class:`~vit_ft.errors.RunFault`) one line and status 1. In a sweep, a failing
-    job is recorded and the sweep goes on."""
+    the run detected (:class:`~vit_ft.errors.RunFault`) one line and status 1, a preemption (SIGTERM,
+    SIGUSR1) one line and exit status 75. In a sweep, a failing job is recorded and the sweep goes on;
+    a preemption stops the sweep (its process is being stopped)."""
     quiet_known_noise()
-    if hydra_info().get("multirun"):
-        return run_sweep_job(fn, cfg)
     try:
+        if hydra_info().get("multirun"):
+            return run_sweep_job(fn, cfg)
         return fn(cfg)
+    except (Preempted, SIGTERMException) as e:
+        stop_preempted(e)
     except Exception as e:
         line, status = user_message(e), 2
         if line is None and run_fault(e) is not None:

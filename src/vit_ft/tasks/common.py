@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.compat import install_ddp_relaunch
@@ -185,11 +186,14 @@ def build_trainer(cfg: DictConfig, *, callbacks: list, loggers: list, **override
     for key in VIT_FT_TRAINER_KEYS:
         trainer_cfg.pop(key, None)
     trainer_cfg.update(overrides)
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # the Preemption callback saves at a step boundary and requeues
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=loggers if loggers else False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         _convert_="all",
     )
 

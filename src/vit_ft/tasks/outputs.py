@@ -16,6 +16,7 @@ from vit_ft.io import write_json_atomic, write_text_atomic
 from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.predictions import predict_split, write_predictions_csv
 from vit_ft.report import build_report, mistakes_of, picture_files
+from vit_ft.training.preemption import RESUMABLE_EXIT
 
 log = logging.getLogger("vit_ft")
 
@@ -102,10 +103,15 @@ def write_report(output_dir: str, loggers: list) -> str | None:
     return str(path)
 
 
+def is_wandb(logger: Any) -> bool:
+    """A Lightning WandbLogger (or a subclass: vit-ft's ResumableWandbLogger), without importing wandb."""
+    return any(c.__name__ == "WandbLogger" for c in type(logger).__mro__)
+
+
 def log_report_to_wandb(output_dir: str, loggers: list) -> None:
     """The report's pictures (``report/<name>``) and a ``report/mistakes_table`` (image, true, predicted,
     prob) to each WandbLogger's run."""
-    runs = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    runs = [lg.experiment for lg in loggers if is_wandb(lg)]
     if not runs:
         return
     import wandb
@@ -130,7 +136,7 @@ def wandb_dirs(loggers: list) -> list[str]:
     """The local folders of the wandb runs among ``loggers``."""
     dirs = []
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if is_wandb(lg):
             run = lg.experiment
             d = getattr(run, "dir", None) or getattr(getattr(run, "settings", None), "files_dir", None)
             if d:
@@ -138,11 +144,17 @@ def wandb_dirs(loggers: list) -> list[str]:
     return dirs
 
 
-def finish_wandb() -> None:
-    """Close a wandb run left open (a failed job must not leave it to the next job of a sweep)."""
+def finish_wandb(preempted: bool = False) -> None:
+    """Close a wandb run left open (a failed job must not leave it to the next job of a sweep);
+    ``preempted``: mark it so (wandb shows it as preempted until it is resumed)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        if preempted:
+            try:
+                wandb.run.mark_preempting()
+            except Exception:  # noqa: BLE001 - a marker only
+                pass
+        wandb.finish(exit_code=RESUMABLE_EXIT if preempted else None)
 
 
 def print_summary(output_dir: str, lines: list[str], loggers: list) -> None:

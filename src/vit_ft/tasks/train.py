@@ -4,15 +4,17 @@ its frozen features, or the few-shot or k-NN evaluation; write ``metrics.json`` 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
-from vit_ft.tasks.common import build, record_run_failure
+from vit_ft.tasks.common import build, prepare_run, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.knn import knn
 from vit_ft.tasks.outputs import (
@@ -24,7 +26,12 @@ from vit_ft.tasks.outputs import (
     write_report,
     write_resolved_config,
 )
+from vit_ft.tasks.resume import ResumePlan, plan_resume, run_dir_lock, wandb_run_id
 from vit_ft.training.callbacks import nonfinite_summary
+from vit_ft.training.preemption import Preempted
+from vit_ft.weights.io import check_checkpoint_file
+
+log = logging.getLogger("vit_ft")
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
@@ -38,12 +45,46 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
-        return fewshot(cfg)
-    if (cfg.get("probe") or {}).get("mode") == "knn":  # k-NN on cached features: its own task
-        return knn(cfg)
+    with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/resume.py)
+        if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
+            return fewshot(cfg)
+        if (cfg.get("probe") or {}).get("mode") == "knn":  # k-NN on cached features: its own task
+            return knn(cfg)
+        return _train(cfg)
+
+
+def settle_resume(cfg: DictConfig) -> ResumePlan:
+    """``ckpt_path=auto`` → a file or None (in ``cfg``); the wandb run id to log to (in ``cfg``)."""
+    auto = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
+    prepare_run(cfg)  # the config as it will be saved (precision resolved), to compare with the saved one
+    plan = plan_resume(cfg, auto_resolved=auto)
+    if plan.ckpt_path and str(cfg.get("ckpt_path")) == "auto":  # found in the run folder: checked as if given
+        check_checkpoint_file(str(plan.ckpt_path), "ckpt_path", lightning=True, resume=True)
+    with open_dict(cfg):
+        cfg.ckpt_path = plan.ckpt_path
+        wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+        if plan.finished is None and wandb_cfg is not None and "_target_" in wandb_cfg:
+            if wandb_cfg.get("id") is None:
+                wandb_cfg.id = wandb_run_id(str(cfg.paths.output_dir), plan.resuming_own_run) or None
+    if plan.ckpt_path and plan.finished is None:
+        log.info("resuming from %s", plan.ckpt_path)
+    return plan
+
+
+def _train(cfg: DictConfig) -> float | None:
     loggers: list = []
     trainer = None
+    plan = settle_resume(cfg)
+    if plan.finished is not None:
+        m = plan.finished
+        print(
+            f"nothing to do: {cfg.paths.output_dir} holds this run, finished (step {m.get('global_step')}, "
+            f"{m.get('optimized_metric')} {m.get('value')}); raise trainer.max_epochs/max_steps to train on, "
+            "or use another hydra.run.dir to start over",
+            flush=True,
+        )
+        value = to_float(m.get("value"))
+        return value if value is not None and math.isfinite(value) else None
     try:
         datamodule, model, trainer, loggers = build(cfg)
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
@@ -111,6 +152,9 @@ def train(cfg: DictConfig) -> float | None:
         if value is not None and not math.isfinite(value):
             return None
         return value
+    except (Preempted, SIGTERMException):
+        finish_wandb(preempted=True)
+        raise
     except Exception as e:  # faults: metrics.json says failed (a config error before setup writes nothing)
         record_run_failure(cfg, trainer, e)
         raise

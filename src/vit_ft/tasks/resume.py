@@ -1,0 +1,214 @@
+"""Runs that continue: ``ckpt_path=auto`` (resume from the run directory's own ``last.ckpt`` when its
+config is the same), the run-directory lock, and the id of the run's wandb run.
+
+- ``ckpt_path=auto`` (the default): ``<run dir>/checkpoints/last.ckpt`` when it exists and the run's saved
+  ``config_resolved.yaml`` equals this config apart from :data:`IGNORED_KEYS` (run length, display,
+  logging); a difference stops with one line listing the keys. A run that finished (``metrics.json``
+  ``status: completed``) with the same run length has nothing to do: one line, its results unchanged.
+  ``ckpt_path=null`` always starts fresh; ``ckpt_path=<file>`` resumes from that file, unchecked.
+- The lock: ``<run dir>/.lock``, an advisory ``flock`` held by the run's rank 0 for its whole life. The
+  kernel drops it when the process dies (``kill -9`` included), so a stale lock never blocks a resume.
+  A second run into a directory whose lock is held stops with one line naming the holder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import string
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_ft.dist import is_rank_zero
+from vit_ft.errors import ConfigError
+from vit_ft.io import write_text_atomic
+
+log = logging.getLogger("vit_ft")
+
+# Keys that may change between the interrupted run and its resumption: how long it runs, what it shows,
+# where it logs (a key and everything under it); everything else is compared.
+IGNORED_KEYS = (
+    "ckpt_path",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps",
+    "trainer.log_every_n_steps",
+    "test",
+    "paths",
+    "logger",
+    "callbacks.last_checkpoint.every_n_steps",
+    "callbacks.last_checkpoint.every_minutes",
+    "callbacks.run_report",
+    "callbacks.preemption",
+    "resolved_preprocessing",
+    "class_names",
+)
+LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+LAST = os.path.join("checkpoints", "last.ckpt")
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
+    return any(key == k.rstrip(".") or key.startswith(k.rstrip(".") + ".") for k in IGNORED_KEYS + extra)
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], extra_ignored: tuple[str, ...] = ()
+) -> list[str]:
+    """``key: saved -> current`` for each differing key that is not in :data:`IGNORED_KEYS` (or ``extra_ignored``)."""
+    a, b = flatten(saved), flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if ignored(key, extra_ignored):
+            continue
+        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va == vb):
+            diffs.append(f"{key}: {va!r} -> {vb!r}")
+    return diffs
+
+
+@dataclass
+class ResumePlan:
+    ckpt_path: str | None  # what trainer.fit resumes from
+    resuming_own_run: bool  # ckpt_path is this run directory's own last.ckpt (same wandb run)
+    finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
+
+
+def _read_yaml(path: str) -> dict[str, Any] | None:
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # noqa: BLE001 - unreadable: treated as absent
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            loaded = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumePlan:
+    """What ``ckpt_path`` means for this run (see the module's doc); raises ConfigError on a different config.
+
+    ``auto_resolved``: keys the user left to vit-ft (``trainer.precision: null``), which may resolve
+    differently on the machine a requeued job lands on; not compared."""
+    run_dir = str(cfg.paths.output_dir)
+    ckpt = cfg.get("ckpt_path")
+    own = os.path.join(run_dir, LAST)
+    if ckpt in (None, ""):
+        return ResumePlan(None, False)
+    if str(ckpt) != "auto":
+        same = os.path.isfile(own) and os.path.samefile(str(ckpt), own)
+        return ResumePlan(str(ckpt), same)
+    if not os.path.isfile(own):
+        return ResumePlan(None, False)
+    saved = _read_yaml(os.path.join(run_dir, "config_resolved.yaml"))
+    if saved is None:
+        raise ConfigError(
+            f"ckpt_path=auto: {own} exists but {run_dir}/config_resolved.yaml (its config) is missing or "
+            "unreadable; pass ckpt_path=<that file> to resume from it anyway, or use another hydra.run.dir"
+        )
+    current = OmegaConf.to_container(cfg, resolve=True)
+    diffs = config_differences(saved, current, auto_resolved)  # type: ignore[arg-type]
+    if diffs:
+        raise ConfigError(
+            f"ckpt_path=auto: {run_dir} holds a run with another config ({'; '.join(diffs)}); run the same "
+            "config to resume it, pass ckpt_path=<file> to resume from its checkpoint anyway, or use another "
+            "hydra.run.dir"
+        )
+    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    flat_saved, flat_now = flatten(saved), flatten(current)
+    same_length = all(flat_saved.get(k) == flat_now.get(k) for k in LENGTH_KEYS)
+    if metrics and metrics.get("status") == "completed" and same_length:
+        return ResumePlan(own, True, finished=metrics)
+    return ResumePlan(own, True)
+
+
+# -- the lock ----------------------------------------------------------------------------------------------
+def _holder(path: str) -> str:
+    info = _read_json(path) or {}
+    if not info:
+        return "another process"
+    return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}"
+
+
+@contextmanager
+def run_dir_lock(run_dir: str) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` for the block (rank 0 only; other ranks of the same run pass through).
+
+    A ``flock``: released by the kernel when the holder exits or is killed, so it is never stale. On a
+    file system without ``flock`` support the run goes on with a warning."""
+    if not is_rank_zero():
+        yield
+        return
+    import fcntl
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"run directory {run_dir} is in use by another run ({_holder(path)}); wait for it to end "
+                "or pick another hydra.run.dir"
+            ) from None
+        except OSError as e:
+            log.warning("run directory lock not available on this file system (%s); running without it", e)
+        else:
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+# -- wandb --------------------------------------------------------------------------------------------------
+def wandb_run_id(run_dir: str, resuming_own_run: bool) -> str:
+    """The id of this run's wandb run: the one saved in ``<run_dir>/wandb_run_id`` when the run resumes
+    its own checkpoint, else a new one (saved there by rank 0)."""
+    path = os.path.join(run_dir, WANDB_ID_FILE)
+    if resuming_own_run:
+        try:
+            with open(path) as f:
+                saved = f.read().strip()
+            if saved:
+                return saved
+        except OSError:
+            pass
+    if not is_rank_zero():  # ranks > 0 log nothing; rank 0 owns the id
+        return ""
+    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's form
+    os.makedirs(run_dir, exist_ok=True)
+    write_text_atomic(path, new + "\n")
+    return new
