@@ -24,6 +24,7 @@ from vit_ft.progress import heartbeat
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_vit_config, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
+from vit_ft.weights.writers import check_plain_head
 
 
 @dataclass
@@ -70,6 +71,9 @@ def export(cfg: DictConfig) -> list[Path]:
             f"out={cfg.out!r} is a file name but format={cfg.format} writes a directory; "
             "pass a directory, or format=timm for a single .safetensors file"
         )
+    check_plain_head(
+        bb.arch, f"{'ckpt_path' if ckpt else 'weights'}={str(source)!r}"
+    )  # refuse before writing anything
     if cfg.format == "both":
         hf_vit_config(bb.model, bb.class_names)  # refuse before writing anything
     paths = []
