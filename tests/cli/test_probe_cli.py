@@ -1,5 +1,5 @@
 """``train.py -m experiment=linear_probe`` through the real CLI: the feature cache shared by a sweep's
-jobs, checkpoints that eval.py reads back."""
+jobs, checkpoints that eval.py reads back (a probe on DINOv2's last4 features included)."""
 
 from __future__ import annotations
 
@@ -20,20 +20,28 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         "experiment=linear_probe",
         "data=imagefolder",
         f"data.root={image_folder}",
-        *[o for o in TINY if not o.startswith(("optimizer", "scheduler"))],
+        *[o for o in TINY if not o.startswith(("optimizer", "scheduler", "+model.timm_kwargs.depth"))],
+        "+model.timm_kwargs.depth=4",  # last4 takes the last 4 blocks
         "trainer.max_epochs=4",
         "probe.batchnorm=true",
-        "probe.features=mean",
+        "probe.features=mean,last4",
         "logger=none",
         "optimizer.lr=0.03,0.3",
         f"hydra.sweep.dir={sweep}",
         tmp_path=tmp_path,
     )
     out = proc.stdout + proc.stderr
-    assert out.count("features: extracted train (64 images), val (24 images)") == 1
-    assert "features: train (64 images) from the memory cache" in out
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
-    for job in ("0", "1"):
+    # once per feature type; the other learning rate reads it from memory
+    assert out.count("features: extracted train (64 images), val (24 images)") == 2
+    assert out.count("features: train (64 images) from the memory cache") == 2
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 4
+    jobs = {}
+    for job in ("0", "1", "2", "3"):
+        overrides = (sweep / job / ".hydra" / "overrides.yaml").read_text()
+        jobs.setdefault("last4" if "probe.features=last4" in overrides else "mean", []).append(job)
+    assert len(jobs["mean"]) == len(jobs["last4"]) == 2
+    eval_job = jobs["last4"][-1]
+    for job in ("0", "1", "2", "3"):
         m = read_metrics(sweep / job)
         assert m["status"] == "completed" and m["global_step"] == 4 * 8
         assert {"val/acc1", "val/loss", "train/loss", "train/lr"} <= set(m["final"])
@@ -46,7 +54,10 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
             right == pytest.approx(m["analysis"]["acc1"]) == pytest.approx(m["final"]["val/acc1"], abs=1e-6)
         )
         clf = load_classifier(m["checkpoints"]["best"])  # a ViTClassifier with the folded head
-        assert clf.hparams["arch"]["kwargs"]["global_pool"] == "avg"
+        if job in jobs["mean"]:  # timm's own pooling switched to the patch mean: a plain timm model
+            assert clf.hparams["arch"]["kwargs"]["global_pool"] == "avg" and clf.head_features is None
+        else:  # a head on the 5 concatenated tokens
+            assert clf.head_features == "last4" and clf.model.head.in_features == 5 * 192
         acc = m["best"]["score"]
         ev = (
             run_cli(
@@ -61,10 +72,11 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
                 f"hydra.run.dir={tmp_path / ('eval' + job)}",
                 tmp_path=tmp_path,
             )
-            if job == "1"
+            if job == eval_job
             else None
         )
-        if ev is not None:
-            got = json.loads((tmp_path / "eval1" / "metrics.json").read_text())["metrics"]["val/acc1"]
+        if ev is not None:  # eval.py on the images reproduces the last4 probe's score on cached features
+            ev_dir = tmp_path / ("eval" + job)
+            got = json.loads((ev_dir / "metrics.json").read_text())["metrics"]["val/acc1"]
             assert got == pytest.approx(acc, abs=1e-6)
-            assert (tmp_path / "eval1" / "val_predictions.csv").is_file()
+            assert (ev_dir / "val_predictions.csv").is_file()

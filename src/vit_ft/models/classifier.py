@@ -24,6 +24,7 @@ from torchmetrics.classification import (
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import per_class_accuracy, unique_class_names
 from vit_ft.models.backbone import build_backbone
+from vit_ft.models.features import head_features, network_logits, pre_logits
 from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
@@ -279,6 +280,8 @@ class ViTClassifier(ClassifierSteps):
             override = {k: v for k, v in dict(preprocessing_override).items() if v is not None}
             pre = Preprocessing.from_dict({**pre.to_dict(), **override})
         self.model = bb.model
+        # None: timm's head on its own pooling; else the token feature the head sits on (a linear probe's).
+        self.head_features = head_features(bb.arch)
         self.num_classes = bb.num_classes
         if self.num_classes < 1:
             raise ConfigError(
@@ -344,11 +347,11 @@ class ViTClassifier(ClassifierSteps):
         return self.normalizer(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(x))
+        return network_logits(self.model, self.normalize(x), self.head_features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final-norm CLS token (the input of the linear head)."""
-        return self.model.forward_head(self.model.forward_features(self.normalize(x)), pre_logits=True)
+        """The input of the linear head (the final-norm CLS token for a ViT)."""
+        return pre_logits(self.model, self.normalize(x), self.head_features)
 
     def train(self, mode: bool = True) -> ViTClassifier:
         super().train(mode)
@@ -374,11 +377,11 @@ class ViTClassifier(ClassifierSteps):
             x = self.random_erasing(x)
         if self.mixup_fn is not None and x.shape[0] % 2 == 0:
             x, y_soft = self.mixup_fn(x, y)
-            logits = self.model(x)
+            logits = network_logits(self.model, x, self.head_features)
             loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
             self._log_train(loss, y, None)
         else:
-            logits = self.model(x)
+            logits = network_logits(self.model, x, self.head_features)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             self._log_train(loss, y, logits)
         return loss

@@ -28,6 +28,7 @@ from vit_ft.data.decode import BadImageError
 from vit_ft.data.transforms import build_eval_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.labels import head_labels
+from vit_ft.models.features import FeatureHeadNet, head_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.weights import load_weights
 
@@ -129,7 +130,9 @@ def load_predictor(
         notes += bb.notes
         if note:
             notes.append(note)
-    return Predictor(bb.model, labels, bb.preprocessing, device=device, precision=precision)
+    features = head_features(bb.arch)  # a linear probe's head on token features (e.g. last4)
+    model = FeatureHeadNet(bb.model, features) if features else bb.model
+    return Predictor(model, labels, bb.preprocessing, device=device, precision=precision)
 
 
 # -- batched prediction -----------------------------------------------------------------------------

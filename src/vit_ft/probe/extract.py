@@ -22,6 +22,13 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.features import (
+    check_feature_type,
+    drop_head_features,
+    feature_dim,
+    token_features,
+    use_head_features,
+)
 from vit_ft.models.predictions import gather_by_index
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.features import (
@@ -42,70 +49,62 @@ from vit_ft.probe.settings import FeatureSettings
 from vit_ft.progress import Progress
 
 log = logging.getLogger("vit_ft")
+# the feature functions live in vit_ft.models.features (a probe's checkpoint computes them too)
+__all__ = [
+    "check_feature_type",
+    "feature_dim",
+    "frozen_features",
+    "split_features",
+    "token_features",
+    "use_feature_type",
+]
 
 
-# -- features of a network -------------------------------------------------------------------------
-def _has_class_token(net: nn.Module) -> bool:
-    return getattr(net, "cls_token", None) is not None
-
-
-def _feature_problem(net: nn.Module, features: str) -> str | None:
-    """Why ``net`` cannot give ``probe.features=features`` (``None`` when it can)."""
-    name = type(net).__name__
-    if features in ("cls", "cls+mean", "last4") and not _has_class_token(net):
-        return (
-            f"probe.features={features} needs a CLS token but this {name} has none (e.g. SigLIP); "
-            "use probe.features=pool (the model's own pooling) or mean"
-        )
-    if features in ("mean", "cls+mean", "last4") and not hasattr(net, "num_prefix_tokens"):
-        return f"probe.features={features} needs a timm ViT with patch tokens; this is a {name}"
-    if features == "last4":
-        if not hasattr(net, "forward_intermediates"):
-            return (
-                f"probe.features=last4 needs timm's forward_intermediates, which {name} lacks; use cls+mean"
-            )
-        depth = len(getattr(net, "blocks", ()))
-        if depth < 4:
-            return f"probe.features=last4 concatenates the last 4 blocks but this model has {depth}; use cls+mean"
-    return None
-
-
-def check_feature_type(net: nn.Module, features: str) -> None:
-    """One ``ConfigError`` line when ``net`` cannot give ``probe.features=features``."""
-    problem = _feature_problem(net, features)
-    if problem:
-        raise ConfigError(problem)
+# -- features of a network (computed by vit_ft.models.features) ----------------------------------------
+def _timm_pools(net: nn.Module) -> bool:
+    """Whether timm's own pooling can be switched to the CLS token / the patch mean with the head's
+    input being exactly that token (no distillation token, no fc_norm after the pooling)."""
+    return (
+        getattr(net, "dist_token", None) is None
+        and hasattr(net, "global_pool")
+        and isinstance(getattr(net, "fc_norm", None), nn.Identity)
+    )
 
 
 def use_feature_type(classifier: Any, features: str, *, head: bool = True) -> None:
-    """Check ``probe.features`` against the network and, for a linear probe's sake, make its own
-    head input (timm's ``forward_head(pre_logits=True)``) the same features.
+    """Check ``probe.features`` against the network and, for a linear probe's sake, make its head's
+    input the same features, so that its checkpoint predicts what the probe computed.
 
-    ``cls`` / ``mean`` switch timm's pooling to the CLS token / the average of the final-norm patch
-    tokens (attention pooling removed) and record it in the architecture stored with checkpoints
-    (``global_pool``, ``fc_norm=False``: same parameters); ``pool`` keeps the model's own pooling.
-    ``cls+mean`` and ``last4`` have no timm pooling: they are computed by :func:`token_features` only.
-    ``head=False`` (k-NN, few-shot: no head is trained): a network whose head input cannot be made the
-    features is fine as it is (the features come from :func:`token_features` either way).
+    ``cls`` / ``mean`` on a ViT whose head sits on one pooled token switch timm's pooling to the CLS
+    token / the average of the final-norm patch tokens (attention pooling removed) and record it in the
+    architecture stored with checkpoints (``global_pool``, ``fc_norm=False``: same parameters; such a
+    probe exports as a plain model); ``pool`` keeps the model's own pooling. Every other feature (``cls+mean``,
+    ``last4``, and ``cls`` / ``mean`` behind a distillation token or an fc_norm) gets a head of its
+    width on :func:`token_features` (:func:`vit_ft.models.features.use_head_features`, recorded as
+    ``arch["features"]``). ``head=False`` (k-NN, few-shot: no head is trained): only the check and
+    timm's pooling switch (the features come from :func:`token_features` either way).
     """
     net = classifier.model
     check_feature_type(net, features)
-    if features not in ("cls", "mean"):
+    if head:  # weights of an earlier probe on token features: this probe decides afresh
+        drop_head_features(classifier)
+    if features in ("cls", "mean") and _timm_pools(net):
+        _use_timm_pooling(classifier, features)
         return
-    if getattr(net, "dist_token", None) is not None:  # its forward_head ignores global_pool
-        if not head:
-            return
-        raise ConfigError(
-            f"probe.features={features}: this distilled DeiT always pools the mean of its class and "
-            "distillation tokens; use probe.features=pool (that pooling) or cls+mean"
-        )
-    if not hasattr(net, "global_pool") or not isinstance(getattr(net, "fc_norm", None), nn.Identity):
-        if not head:
-            return
-        raise ConfigError(  # e.g. BEiT: its head sees fc_norm(mean), not the token itself
-            f"probe.features={features} needs a timm ViT with a final norm and no fc_norm; "
-            "use probe.features=pool (the model's own pooling)"
-        )
+    if not head:
+        return
+    if features == "pool":
+        if getattr(net, "dist_token", None) is not None:
+            raise ConfigError(
+                "probe.features=pool: this distilled DeiT has two heads (class and distillation token); "
+                "probe it with probe.features=cls, cls+mean or last4"
+            )
+        return
+    use_head_features(classifier, features)
+
+
+def _use_timm_pooling(classifier: Any, features: str) -> None:
+    net = classifier.model
     pool = "token" if features == "cls" else "avg"
     if getattr(net, "global_pool", None) == pool and getattr(net, "attn_pool", None) is None:
         return
@@ -115,41 +114,6 @@ def use_feature_type(classifier: Any, features: str, *, head: bool = True) -> No
     arch = classifier.hparams.get("arch")
     if isinstance(arch, dict):
         arch.setdefault("kwargs", {}).update(global_pool=pool, fc_norm=False)
-
-
-def feature_dim(net: nn.Module, features: str) -> int:
-    """The width of :func:`token_features` for ``net``."""
-    width = int(getattr(net, "embed_dim", 0) or getattr(net, "num_features", 0))
-    if features == "pool":
-        return int(getattr(net, "head_hidden_size", 0) or getattr(net, "num_features", 0) or width)
-    return width * {"cls": 1, "mean": 1, "cls+mean": 2, "last4": 5}[features]
-
-
-def token_features(net: nn.Module, x: torch.Tensor, features: str) -> torch.Tensor:
-    """``probe.features`` of normalised images ``x``, from timm's token outputs.
-
-    * ``cls``: the final-norm CLS token; ``mean``: the mean of the final-norm patch tokens (the
-      ``num_prefix_tokens`` class, distillation and register tokens left out);
-      ``cls+mean``: both, concatenated;
-    * ``pool``: the model's own pooling (timm's ``forward_head(pre_logits=True)``: CLS for ViT, the
-      attention pool for SigLIP, the mean of class and distillation tokens for distilled DeiT);
-    * ``last4``: DINOv2's linear evaluation (``use_n_blocks=4, avgpool=True``): the CLS tokens of the
-      last 4 blocks, each through the final norm, and the mean patch token of the last block.
-    """
-    if features == "last4":
-        inter = net.forward_intermediates(
-            x, indices=4, norm=True, return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
-        )
-        return torch.cat([prefix[:, 0] for _, prefix in inter] + [inter[-1][0].mean(1)], dim=-1)
-    tokens = net.forward_features(x)
-    if features == "pool":
-        return net.forward_head(tokens, pre_logits=True)
-    if features == "cls":
-        return tokens[:, 0]
-    patch_mean = tokens[:, int(net.num_prefix_tokens) :].mean(1)
-    if features == "mean":
-        return patch_mean
-    return torch.cat([tokens[:, 0], patch_mean], dim=-1)
 
 
 def frozen_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

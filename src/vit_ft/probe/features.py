@@ -34,6 +34,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.features import linear_head
 
 log = logging.getLogger("vit_ft")
 
@@ -53,9 +54,10 @@ def weights_fingerprint(classifier: Any) -> str:
     """Hash of the backbone (every tensor but the head's) and of its architecture."""
     h = hashlib.blake2b(digest_size=16)
     arch = dict(classifier.hparams.get("arch") or {})
+    arch.pop("features", None)  # what the head sits on (a linear probe's): not the backbone
     kwargs = {k: v for k, v in dict(arch.get("kwargs") or {}).items() if k != "num_classes"}
     h.update(json.dumps({**arch, "kwargs": kwargs}, sort_keys=True, default=str).encode())
-    head = classifier.model.get_classifier()
+    head = linear_head(classifier.model)
     head_ids = {id(p) for p in head.parameters()} | {id(b) for b in head.buffers()}
     for name, t in sorted(classifier.model.state_dict(keep_vars=True).items()):
         if id(t) in head_ids:

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ClassifierSteps
+from vit_ft.models.features import linear_head, token_features
 from vit_ft.preprocessing import Normalize
-from vit_ft.probe.extract import frozen_features, split_features, use_feature_type
+from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.features import SplitFeatures
 from vit_ft.probe.settings import LinearProbeSettings
 
@@ -46,11 +47,18 @@ class LinearProbe(ClassifierSteps):
     ``in_loop=False``: batches are ``(features, labels)`` from the cache. ``in_loop=True``: batches are
     uint8 images and the frozen network runs on them each step (no gradients through it).
     Checkpoints hold the whole network with the trained head and load as a ``ViTClassifier``.
+    ``features``: the ``probe.features`` the head sits on (set up by
+    :func:`~vit_ft.probe.extract.use_feature_type`; the in-loop features are computed as the cached ones).
     """
 
-    def __init__(self, classifier: Any, batchnorm: bool = False, in_loop: bool = False) -> None:
+    def __init__(
+        self, classifier: Any, batchnorm: bool = False, in_loop: bool = False, features: str = "pool"
+    ) -> None:
         super().__init__()
         self.model = classifier.model  # same state_dict keys as ViTClassifier
+        self.feature_type = features
+        # A head on token features (arch["features"]) is net.head; else timm's own classifier.
+        self.on_token_features = bool(getattr(classifier, "head_features", None))
         self.normalizer = Normalize(classifier.preprocessing)
         self.preprocessing = classifier.preprocessing
         self.class_names = classifier.class_names
@@ -83,7 +91,7 @@ class LinearProbe(ClassifierSteps):
 
     @property
     def head(self) -> nn.Module:
-        return self.model.get_classifier()
+        return linear_head(self.model) if self.on_token_features else self.model.get_classifier()
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
@@ -97,7 +105,7 @@ class LinearProbe(ClassifierSteps):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(x)
         with torch.no_grad():
-            return frozen_features(self.model, x)
+            return token_features(self.model, x, self.feature_type)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from features (``in_loop=False``) or images (``in_loop=True``)."""
@@ -217,7 +225,9 @@ def prepare_linear_probe(
     ``with_test``: extract the test split's features too (the run tests after fitting).
     """
     use_feature_type(classifier, settings.features)
-    probe = LinearProbe(classifier, batchnorm=settings.batchnorm, in_loop=not settings.cache)
+    probe = LinearProbe(
+        classifier, batchnorm=settings.batchnorm, in_loop=not settings.cache, features=settings.features
+    )
     if not settings.cache:
         if not settings.augment:
             datamodule.train_with_eval_transform()

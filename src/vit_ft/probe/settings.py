@@ -79,16 +79,6 @@ class LinearProbeSettings(FeatureSettings):
     def wrong_mode(cls, mode: str) -> str:
         return f"probe.mode={mode} is run by its own job, not as a linear probe"
 
-    def validate(self) -> None:
-        super().validate()
-        if self.features in ("cls+mean", "last4"):
-            # The probe's checkpoint is the network with its own head (eval.py, predict.py, export.py load
-            # it as such); timm's head sits on one pooled token, not on a concatenation.
-            raise ConfigError(
-                f"probe.features={self.features} is for the feature evaluations (experiment=knn, "
-                "experiment=fewshot); a linear probe trains the network's own head: use cls, mean or pool"
-            )
-
 
 @dataclass
 class FewshotSettings(FeatureSettings):

@@ -24,6 +24,7 @@ from vit_ft.progress import heartbeat
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
+from vit_ft.weights.writers import check_plain_head
 
 
 @dataclass
@@ -70,6 +71,9 @@ def export(cfg: DictConfig) -> list[Path]:
             f"out={cfg.out!r} is a file name but format={cfg.format} writes a directory; "
             "pass a directory, or format=timm for a single .safetensors file"
         )
+    check_plain_head(
+        bb.arch, f"{'ckpt_path' if ckpt else 'weights'}={str(source)!r}"
+    )  # refuse before writing anything
     hf_class = None
     if cfg.format in ("both", "hf"):  # refuse before writing anything
         hf_class = hf_export(bb.model, bb.class_names)[0]["architectures"][0]

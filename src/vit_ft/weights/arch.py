@@ -22,6 +22,9 @@ from torch import nn
 from vit_ft.errors import ConfigError
 
 HF_LAYER_NORM_EPS = 1e-12  # transformers' ViTConfig default; timm's ViT uses 1e-6
+# arch["features"] (a linear probe's head on token features, see vit_ft.models.features): the head's
+# width in embedding widths. Absent: timm's own head on its own pooling.
+HEAD_FEATURE_WIDTH = {"cls": 1, "mean": 1, "cls+mean": 2, "last4": 5}
 
 
 def create_from_arch(arch: dict[str, Any]) -> nn.Module:
@@ -35,12 +38,29 @@ def create_from_arch(arch: dict[str, Any]) -> nn.Module:
     if eps is not None:
         kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(eps))
     try:
-        return timm.create_model(arch["name"], pretrained=False, **kwargs)
+        model = timm.create_model(arch["name"], pretrained=False, **kwargs)
     except RuntimeError as e:  # unknown model name
         raise ConfigError(
             f"model.backbone={arch['name']!r} is not a timm model ({e}); "
             "pick one from timm.list_models('vit_*')"
         ) from None
+    if arch.get("features"):
+        _size_feature_head(model, str(arch["features"]))
+    return model
+
+
+def _size_feature_head(model: nn.Module, features: str) -> None:
+    """The head of a network whose head sits on token ``features`` (``arch["features"]``): same
+    classes, the features' width (the features themselves are computed by vit_ft.models.features)."""
+    if features not in HEAD_FEATURE_WIDTH:
+        raise ConfigError(
+            f"arch features={features!r} is not one of {sorted(HEAD_FEATURE_WIDTH)}; the checkpoint is "
+            "damaged or from a newer vit-ft"
+        )
+    classes = int(getattr(model, "num_classes", 0) or 0)
+    if classes > 0 and isinstance(getattr(model, "head", None), nn.Linear):
+        width = int(model.embed_dim) * HEAD_FEATURE_WIDTH[features]
+        model.head = nn.Linear(width, classes)
 
 
 def meta_defaults(arch: dict[str, Any]) -> tuple[int, int]:

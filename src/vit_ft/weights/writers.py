@@ -39,6 +39,19 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def check_plain_head(arch: dict[str, Any] | None, what: str = "this network") -> None:
+    """One line when ``arch``'s head sits on a linear probe's token features (``arch["features"]``,
+    e.g. last4): timm's and transformers' models compute their head on their own pooling only."""
+    features = (arch or {}).get("features")
+    if features:
+        raise ConfigError(
+            f"{what} is a linear probe whose head sits on probe.features={features}, which a plain timm "
+            "or transformers model cannot compute, so it cannot be exported; export a fine-tuned "
+            "checkpoint or a probe trained with probe.features=pool instead (eval.py and predict.py "
+            "take this checkpoint as it is)"
+        )
+
+
 def save_timm_safetensors(
     model: nn.Module,
     path: str | Path,
@@ -48,6 +61,7 @@ def save_timm_safetensors(
     class_names: list[str] | None = None,
 ) -> Path:
     """The timm state dict of ``model`` as safetensors at ``path`` (parents created)."""
+    check_plain_head(arch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt"}
@@ -366,6 +380,7 @@ def save_hf_pretrained(
     network without head is written as the bare model (``ViTModel``, ``Dinov2Model``,
     ``CLIPVisionModel``...; a pooler timm lacks is left to transformers' initialisation). ``arch`` is
     recorded for reference."""
+    check_plain_head(arch)
     cfg, tensors = hf_export(backbone_model, class_names)
     if arch is not None:
         cfg["vit_ft_arch"] = arch

@@ -12,6 +12,7 @@ import torch
 
 from tests.helpers import probe_datamodule, tiny_probe_classifier
 from vit_ft.errors import ConfigError
+from vit_ft.models.features import network_logits
 from vit_ft.probe.extract import (
     feature_dim,
     frozen_features,
@@ -106,9 +107,14 @@ def test_distilled_deit_pool_is_the_mean_of_its_two_tokens(x):
         token_features(net, x, "last4"),
         torch.cat([b[:, 0] for b in blocks[-4:]] + [blocks[-1][:, 2:].mean(1)], -1),
     )
-    with pytest.raises(ConfigError, match="^probe.features=cls: this distilled DeiT always pools"):
-        use_feature_type(SimpleNamespace(model=net, hparams={}), "cls")  # its head input cannot be CLS alone
-    use_feature_type(SimpleNamespace(model=net, hparams={}), "cls", head=False)  # k-NN / few-shot: fine
+    # timm's head input cannot be the CLS token alone: a linear probe's head sits on the token itself
+    use_feature_type(SimpleNamespace(model=net, hparams={}), "cls", head=False)  # k-NN / few-shot: untouched
+    clf = SimpleNamespace(model=net, hparams={"arch": {"kwargs": {}}})
+    use_feature_type(clf, "cls")
+    assert clf.head_features == "cls" and clf.hparams["arch"]["features"] == "cls"
+    torch.testing.assert_close(network_logits(net, x, "cls"), net.head(ff[:, 0]))
+    with pytest.raises(ConfigError, match="^probe.features=pool: this distilled DeiT has two heads"):
+        use_feature_type(SimpleNamespace(model=net, hparams={}), "pool")
     shallow = timm.create_model("vit_tiny_patch16_224", **{**KW, "depth": 2})
     with pytest.raises(
         ConfigError, match="^probe.features=last4 concatenates the last 4 blocks but this model has 2"
@@ -131,13 +137,14 @@ def test_feature_choice_is_in_the_cache_key(image_folder, tmp_path):
 
 
 @torch.no_grad()
-def test_a_head_behind_fc_norm_is_probed_with_its_own_pooling(x):
+def test_a_head_behind_fc_norm_is_probed_on_the_patch_mean_itself(x):
     net = timm.create_model("vit_tiny_patch16_224", global_pool="avg", **KW).eval()  # BEiT-style fc_norm
     ff = net.forward_features(x)
     torch.testing.assert_close(token_features(net, x, "pool"), net.fc_norm(ff[:, 1:].mean(1)))
-    with pytest.raises(
-        ConfigError, match="^probe.features=mean needs a timm ViT with a final norm and no fc_norm"
-    ):
-        use_feature_type(SimpleNamespace(model=net, hparams={}), "mean")  # the head would see fc_norm(mean)
     use_feature_type(SimpleNamespace(model=net, hparams={}), "mean", head=False)  # k-NN / few-shot: fine
-    assert net.global_pool == "avg"
+    assert net.global_pool == "avg" and net.head.in_features == D
+    # a linear probe: timm's head would see fc_norm(mean), so the head sits on the mean itself
+    clf = SimpleNamespace(model=net, hparams={"arch": {"kwargs": {}}})
+    use_feature_type(clf, "mean")
+    assert clf.head_features == "mean" and net.head.in_features == D
+    torch.testing.assert_close(network_logits(net, x, "mean"), net.head(ff[:, 1:].mean(1)))

@@ -30,11 +30,6 @@ from vit_ft.probe.settings import FewshotSettings, LinearProbeSettings
             {"features": "avg"},
             "probe.features='avg' must be one of cls (final-norm CLS token)",
         ),
-        (
-            LinearProbeSettings,
-            {"features": "last4"},
-            "probe.features=last4 is for the feature evaluations (experiment=knn, experiment=fewshot)",
-        ),
         (FewshotSettings, {"on_bad_cache": "skip"}, "probe.on_bad_cache='skip' must be error or rebuild"),
         (
             LinearProbeSettings,
