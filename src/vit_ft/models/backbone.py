@@ -6,6 +6,7 @@ class names), so the classifier does not care where its weights came from.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from vit_ft.preprocessing import preprocessing_from_timm
@@ -52,7 +53,8 @@ def build_backbone(
     return Backbone(
         model=model,
         arch=arch,
-        preprocessing=preprocessing_from_timm(model, size),
+        # no weights, no evaluation recipe of theirs to follow: a plain resize (data.eval_crop= crops)
+        preprocessing=replace(preprocessing_from_timm(model, size), crop_pct=None),
         class_names=None,
         head_kept=False,
         source=None,
