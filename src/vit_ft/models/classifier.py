@@ -431,6 +431,11 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTC
     """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
     import os
 
+    if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
+        raise ConfigError(
+            f"ckpt_path={path!r} is a folder (a sharded FSDP checkpoint); make it one file first: "
+            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
+        )
     if not os.path.isfile(path):
         raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
     try:
