@@ -86,7 +86,10 @@ def test_lora_trains_adapters_and_head_only():
     ("kw", "needle"),
     [
         ({"lora": {"rank": 8}, "freeze_backbone": True}, "model.lora.rank=8 with model.freeze_backbone=true"),
-        ({"lora": {"rank": 8, "targets": ["q_proj"]}}, "model.lora.targets has 'q_proj', not a ViT block layer"),
+        (
+            {"lora": {"rank": 8, "targets": ["q_proj"]}},
+            "model.lora.targets has 'q_proj', not a ViT block layer",
+        ),
         ({"lora": {"rank": -2}}, "model.lora.rank=-2 must be a positive integer"),
         ({"lora": {"rank": 4, "alpha": 0}}, "model.lora.alpha=0 must be a positive number"),
     ],
@@ -151,7 +154,9 @@ def test_lora_merges_into_a_plain_vit_for_export(lora_run, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(model.normalize(x)), want, rtol=0, atol=1e-5)
     # timm safetensors and a transformers directory, reloaded: the same logits
-    timm_file = save_timm_safetensors(plain, tmp_path / "m.safetensors", arch=bb.arch, preprocessing=bb.preprocessing)
+    timm_file = save_timm_safetensors(
+        plain, tmp_path / "m.safetensors", arch=bb.arch, preprocessing=bb.preprocessing
+    )
     again = load_weights(str(timm_file)).model.eval()
     with torch.no_grad():
         torch.testing.assert_close(again(model.normalize(x)), want, rtol=0, atol=1e-5)

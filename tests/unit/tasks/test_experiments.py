@@ -103,7 +103,11 @@ def test_big_vit_presets_compose():
     assert any(ln.startswith("# Expect") for ln in header)
     cfg = _compose(["experiment=vit_l16_lora"])
     m = cfg.model
-    assert (m.backbone, m.weights, m.img_size) == ("vit_large_patch16_224", "vit_large_patch16_224.augreg_in21k", 224)
+    assert (m.backbone, m.weights, m.img_size) == (
+        "vit_large_patch16_224",
+        "vit_large_patch16_224.augreg_in21k",
+        224,
+    )
     assert (m.lora.rank, m.lora.alpha, list(m.lora.targets), m.grad_checkpointing) == (8, 16, ["qkv"], True)
     assert m.freeze_backbone is False and cfg.optimizer.name == "adamw"
     validate_config(cfg)
