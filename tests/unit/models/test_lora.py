@@ -196,3 +196,13 @@ def test_lora_on_random_init_keeps_the_base(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(model.normalize(x)), logits(model, x), rtol=0, atol=1e-5)
     assert isinstance(create_from_arch(model.hparams["arch"]).blocks[0].attn.qkv, torch.nn.Linear)
+
+
+def test_lora_with_a_linear_probe_is_one_line():
+    from vit_ft.probe.linear import prepare_linear_probe
+    from vit_ft.probe.settings import LinearProbeSettings
+
+    with pytest.raises(
+        ConfigError, match=r"^model.lora.rank=2 with a linear probe: .*model.weights=<its .ckpt>\)$"
+    ):
+        prepare_linear_probe(LinearProbeSettings(), tiny(lora={"rank": 2}), None, None)

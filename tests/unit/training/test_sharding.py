@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import ROOT
 from vit_ft.errors import user_message
+from vit_ft.report.markdown import strategy_name
 from vit_ft.training.sharding import vit_block_classes, vit_fsdp_strategy
 
 
@@ -40,6 +41,7 @@ def test_fsdp_wraps_and_checkpoints_every_block(monkeypatch):
     assert Block in policy._module_classes
     assert strategy._activation_checkpointing_kwargs  # blocks are checkpointed
     assert strategy.kwargs["use_orig_params"] is True and strategy._state_dict_type == "full"
+    assert strategy_name(t["strategy"]) == "vit_fsdp_strategy"  # the run report's "strategy"
     no_ckpt = vit_fsdp_strategy(activation_checkpointing=False)
     assert not no_ckpt._activation_checkpointing_kwargs
 
