@@ -294,13 +294,9 @@ class ViTClassifier(ClassifierSteps):
             self.model = inject_lora(self.model, lora_spec)
             base = None  # where a checkpoint rebuilds its base from (None: random init, kept in the file)
             if weights:
-                base = {
-                    "source": str(weights),
-                    "backbone": backbone,
-                    "img_size": img_size,
-                    "reset_head": reset_head,
-                }
+                base = dict(source=str(weights), backbone=backbone, img_size=img_size, reset_head=reset_head)
                 base.update(num_classes=self.num_classes, timm_kwargs=kwargs)
+                self.strict_loading = False  # checkpoints omit the base: on_load_checkpoint checks the rest
             self.lora_info = lora_checkpoint_info(lora_spec, base, self.model)
         if grad_checkpointing:  # activation checkpointing of the blocks (timm): recompute in backward
             self.model.set_grad_checkpointing(True)

@@ -123,7 +123,7 @@ def is_adapter_key(key: str) -> bool:
 
 
 def is_head_key(key: str) -> bool:
-    return key.startswith("head.")
+    return key.replace("_orig_mod.", "").startswith("head.")  # also under torch.compile's wrapper
 
 
 def is_base_key(key: str) -> bool:
@@ -191,13 +191,24 @@ def fill_base(
 ) -> None:
     """Put ``model``'s base weights (already rebuilt from ``model.weights``; ``own`` is its
     :func:`lora_checkpoint_info`) into a LoRA checkpoint's state dict that omits them, after
-    checking their fingerprint."""
+    checking their fingerprint and that the adapters and head are those of ``model``.
+
+    The module loads such checkpoints with ``strict_loading=False``: under FSDP, Lightning loads the
+    state dict before this hook runs, and the base weights are already in place from ``model.weights``."""
     if own is None:
         raise ConfigError(
             f"{where} was trained with model.lora={info.get('spec')}; load or resume it with the same model.lora"
         )
     check_base(info, own["fingerprint"], where)
-    for k, v in model.state_dict().items():
+    mine = model.state_dict()
+    trained = {prefix + k for k in mine if not is_base_key(k)}
+    theirs = {k for k in state_dict if k.startswith(prefix)}
+    if not trained <= theirs or theirs - {prefix + k for k in mine}:
+        raise ConfigError(
+            f"{where}'s LoRA adapters ({len(theirs)} tensors) do not fit this model's model.lora={own['spec']} "
+            f"({len(trained)}); load or resume it with the model.lora it was trained with"
+        )
+    for k, v in mine.items():
         if is_base_key(k):
             state_dict.setdefault(prefix + k, v)
 

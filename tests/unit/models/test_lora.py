@@ -144,6 +144,16 @@ def test_lora_checkpoint_resumes(lora_run, base_file):
     assert steps == {4}
 
 
+def test_lora_checkpoint_refuses_other_adapters(lora_run, base_file):
+    _, ckpt, _ = lora_run
+    other = tiny(weights=str(base_file), reset_head=True, lora={**LORA, "targets": ["qkv"]})
+    assert other.strict_loading is False  # under FSDP Lightning loads before the hook: the hook checks
+    with pytest.raises(
+        ConfigError, match=r"LoRA adapters \(10 tensors\) do not fit this model's model.lora="
+    ):
+        other.on_load_checkpoint(torch.load(ckpt, weights_only=True, map_location="cpu"))
+
+
 def test_lora_merges_into_a_plain_vit_for_export(lora_run, tmp_path):
     model, ckpt, _ = lora_run
     x = next(iter(loader(seed=4)))[0]
