@@ -8,7 +8,8 @@ and/or ``lora`` (rank 8 on qkv unless ``--rank`` / ``--targets`` say otherwise),
 batch, after a warm-up forward and backward on one image: forward, cross-entropy, backward, one AdamW step (timm's, as training builds it: its state is
 created in that step). Every variant runs in its own fresh process, so that peaks do not mix.
 
-* CPU: resident memory (``/proc/self/status``). ``weights`` = RSS after building the model minus
+* CPU: resident memory (``/proc/self/status``), with glibc's mmap threshold fixed at 64 KiB in the
+  measuring processes so that freed tensors leave RSS. ``weights`` = RSS after building the model minus
   before; ``activations`` = RSS after the forward minus before it (what backward keeps); ``step peak``
   = the peak RSS during the step (``VmHWM``, reset through ``/proc/self/clear_refs`` just before)
   minus the RSS before it; ``total`` = weights + step peak.
@@ -153,6 +154,9 @@ def measure(
 
 def _one_process(args: argparse.Namespace, model: str, variant: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src(), os.environ.get("PYTHONPATH")]))}
+    # glibc: every allocation over 64 KiB is its own mapping, returned to the system when freed (no
+    # dynamic threshold), so RSS follows the live tensors instead of what the heap kept from earlier.
+    env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--one", model, variant, *_common(args)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
