@@ -101,8 +101,11 @@ def test_lora_bad_settings_one_line(kw, needle):
 
 
 def test_lora_off_is_plain():
-    assert not any(".lora_" in k for k in tiny(lora={"rank": 0}).state_dict())
-    assert not any(".lora_" in k for k in tiny(lora={"rank": None}).state_dict())
+    from vit_ft.weights.lora import LoraSpec
+
+    assert LoraSpec.from_config({"rank": None, "targets": ["nonsense"]}) is None
+    m = tiny(lora={"rank": 0})
+    assert m.lora_spec is None and not any(".lora_" in k for k in m.state_dict())
 
 
 @pytest.fixture(scope="module")
