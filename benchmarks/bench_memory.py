@@ -43,6 +43,7 @@ VARIANTS = {
     "lora+ckpt": (True, True),
 }
 MIB = 2**20
+COLLECT = True  # gc.collect() before each reading (cheap in the fresh measuring process)
 
 
 def _status_kib(field: str) -> int:
@@ -65,7 +66,8 @@ class Meter:
 
             torch.cuda.synchronize()
             return torch.cuda.memory_allocated()
-        gc.collect()
+        if COLLECT:
+            gc.collect()
         return _status_kib("VmRSS") * 1024
 
     def reset_peak(self) -> None:
@@ -148,7 +150,7 @@ def measure(
         "step_peak": peak - before_step,
         "total": before_step - before_model + peak - before_step,
         "seconds": seconds,
-        "loss": float(loss),
+        "loss": loss.item(),
     }
 
 
