@@ -79,3 +79,23 @@ def test_bench_eval_metrics_prints_old_new_and_ratio():
     )
     assert re.search(r"seconds\s+[\d.]+\s+[\d.]+\s+[\d.]+x", out), out
     assert "% of a validation pass" in out
+
+
+def test_bench_memory_measures_each_variant():
+    """In-process (the script runs each variant in a fresh process, ~10 s of imports each): tiny ViT."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_memory", os.path.join(REPO, "benchmarks", "bench_memory.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.COLLECT = False  # a full gc in the test process is slow; its RSS figures are not checked here
+    res = [bench.measure("tiny", v, 4, 2, ["qkv"], "cpu", False) for v in ("plain", "lora+ckpt")]
+    plain, both = res
+    assert plain["trainable"] == plain["params"] > 50 * both["trainable"] > 0
+    assert abs(plain["loss"] - both["loss"]) < 1e-5  # the same batch, the same (zero-head) start
+    fields = ("weights", "activations", "step_peak", "total")
+    assert all(isinstance(r[k], int) for r in res for k in fields) and all(r["seconds"] > 0 for r in res)
+    out = bench.table(res)
+    assert re.search(
+        r"lora\+ckpt\s+[\d,]+\s+[\d.]+\s+-?[\d.]+\s+-?[\d.]+\s+[\d.]+\s+-?[\d.]+x\s+[\d.]+x", out
+    ), out

@@ -29,6 +29,7 @@ from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
 from vit_ft.weights.assemble import HEAD_PREFIXES, head_modules
+from vit_ft.weights.lora import LoraSpec, drop_base, fill_base, inject_lora, lora_checkpoint_info
 
 log = logging.getLogger(__name__)
 
@@ -249,20 +250,29 @@ class ViTClassifier(ClassifierSteps):
         random_erasing: float = 0.0,
         arch: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
+        grad_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        lora_spec = LoraSpec.from_config(lora)  # -- LoRA (vit_ft.weights.lora)
+        if lora_spec is not None and freeze_backbone:
+            raise ConfigError(
+                f"model.lora.rank={lora_spec.rank} with model.freeze_backbone=true: LoRA already freezes the base "
+                "weights and trains adapters + head; drop one of them (model.lora.rank=null for a linear probe)"
+            )
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be in [0, 1)")
         if class_names is not None and num_classes is None:
             num_classes = len(class_names)
-        if arch is not None:
+        kwargs = dict(timm_kwargs or {})
+        if drop_path_rate:
+            kwargs["drop_path_rate"] = float(drop_path_rate)
+        # A LoRA checkpoint without its base weights rebuilds them from model.weights, as training did.
+        if arch is not None and not (lora_spec is not None and weights):
             # Restoring a vit-ft checkpoint: the architecture is known, the weights follow.
             net = create_from_arch(arch)
             bb = Backbone(net, arch, Preprocessing.from_dict(preprocessing), class_names, True, None)
         else:
-            kwargs = dict(timm_kwargs or {})
-            if drop_path_rate:
-                kwargs["drop_path_rate"] = float(drop_path_rate)
             bb = build_backbone(
                 backbone,
                 weights=weights,
@@ -283,6 +293,17 @@ class ViTClassifier(ClassifierSteps):
         # None: timm's head on its own pooling; else the token feature the head sits on (a linear probe's).
         self.head_features = head_features(bb.arch)
         self.num_classes = bb.num_classes
+        self.lora_spec, self.lora_info = lora_spec, None
+        if lora_spec is not None:  # base weights frozen, adapters + head train
+            self.model = inject_lora(self.model, lora_spec)
+            base = None  # where a checkpoint rebuilds its base from (None: random init, kept in the file)
+            if weights:
+                base = dict(source=str(weights), backbone=backbone, img_size=img_size, reset_head=reset_head)
+                base.update(num_classes=self.num_classes, timm_kwargs=kwargs)
+                self.strict_loading = False  # checkpoints omit the base: on_load_checkpoint checks the rest
+            self.lora_info = lora_checkpoint_info(lora_spec, base, self.model)
+        if grad_checkpointing:  # activation checkpointing of the blocks (timm): recompute in backward
+            self.model.set_grad_checkpointing(True)
         if self.num_classes < 1:
             raise ConfigError(
                 "the model has no classification head; set num_classes or use weights with a head"
@@ -396,12 +417,26 @@ class ViTClassifier(ClassifierSteps):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vit_ft"] = {"format": 1, "total_steps": int(self.trainer.estimated_stepping_batches)}
+        if self.lora_info is not None:  # adapters + head (+ the base only when weights cannot rebuild it)
+            checkpoint["vit_ft"]["lora"] = self.lora_info
+            if self.lora_info["base_omitted"]:
+                drop_base(checkpoint["state_dict"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = (checkpoint.get("vit_ft") or {}).get("lora")
+        if info and info.get("base_omitted"):  # the base was rebuilt from model.weights in __init__
+            fill_base(checkpoint["state_dict"], self.model, info, self.lora_info, "the checkpoint")
 
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
     import os
 
+    if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
+        raise ConfigError(
+            f"ckpt_path={path!r} is a folder (a sharded FSDP checkpoint); make it one file first: "
+            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
+        )
     if not os.path.isfile(path):
         raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
     try:

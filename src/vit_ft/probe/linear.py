@@ -224,6 +224,11 @@ def prepare_linear_probe(
     ``ckpt_path``: the checkpoint the run resumes from (only logged: the Trainer restores the head);
     ``with_test``: extract the test split's features too (the run tests after fitting).
     """
+    if getattr(classifier, "lora_spec", None) is not None:
+        raise ConfigError(
+            f"model.lora.rank={classifier.lora_spec.rank} with a linear probe: the probe trains the head only; "
+            "set model.lora.rank=null (or probe a LoRA run's checkpoint with model.weights=<its .ckpt>)"
+        )
     use_feature_type(classifier, settings.features)
     probe = LinearProbe(
         classifier, batchnorm=settings.batchnorm, in_loop=not settings.cache, features=settings.features

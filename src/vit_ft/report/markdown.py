@@ -55,6 +55,13 @@ def joined(*parts: tuple[str, Any]) -> str:
     return ", ".join(f"{k} {v}" if k else str(v) for k, v in parts if v not in (None, "", [], {}))
 
 
+def strategy_name(strategy: Any) -> Any:
+    """``trainer.strategy``: a name, or a ``_target_`` config (trainer=fsdp) shown by its function's name."""
+    if isinstance(strategy, dict):
+        return str(strategy.get("_target_", "")).rsplit(".", 1)[-1] or None
+    return strategy
+
+
 def what_ran(run: RunFiles, analysis: Analysis | None) -> list[list[str]]:
     cfg, m = run.config or {}, run.metrics or {}
     model, data, opt, sch, tr = (
@@ -139,7 +146,7 @@ def what_ran(run: RunFiles, analysis: Analysis | None) -> list[list[str]]:
                     ("", tr.get("accelerator")),
                     ("devices", tr.get("devices")),
                     ("nodes", tr.get("num_nodes")),
-                    ("strategy", tr.get("strategy")),
+                    ("strategy", strategy_name(tr.get("strategy"))),
                 ),
             ]
         )

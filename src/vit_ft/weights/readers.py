@@ -52,6 +52,7 @@ from vit_ft.weights.io import (
     torch_load_safely,
     unwrap_state_dict,
 )
+from vit_ft.weights.lora import merged_state_dict
 from vit_ft.weights.sources import check_timm_tag
 
 
@@ -443,6 +444,9 @@ def read_vit_ft_ckpt(path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str,
     sd = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not sd:
         raise ConfigError(f"{path}: no 'model.*' weights in its state_dict; it is not a vit-ft checkpoint")
+    lora = (ckpt.get("vit_ft") or {}).get("lora")
+    if lora:  # a LoRA run's checkpoint: its base (rebuilt when omitted) with the adapters merged in
+        sd = merged_state_dict(sd, copy.deepcopy(arch), lora, str(path))
     notes: list[str] = []
     merge_timm_kwargs(arch, timm_kwargs, notes)
     prep_d = hp.get("preprocessing")

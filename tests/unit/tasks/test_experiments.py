@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from tests.helpers import ROOT
 from vit_ft.tasks.common import validate_config
@@ -24,7 +25,12 @@ RECIPES = {
 def _compose(overrides: list[str], hydra: bool = False):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} (paths.output_dir) resolves as in a run
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -89,3 +95,30 @@ def test_optuna_and_slurm_configs_compose():
     la = cfg.hydra.launcher
     assert la._target_.endswith("SlurmLauncher")
     assert (la.tasks_per_node, la.gpus_per_node, la.nodes) == (4, 4, 2)
+
+
+def test_big_vit_presets_compose():
+    header = (ROOT / "conf" / "experiment" / "vit_l16_lora.yaml").read_text().splitlines()[:10]
+    assert any("python train.py experiment=vit_l16_lora" in ln for ln in header)
+    assert any(ln.startswith("# Expect") for ln in header)
+    cfg = _compose(["experiment=vit_l16_lora"])
+    m = cfg.model
+    assert (m.backbone, m.weights, m.img_size) == (
+        "vit_large_patch16_224",
+        "vit_large_patch16_224.augreg_in21k",
+        224,
+    )
+    assert (m.lora.rank, m.lora.alpha, list(m.lora.targets), m.grad_checkpointing) == (8, 16, ["qkv"], True)
+    assert m.freeze_backbone is False and cfg.optimizer.name == "adamw"
+    validate_config(cfg)
+
+    header = (ROOT / "conf" / "experiment" / "deit_style_finetune.yaml").read_text().splitlines()[:10]
+    assert any("python train.py experiment=deit_style_finetune" in ln for ln in header)
+    assert any(ln.startswith("# Expect") for ln in header)
+    cfg = _compose(["experiment=deit_style_finetune", "data.root=/x"])
+    m, o = cfg.model, cfg.optimizer
+    assert (o.name, o.layer_decay, o.weight_decay) == ("adamw", 0.65, 0.05)
+    assert (m.mixup.mixup_alpha, m.mixup.cutmix_alpha, m.label_smoothing) == (0.8, 1.0, 0.1)
+    assert (m.drop_path_rate, m.random_erasing, m.lora.rank) == (0.1, 0.25, None)
+    assert m.ema.decay == 0.9999  # helper "ema"'s key: after the merge, also check it instantiates
+    validate_config(cfg)
