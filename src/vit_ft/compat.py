@@ -173,3 +173,17 @@ def load_vit_npz(model: nn.Module, path: str | Path) -> None:
     from timm.models.vision_transformer import _load_weights
 
     _load_weights(model, str(path))
+
+
+# -- lightning 2.6.6: where a checkpoint saved now resumes ---------------------------------------------
+def batches_done_in_epoch(trainer: Any) -> int:
+    """Training batches of the current epoch that a run resumed from a checkpoint saved *now* will not
+    run again (so its data must start after them).
+
+    Lightning restores ``fit_loop.epoch_loop.batch_progress`` and resumes after ``completed``, except
+    for a checkpoint saved in ``on_train_batch_end`` (``processed`` is one ahead of ``completed``
+    there), whose batch it counts as done. Checked on lightning 2.6.6 (``_TrainingEpochLoop.reset``)."""
+    p = trainer.fit_loop.epoch_loop.batch_progress.current
+    if p.ready == p.started == p.processed == p.completed + 1:
+        return int(p.processed)
+    return int(p.completed)

@@ -122,6 +122,7 @@ class LinearProbe(ClassifierSteps):
 
     # -- checkpoints: a ViTClassifier's, plus what resuming the probe needs ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         sd = checkpoint["state_dict"]
         probe_state = {"in_loop": self.in_loop, "batchnorm": self.bn is not None}
         if self.bn is not None:
@@ -148,6 +149,7 @@ class LinearProbe(ClassifierSteps):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         probe = (checkpoint.get("vit_ft") or {}).get("probe") or {}
         raw = probe.get("raw")
         if raw and self.bn is not None:
