@@ -22,14 +22,17 @@ class Killed(Exception):
 
 
 class KillAt(Callback):
-    """Stop the run before the batch that follows optimizer step ``step`` (as a kill -9 there would)."""
+    """Stop the run after optimizer step ``step`` (as a kill -9 there would), before the next batch or,
+    with ``micro=1``, between the micro-batches of the next step."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, micro: int = 0) -> None:
+        self.step, self.micro, self.seen = step, micro, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
-            raise Killed(self.step)
+            if self.seen == self.micro:
+                raise Killed(self.step)
+            self.seen += 1
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +75,21 @@ def weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def run(folder, tmp, *, kill=None, **kw):
+def run(folder, tmp, *, kill=None, micro=0, **kw):
     ref_dir = tmp / "ckpt"
-    dm, model, trainer = build(folder, ref_dir, callbacks=[KillAt(kill)] if kill else [], **kw)
+    dm, model, trainer = build(folder, ref_dir, callbacks=[KillAt(kill, micro)] if kill else [], **kw)
     if kill is None:
         trainer.fit(model, datamodule=dm)
         return weights(model)
     with pytest.raises(Killed):
         trainer.fit(model, datamodule=dm)
+    last = ref_dir / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == kill  # the step checkpoint, mid-epoch
+    acc = kw.get("accumulate", 1)  # 40 images, batch 8: 5 optimizer steps per epoch
+    assert saved["ImageFolderDataModule"]["train_order"]["batches"] == kill * acc % (5 * acc)
     dm, model, trainer = build(folder, ref_dir, **kw)
-    trainer.fit(model, datamodule=dm, ckpt_path=str(ref_dir / "last.ckpt"))
+    trainer.fit(model, datamodule=dm, ckpt_path=str(last))
     return weights(model)
 
 
@@ -90,8 +98,17 @@ def assert_equal(a, b):
     assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}: max {max((a[k]-b[k]).abs().max().item() for k in bad)}"
 
 
-@pytest.mark.parametrize("kill", [3, 7])
-def test_resume_mid_epoch_equals_uninterrupted(folder, tmp_path, kill):
-    ref = run(folder, tmp_path / "ref")
-    out = run(folder, tmp_path / "cut", kill=kill, every_n_steps=1)
+@pytest.mark.parametrize(
+    "kill, micro, kw",
+    [
+        (3, 0, {}),  # epoch 0, dropout + drop-path + random crops and flips in the main process
+        (7, 0, {"workers": 2}),  # epoch 1, augmentations in 2 worker processes
+        # accumulation 2 with mixup (numpy's generator): killed between the micro-batches of step 6
+        (6, 1, {"accumulate": 2, "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 0.0}}),
+    ],
+    ids=["mid-epoch", "workers", "accumulate-mixup"],
+)
+def test_resume_mid_epoch_equals_uninterrupted(folder, tmp_path, kill, micro, kw):
+    ref = run(folder, tmp_path / "ref", **kw)
+    out = run(folder, tmp_path / "cut", kill=kill, micro=micro, every_n_steps=1, **kw)
     assert_equal(ref, out)
