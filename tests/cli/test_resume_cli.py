@@ -39,7 +39,9 @@ def kill_when_stalled(args: list[str], stall: str, tmp_path: Path) -> Path:
         VIT_FT_TEST_STALL_MARK=str(mark),
     )
     cmd = [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 240
     while not mark.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

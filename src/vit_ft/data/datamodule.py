@@ -329,7 +329,9 @@ class ImageDataModule(L.LightningDataModule):
             log.warning("resuming a run shuffled with seed %s under seed %s", order.get("seed"), self.seed)
         # Lightning warns that a mid-epoch resume is inexact unless the DataLoader is "stateful"; this
         # one resumes exactly through the DataModule's state instead.
-        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+        warnings.filterwarnings(
+            "ignore", message=r"You're resuming from a checkpoint that ended before the epoch"
+        )
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:
         """``(record index, image, label)`` batches of ``split`` with the eval transform, in record order,

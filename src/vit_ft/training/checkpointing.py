@@ -104,8 +104,13 @@ class StepCheckpoint(ModelCheckpoint):
         due = time.monotonic() - self.last_save_time >= 60.0 * self.every_minutes
         return bool(trainer.strategy.broadcast(due)) if world > 1 else due
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not at_step_boundary(trainer, batch_idx) or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (
+            not at_step_boundary(trainer, batch_idx)
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
             return
         if self._should_skip_saving_checkpoint(trainer):
             return

@@ -40,7 +40,9 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("resume") / "shapes", n_train=10, n_val=2, size=36)
 
 
-def build(folder, ckpt_dir, *, workers=0, accumulate=1, every_n_steps=None, callbacks=(), max_epochs=2, **model_kw):
+def build(
+    folder, ckpt_dir, *, workers=0, accumulate=1, every_n_steps=None, callbacks=(), max_epochs=2, **model_kw
+):
     L.seed_everything(SEED, workers=True, verbose=False)
     dm = ImageFolderDataModule(root=str(folder), batch_size=8, num_workers=workers, seed=SEED, hflip=0.5)
     dm.setup("fit")
@@ -57,7 +59,9 @@ def build(folder, ckpt_dir, *, workers=0, accumulate=1, every_n_steps=None, call
         **model_kw,
     )
     dm.configure_preprocessing(32, "bilinear")
-    ckpt = StepCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, every_n_steps=every_n_steps, every_minutes=None)
+    ckpt = StepCheckpoint(
+        dirpath=str(ckpt_dir), filename="last", monitor=None, every_n_steps=every_n_steps, every_minutes=None
+    )
     trainer = quiet_trainer(
         max_epochs=max_epochs,
         deterministic=True,
@@ -95,7 +99,9 @@ def run(folder, tmp, *, kill=None, micro=0, **kw):
 
 def assert_equal(a, b):
     bad = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}: max {max((a[k]-b[k]).abs().max().item() for k in bad)}"
+    assert not bad, (
+        f"{len(bad)} tensors differ, e.g. {bad[:3]}: max {max((a[k] - b[k]).abs().max().item() for k in bad)}"
+    )
 
 
 @pytest.mark.parametrize(
