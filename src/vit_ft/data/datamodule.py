@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 import zlib
 from typing import Any
 
@@ -19,7 +18,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from vit_ft.compat import batches_done_in_epoch
 from vit_ft.data.decode import BadImageError, decode
 from vit_ft.data.folder import index_image_folder
 from vit_ft.data.quickstart import make_quickstart_dataset
@@ -32,7 +30,7 @@ from vit_ft.data.records import (
     seed_worker,
     unusable_message,
 )
-from vit_ft.data.resumable import EpochSampler
+from vit_ft.data.resumable import ResumableOrder
 from vit_ft.data.transforms import (
     PlannedJpeg,
     PlanOnly,
@@ -108,7 +106,7 @@ def collate_planned(batch: list, split: str = "train", size: tuple[int, int] = (
     return PlannedBatch(batch, split, size)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableOrder, L.LightningDataModule):
     """Loaders and transforms shared by every source; subclasses implement :meth:`load_splits`."""
 
     def __init__(
@@ -168,8 +166,6 @@ class ImageDataModule(L.LightningDataModule):
         self.class_names: list[str] | None = None
         self.splits: dict[str, Any] | None = None
         self._bad_flags: dict[str, torch.Tensor] = {}
-        self._train_sampler: EpochSampler | None = None
-        self._resume_order: dict[str, Any] | None = None
 
     # -- configuration from the run -------------------------------------------------------------
     def configure_preprocessing(self, img_size: int, interpolation: str) -> None:
@@ -248,7 +244,7 @@ class ImageDataModule(L.LightningDataModule):
         pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
         bs = self.loader_batch_size if train else (self.eval_batch_size or self.loader_batch_size)
         iterable = isinstance(ds, IterableDataset)
-        sampler = self._epoch_sampler(ds, bs) if train and not iterable else None
+        sampler = self.epoch_sampler(ds, bs) if train and not iterable else None
         return DataLoader(
             ds,
             batch_size=bs,
@@ -261,76 +257,6 @@ class ImageDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker,
             # Worker seeds come from here, not from torch's global generator (the model's).
             generator=torch.Generator().manual_seed(int(self.seed)) if train else None,
-        )
-
-    # -- exact resume: the training order travels in checkpoints ------------------------------------
-    def _epoch_sampler(self, ds: Dataset, batch_size: int) -> EpochSampler:
-        """The training order: an :class:`EpochSampler` over this rank's share, starting where a
-        restored checkpoint left it (see :meth:`load_state_dict`)."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        epoch, start = 0, 0
-        order = self._resume_order
-        if order:
-            epoch, batches = int(order["epoch"]), int(order["batches"])
-            same = (
-                order.get("size") == len(ds)
-                and order.get("num_replicas") == world
-                and order.get("batch_size") == batch_size
-            )
-            if not same:
-                log.warning(
-                    "resuming with another data size, device count or batch (%s, now %d images, %d "
-                    "device(s), batch %d): the rest of epoch %d is approximate",
-                    {k: order.get(k) for k in ("size", "num_replicas", "batch_size")},
-                    len(ds),
-                    world,
-                    batch_size,
-                    epoch,
-                )
-            per_rank = -(-len(ds) // world)
-            n_batches = per_rank // batch_size if len(ds) >= 2 * batch_size else -(-per_rank // batch_size)
-            if batches >= n_batches:  # saved at the end of the epoch: the next one starts afresh
-                epoch, batches = epoch + 1, 0
-            start = batches * batch_size
-        self._train_sampler = EpochSampler(
-            ds, num_replicas=world, rank=rank, seed=int(self.seed), epoch=epoch, start=start
-        )
-        return self._train_sampler
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the training order stands (saved in every checkpoint of a fit): the epoch, the batches
-        of it already trained on, and what they were counted in."""
-        sampler, trainer = self._train_sampler, self.trainer
-        if sampler is None or trainer is None:
-            return {}
-        return {
-            "train_order": {
-                "epoch": int(sampler.epoch),
-                "batches": batches_done_in_epoch(trainer),
-                "seed": int(sampler.seed),
-                "size": len(sampler.dataset),
-                "num_replicas": int(sampler.num_replicas),
-                "batch_size": int(self.loader_batch_size),
-            }
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume the training order of a checkpoint: its epoch, after the batches it had trained on.
-
-        Lightning restores this before it builds the training DataLoader (its own restore of
-        stateful loaders comes after ``configure_optimizers`` has built one, too late), so the loader
-        starts in the right place."""
-        order = (state_dict or {}).get("train_order")
-        if not order:
-            return
-        self._resume_order = dict(order)
-        if int(order.get("seed", self.seed)) != int(self.seed):
-            log.warning("resuming a run shuffled with seed %s under seed %s", order.get("seed"), self.seed)
-        # Lightning warns that a mid-epoch resume is inexact unless the DataLoader is "stateful"; this
-        # one resumes exactly through the DataModule's state instead.
-        warnings.filterwarnings(
-            "ignore", message=r"You're resuming from a checkpoint that ended before the epoch"
         )
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:

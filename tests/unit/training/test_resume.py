@@ -1,5 +1,6 @@
 """Exact resume: a run stopped right after a step checkpoint and resumed from it ends with the very
-weights of an uninterrupted run (torch.equal), in-process with a tiny ViT on real image files."""
+weights of an uninterrupted run (torch.equal), in-process with a tiny ViT on real image files; the
+step checkpoint's settings."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.helpers import make_image_folder, quiet_trainer
 from vit_ft.data import ImageFolderDataModule
+from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.checkpointing import StepCheckpoint
@@ -91,7 +93,7 @@ def run(folder, tmp, *, kill=None, micro=0, **kw):
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == kill  # the step checkpoint, mid-epoch
     acc = kw.get("accumulate", 1)  # 40 images, batch 8: 5 optimizer steps per epoch
-    assert saved["ImageFolderDataModule"]["train_order"]["batches"] == kill * acc % (5 * acc)
+    assert saved["ImageFolderDataModule"]["train_order"]["batches"] == (kill * acc - 1) % (5 * acc) + 1
     dm, model, trainer = build(folder, ref_dir, **kw)
     trainer.fit(model, datamodule=dm, ckpt_path=str(last))
     return weights(model)
@@ -104,17 +106,54 @@ def assert_equal(a, b):
     )
 
 
+REFERENCE: dict[str, dict] = {}  # uninterrupted runs, by configuration
+
+
 @pytest.mark.parametrize(
     "kill, micro, kw",
     [
         (3, 0, {}),  # epoch 0, dropout + drop-path + random crops and flips in the main process
+        (5, 0, {}),  # the end-of-epoch checkpoint: epoch 1 from its start
         (7, 0, {"workers": 2}),  # epoch 1, augmentations in 2 worker processes
         # accumulation 2 with mixup (numpy's generator): killed between the micro-batches of step 6
         (6, 1, {"accumulate": 2, "mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 0.0}}),
     ],
-    ids=["mid-epoch", "workers", "accumulate-mixup"],
+    ids=["mid-epoch", "epoch-end", "workers", "accumulate-mixup"],
 )
 def test_resume_mid_epoch_equals_uninterrupted(folder, tmp_path, kill, micro, kw):
-    ref = run(folder, tmp_path / "ref", **kw)
+    key = repr(sorted(kw.items()))
+    if key not in REFERENCE:
+        REFERENCE[key] = run(folder, tmp_path / "ref", **kw)
+    ref = REFERENCE[key]
     out = run(folder, tmp_path / "cut", kill=kill, micro=micro, every_n_steps=1, **kw)
     assert_equal(ref, out)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"every_n_steps": 0}, "every_n_steps=0"),
+        ({"every_minutes": -1}, "every_minutes=-1"),
+        ({"every_n_steps": True}, "every_n_steps=True"),
+        ({"every_minutes": float("nan")}, "every_minutes=nan"),
+    ],
+)
+def test_bad_intervals_are_one_clear_error(tmp_path, kw, key):
+    with pytest.raises(ConfigError, match=f"callbacks.last_checkpoint.{key} must be a positive"):
+        StepCheckpoint(dirpath=str(tmp_path), **kw)
+
+
+def test_time_interval_saves_mid_epoch_only_at_optimizer_step_boundaries(folder, tmp_path):
+    """every_minutes with a clock that is always due: a save after every optimizer step (accumulation
+    2: every other batch), none on an epoch's last batch (the end-of-epoch save follows)."""
+    steps = []
+
+    class Record(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            steps.append((trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.processed))
+
+    dm, model, trainer = build(folder, tmp_path, accumulate=2, callbacks=[Record()], max_epochs=1)
+    ckpt = trainer.checkpoint_callback
+    ckpt.every_minutes, ckpt.check_every = 1e-9, 1
+    trainer.fit(model, datamodule=dm)
+    assert steps == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]  # 4 mid-epoch + the end-of-epoch save
