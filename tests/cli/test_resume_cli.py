@@ -5,6 +5,7 @@ accumulation 2, a step checkpoint every 2 optimizer steps."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,8 +29,9 @@ COMMON = [
 ]
 
 
-def kill_when_stalled(args: list[str], stall: str, tmp_path: Path) -> Path:
-    """Start ``train.py args``, wait until it hangs at ``stall`` (see stall/sitecustomize.py), kill -9."""
+def kill_when_stalled(args: list[str], stall: str, tmp_path: Path, group: bool = False) -> Path:
+    """Start ``train.py args``, wait until it hangs at ``stall`` (see stall/sitecustomize.py), kill -9
+    it (``group``: with every process it started, e.g. DDP ranks)."""
     run_dir = tmp_path / stall.replace(":", "")
     mark = tmp_path / f"{stall.replace(':', '')}.stalled"
     env = clean_env(tmp_path)
@@ -39,16 +41,22 @@ def kill_when_stalled(args: list[str], stall: str, tmp_path: Path) -> Path:
         VIT_FT_TEST_STALL_MARK=str(mark),
     )
     cmd = [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log = tmp_path / f"{stall.replace(':', '')}.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody reads while it runs
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group
+        )
     deadline = time.monotonic() + 240
     while not mark.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"never stalled at {stall}:\n{proc.communicate()[0][-4000:]}")
+            proc.wait()
+            raise AssertionError(f"never stalled at {stall}:\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
-    proc.kill()  # SIGKILL
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()  # SIGKILL; its DataLoader workers exit when they see it gone
     proc.wait()
     return run_dir
 
@@ -90,3 +98,38 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(runs, job):
     ref, out = weights[0], weights[job]
     bad = [k for k in ref if not torch.equal(ref[k], out[k])]
     assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+@pytest.mark.skipif(
+    os.environ.get("VIT_FT_SLOW_TESTS") != "1",
+    reason="3 two-process DDP runs (~220 s on 2 loaded cores); VIT_FT_SLOW_TESTS=1 runs it",
+)
+def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(image_folder, tmp_path):
+    """2 CPU processes (gloo): rank 0 hangs before its 7th batch, the whole process group is killed -9,
+    the same command resumes from last.ckpt (every rank's random state, the shared order)."""
+    args = [
+        f"data.root={image_folder}",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "callbacks.last_checkpoint.every_n_steps=2",
+        "logger=none",
+        "data.num_workers=1",
+    ]
+    ref = tmp_path / "ref"
+    run_cli("train.py", *args, f"hydra.run.dir={ref}", tmp_path=tmp_path)
+    cut = kill_when_stalled(args, "batch:7", tmp_path, group=True)
+    saved = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 6 and len(saved["rng_states"]) == 2  # mid-epoch 0, both ranks
+    run_cli(
+        "train.py",
+        *args,
+        f"ckpt_path={cut / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={cut}",
+        tmp_path=tmp_path,
+    )
+    a, b = (final_weights(d / "checkpoints" / "last.ckpt") for d in (ref, cut))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vit_ft.compat import model_checkpoint_save_now
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger("vit_ft")
@@ -90,8 +91,8 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self.last_save_time = time.monotonic()
 
-    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Any checkpoint of the run (this one's, the best one's, a preemption's) restarts the clock.
         self.last_save_time = time.monotonic()
 
     def _time_due(self, trainer: Any) -> bool:
@@ -112,18 +113,10 @@ class StepCheckpoint(ModelCheckpoint):
             or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         ):
             return
-        if self._should_skip_saving_checkpoint(trainer):
-            return
         step = trainer.global_step
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
-        if not (by_steps or self._time_due(trainer)):
-            return
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor is not None and self.monitor not in candidates:
-            return
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
-        self.step_saves += 1
+        if (by_steps or self._time_due(trainer)) and model_checkpoint_save_now(self, trainer):
+            self.step_saves += 1
 
 
 # -- random state -------------------------------------------------------------------------------------
