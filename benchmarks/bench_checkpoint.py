@@ -108,7 +108,7 @@ def bench_save(args: argparse.Namespace, tmp: Path) -> tuple[list[float], int]:
     times = []
     for _ in range(args.saves):
         start = time.perf_counter()
-        t.save_checkpoint(path)
+        t.save_checkpoint(path, weights_only=False)
         times.append(time.perf_counter() - start)
     return times, path.stat().st_size
 
@@ -141,9 +141,20 @@ def bench_steps(args: argparse.Namespace, tmp: Path, variant: str) -> list[float
 
 def main() -> None:
     args = _args()
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    lightning_log = logging.getLogger("lightning")
+    level, precision = lightning_log.level, torch.get_float32_matmul_precision()
+    lightning_log.setLevel(logging.ERROR)
     torch.set_float32_matmul_precision("high")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run(args)
+    finally:
+        lightning_log.setLevel(level)
+        torch.set_float32_matmul_precision(precision)
+
+
+def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         saves, size = bench_save(args, tmp)
