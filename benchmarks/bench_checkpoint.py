@@ -37,6 +37,7 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="vit_base_patch32_384")
     p.add_argument("--img-size", type=int, default=384)
+    p.add_argument("--depth", type=int, default=None, help="fewer blocks than the backbone's (smoke tests)")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
@@ -75,6 +76,7 @@ def make_model(args: argparse.Namespace) -> ViTClassifier:
         class_names=[str(i) for i in range(args.classes)],
         optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
         scheduler={"warmup_steps": 2},
+        timm_kwargs={"depth": args.depth} if args.depth else {},
     )
 
 

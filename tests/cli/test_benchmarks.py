@@ -88,7 +88,18 @@ def test_bench_checkpoint_prints_save_time_and_step_ratios(monkeypatch, capsys):
     )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--classes", "4", "--batch", "2"]
+    args = [
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--depth",
+        "1",
+        "--img-size",
+        "32",
+        "--classes",
+        "4",
+        "--batch",
+        "2",
+    ]
     more = ["--steps", "1", "--saves", "1", "--every-n-steps", "1", "--rounds", "1"]
     monkeypatch.setattr("sys.argv", ["bench_checkpoint.py", *args, *more])
     bench.main()
