@@ -173,3 +173,32 @@ def load_vit_npz(model: nn.Module, path: str | Path) -> None:
     from timm.models.vision_transformer import _load_weights
 
     _load_weights(model, str(path))
+
+
+# -- lightning 2.6.6: where a checkpoint saved now resumes ---------------------------------------------
+def batches_done_in_epoch(trainer: Any) -> int:
+    """Training batches of the current epoch that a run resumed from a checkpoint saved *now* will not
+    run again (so its data must start after them).
+
+    Lightning restores ``fit_loop.epoch_loop.batch_progress`` and resumes after ``completed``, except
+    for a checkpoint saved in ``on_train_batch_end`` (``processed`` is one ahead of ``completed``
+    there), whose batch it counts as done. Checked on lightning 2.6.6 (``_TrainingEpochLoop.reset``)."""
+    p = trainer.fit_loop.epoch_loop.batch_progress.current
+    if p.ready == p.started == p.processed == p.completed + 1:
+        return int(p.processed)
+    return int(p.completed)
+
+
+def model_checkpoint_save_now(callback: Any, trainer: Any) -> bool:
+    """Have a ``ModelCheckpoint`` save as its own step trigger does (top-k, then ``last``), unless it
+    already saved at this step or its monitored metric is missing; whether it saved. What
+    ``ModelCheckpoint.on_train_batch_end`` runs once its trigger fires, through its protected methods.
+    Checked on lightning 2.6.6."""
+    if callback._should_skip_saving_checkpoint(trainer):
+        return False
+    candidates = callback._monitor_candidates(trainer)
+    if callback.monitor is not None and callback.monitor not in candidates:
+        return False
+    callback._save_topk_checkpoint(trainer, candidates)
+    callback._save_last_checkpoint(trainer, candidates)
+    return True

@@ -99,3 +99,34 @@ def test_bench_memory_measures_each_variant():
     assert re.search(
         r"lora\+ckpt\s+[\d,]+\s+[\d.]+\s+-?[\d.]+\s+-?[\d.]+\s+[\d.]+\s+-?[\d.]+x\s+[\d.]+x", out
     ), out
+
+
+def test_bench_checkpoint_prints_save_time_and_step_ratios(monkeypatch, capsys):
+    """In-process (a subprocess would add ~8 s of imports): a tiny ViT, 1 timed step per variant."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_checkpoint", os.path.join(REPO, "benchmarks", "bench_checkpoint.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = [
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--depth",
+        "1",
+        "--img-size",
+        "32",
+        "--classes",
+        "4",
+        "--batch",
+        "2",
+    ]
+    more = ["--steps", "1", "--saves", "1", "--every-n-steps", "1", "--rounds", "1"]
+    monkeypatch.setattr("sys.argv", ["bench_checkpoint.py", *args, *more])
+    bench.main()
+    out = capsys.readouterr().out
+    assert re.search(r"save: \d+ MB checkpoint .* best [\d.]+ s", out), out
+    rows = re.findall(
+        r"^(no step checkpoints|default: every 30 min|every 1 steps)\s+[\d.]+\s+([\d.]+)x$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["no step checkpoints", "default: every 30 min", "every 1 steps"], out
+    assert rows[0][1] == "1.000" and "projected: one" in out

@@ -30,6 +30,7 @@ from vit_ft.data.records import (
     seed_worker,
     unusable_message,
 )
+from vit_ft.data.resumable import ResumableOrder
 from vit_ft.data.transforms import (
     PlannedJpeg,
     PlanOnly,
@@ -106,7 +107,7 @@ def collate_planned(batch: list, split: str = "train", size: tuple[int, int] = (
     return PlannedBatch(batch, split, size)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableOrder, L.LightningDataModule):
     """Loaders and transforms shared by every source; subclasses implement :meth:`load_splits`."""
 
     def __init__(
@@ -271,16 +272,19 @@ class ImageDataModule(L.LightningDataModule):
         pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
         bs = self.loader_batch_size if train else (self.eval_batch_size or self.loader_batch_size)
         iterable = isinstance(ds, IterableDataset)
+        sampler = self.epoch_sampler(ds, bs) if train and not iterable else None
         return DataLoader(
             ds,
             batch_size=bs,
-            shuffle=train and not iterable,
+            sampler=sampler,
             drop_last=train and not iterable and len(ds) >= 2 * bs,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
             worker_init_fn=seed_worker,
+            # Worker seeds come from here, not from torch's global generator (the model's).
+            generator=torch.Generator().manual_seed(int(self.seed)) if train else None,
         )
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import FileIndex
+from vit_ft.data.resumable import sample_rng
 from vit_ft.data.transforms import PlannedJpeg
 from vit_ft.errors import ConfigError
 
@@ -83,14 +84,18 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key``: a record index, or ``(index, sample_seed)`` from an :class:`EpochSampler`: the
+        transform then draws its randomness from that seed alone (see :func:`sample_rng`)."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         if self.bad[i]:
             return None
         try:
-            if self._source is not None:
-                x = self.transform(self._source(i))
+            if seed is None:
+                x = self._transform(i)
             else:
-                x = self.transform(self.records.load(i))
+                with sample_rng(seed):
+                    x = self._transform(i)
         except BadImageError as e:
             name = self.records.name(i) if hasattr(self.records, "name") else e.path
             if self.on_bad_image == "skip":
@@ -101,6 +106,11 @@ class TransformedDataset(Dataset):
         if isinstance(x, PlannedJpeg):
             x = x._replace(index=i)
         return x, int(self.records.labels[i])
+
+    def _transform(self, i: int) -> Any:
+        if self._source is not None:
+            return self.transform(self._source(i))
+        return self.transform(self.records.load(i))
 
 
 class IndexedDataset(Dataset):

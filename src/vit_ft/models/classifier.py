@@ -26,6 +26,7 @@ from vit_ft.models.analysis import per_class_accuracy, unique_class_names
 from vit_ft.models.backbone import build_backbone
 from vit_ft.models.features import head_features, network_logits, pre_logits
 from vit_ft.preprocessing import Normalize, Preprocessing
+from vit_ft.training.checkpointing import gather_rng_states, set_rng_state
 from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
 from vit_ft.weights.assemble import HEAD_PREFIXES, head_modules
@@ -229,6 +230,35 @@ class ClassifierSteps(L.LightningModule):
         sched = build_scheduler(opt, total_steps=total, **self.scheduler_cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    # -- exact resume: the random state of every rank travels in checkpoints -----------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Every rank's global random generators (dropout, drop-path, mixup, random erasing draw from
+        them); subclasses add their own entries and call this."""
+        trainer = self._trainer
+        if trainer is not None:
+            checkpoint["rng_states"] = gather_rng_states(trainer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Resumed from a checkpoint: set this rank's generators as they were when it was saved, just
+        before the first training step (after the data loaders and the sanity check have started)."""
+        states = getattr(self, "_resume_rng", None)
+        if not states:
+            return
+        self._resume_rng = None
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(states) == world:
+            set_rng_state(states[rank])
+        else:
+            log.warning(
+                "the checkpoint holds the random state of %d rank(s), this run has %d: dropout and mixup "
+                "draw other numbers than an uninterrupted run would",
+                len(states),
+                world,
+            )
+
 
 class ViTClassifier(ClassifierSteps):
     def __init__(
@@ -416,6 +446,7 @@ class ViTClassifier(ClassifierSteps):
         return self._optimizers_for(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["vit_ft"] = {"format": 1, "total_steps": int(self.trainer.estimated_stepping_batches)}
         if self.lora_info is not None:  # adapters + head (+ the base only when weights cannot rebuild it)
             checkpoint["vit_ft"]["lora"] = self.lora_info

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vit_ft.data.datamodule import ImageDataModule
+from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ClassifierSteps
 from vit_ft.models.features import linear_head, token_features
@@ -130,6 +131,7 @@ class LinearProbe(ClassifierSteps):
 
     # -- checkpoints: a ViTClassifier's, plus what resuming the probe needs ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         sd = checkpoint["state_dict"]
         probe_state = {"in_loop": self.in_loop, "batchnorm": self.bn is not None}
         if self.bn is not None:
@@ -156,6 +158,7 @@ class LinearProbe(ClassifierSteps):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         probe = (checkpoint.get("vit_ft") or {}).get("probe") or {}
         raw = probe.get("raw")
         if raw and self.bn is not None:
@@ -167,12 +170,14 @@ class LinearProbe(ClassifierSteps):
                 sd.setdefault(f"bn.{k}", v)
 
 
-class FeatureDataModule(L.LightningDataModule):
-    """Loaders over cached features, with the image DataModule's batch size, classes and splits."""
+class FeatureDataModule(ResumableOrder, L.LightningDataModule):
+    """Loaders over cached features, with the image DataModule's batch size, classes, splits and training
+    order (the same permutation per epoch, which travels in checkpoints)."""
 
     def __init__(self, base: ImageDataModule, features: dict[str, SplitFeatures]) -> None:
         super().__init__()
         self.base = base
+        self.seed = base.seed
         self.features = features
         self.class_names = base.class_names
         self.splits = {k: v for k, v in base.splits.items() if k in features}
@@ -185,10 +190,11 @@ class FeatureDataModule(L.LightningDataModule):
             if train
             else (self.base.eval_batch_size or self.base.loader_batch_size)
         )
+        ds = TensorDataset(f.features, f.labels)
         return DataLoader(
-            TensorDataset(f.features, f.labels),
+            ds,
             batch_size=int(bs),
-            shuffle=train,
+            sampler=self.epoch_sampler(ds, int(bs), with_seeds=False) if train else None,
             drop_last=train and len(f) >= 2 * bs,
             num_workers=0,
         )

@@ -1,0 +1,163 @@
+"""Step checkpoints, and the random state that makes a resumed run equal an uninterrupted one.
+
+* :class:`StepCheckpoint`: Lightning's ``ModelCheckpoint`` that also writes mid-epoch, every
+  ``every_n_steps`` optimizer steps and/or every ``every_minutes`` minutes, and only at an
+  optimizer-step boundary (never between the micro-batches of one accumulated step);
+* :func:`rng_state` / :func:`set_rng_state`: the global generators of one process (torch CPU and
+  CUDA, numpy, Python), in a form ``torch.load(weights_only=True)`` reads;
+* :func:`gather_rng_states`: those of every rank, for the checkpoint rank 0 writes.
+
+What else a checkpoint needs to resume bit for bit travels through Lightning's own hooks: the
+optimizer, scheduler, AMP scaler and loop progress (Lightning), the training order (the DataModule's
+``state_dict``, :mod:`vit_ft.data.resumable`), the random state (``ClassifierSteps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vit_ft.compat import model_checkpoint_save_now
+from vit_ft.errors import ConfigError
+
+log = logging.getLogger("vit_ft")
+
+
+def at_step_boundary(trainer: Any, batch_idx: int) -> bool:
+    """Whether the training batch ``batch_idx`` (in ``on_train_batch_end``) ended an optimizer step:
+    with ``accumulate_grad_batches = k`` every k-th batch of an epoch, and its last batch."""
+    k = max(1, int(trainer.accumulate_grad_batches))
+    last = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    return k == 1 or (batch_idx + 1) % k == 0 or last
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` plus mid-epoch saves: every ``every_n_steps`` optimizer steps and/or when
+    ``every_minutes`` have passed since the last save (``None`` turns either off), and at the end of
+    every epoch as before (``every_n_epochs=1`` unless given).
+
+    A mid-epoch save happens in ``on_train_batch_end`` right after an optimizer step (never between
+    the micro-batches of an accumulated one, whose gradients a checkpoint does not hold) and not on
+    the last batch of an epoch (the end-of-epoch save follows it, after validation). The file goes
+    through the trainer's checkpoint IO (atomic in vit-ft). Under DDP, rank 0's clock decides, checked
+    every ``check_every`` optimizer steps (each check is one broadcast)."""
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int | None = None,
+        every_minutes: float | None = None,
+        check_every: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
+        ):
+            raise ConfigError(
+                f"callbacks.last_checkpoint.every_n_steps={every_n_steps!r} must be a positive integer "
+                "or null (no step interval)"
+            )
+        if every_minutes is not None and (
+            isinstance(every_minutes, bool)
+            or not isinstance(every_minutes, (int, float))
+            or not math.isfinite(every_minutes)
+            or every_minutes <= 0
+        ):
+            raise ConfigError(
+                f"callbacks.last_checkpoint.every_minutes={every_minutes!r} must be a positive number "
+                "of minutes or null (no time interval)"
+            )
+        kwargs.setdefault("every_n_epochs", 1)
+        super().__init__(**kwargs)
+        self.every_n_steps = every_n_steps
+        self.every_minutes = None if every_minutes is None else float(every_minutes)
+        self.check_every = check_every
+        self.last_save_time = time.monotonic()
+        self.step_saves = 0
+
+    @property
+    def state_key(self) -> str:
+        # Without the intervals: a run resumed with another interval still restores this callback.
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, filename=self.filename)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.last_save_time = time.monotonic()
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Any checkpoint of the run (this one's, the best one's, a preemption's) restarts the clock.
+        self.last_save_time = time.monotonic()
+
+    def _time_due(self, trainer: Any) -> bool:
+        if self.every_minutes is None:
+            return False
+        world = int(trainer.world_size)
+        every = self.check_every or (1 if world == 1 else 10)
+        if trainer.global_step % every:
+            return False
+        due = time.monotonic() - self.last_save_time >= 60.0 * self.every_minutes
+        return bool(trainer.strategy.broadcast(due)) if world > 1 else due
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (
+            not at_step_boundary(trainer, batch_idx)
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            return
+        step = trainer.global_step
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        if (by_steps or self._time_due(trainer)) and model_checkpoint_save_now(self, trainer):
+            self.step_saves += 1
+
+
+# -- random state -------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """This process's global generators: torch (CPU, and CUDA when initialised), numpy, Python."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned (CUDA only with the same number of devices)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def gather_rng_states(trainer: Any) -> list[dict[str, Any]]:
+    """:func:`rng_state` of every rank, in rank order (every rank must call it: a collective)."""
+    state = rng_state()
+    if int(trainer.world_size) <= 1 or not torch.distributed.is_initialized():
+        return [state]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, state)
+    return out

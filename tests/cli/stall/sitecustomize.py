@@ -1,0 +1,49 @@
+"""Test-only: make a CLI run stop for good at a chosen point, so a test can kill -9 it exactly there.
+
+On ``PYTHONPATH`` (as ``sitecustomize``) when ``VIT_FT_TEST_STALL`` is set:
+``save:N``  — the N-th checkpoint save writes its ``.tmp`` file, then hangs (a kill mid-save);
+``batch:N`` — the N-th training batch waits before its step (a kill between micro-batches).
+It writes ``$VIT_FT_TEST_STALL_MARK`` when it hangs.
+"""
+
+import os
+
+_spec = os.environ.get("VIT_FT_TEST_STALL")
+
+if _spec:
+    import time
+    from pathlib import Path
+
+    _kind, _n = _spec.split(":")
+    _n = int(_n)
+    _count = [0]
+
+    def _hang() -> None:
+        Path(os.environ["VIT_FT_TEST_STALL_MARK"]).write_text("stalled")
+        while True:
+            time.sleep(1)
+
+    if _kind == "save":
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+        _save = TorchCheckpointIO.save_checkpoint
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            _save(self, checkpoint, path, storage_options)
+            _count[0] += 1
+            if _count[0] == _n:
+                _hang()
+
+        TorchCheckpointIO.save_checkpoint = save_checkpoint
+    elif _kind == "batch":
+        from vit_ft.models.classifier import ViTClassifier
+
+        _step = ViTClassifier.training_step
+
+        def training_step(self, batch, batch_idx):
+            _count[0] += 1
+            if _count[0] == _n:
+                _hang()
+            return _step(self, batch, batch_idx)
+
+        ViTClassifier.training_step = training_step
