@@ -454,6 +454,7 @@ class ViTClassifier(ClassifierSteps):
                 drop_base(checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # the random states of a resumed run
         info = (checkpoint.get("vit_ft") or {}).get("lora")
         if info and info.get("base_omitted"):  # the base was rebuilt from model.weights in __init__
             fill_base(checkpoint["state_dict"], self.model, info, self.lora_info, "the checkpoint")

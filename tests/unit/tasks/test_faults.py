@@ -45,7 +45,7 @@ def mid_epoch_run(image_folder, tmp_path_factory):
             f"data.root={image_folder}",
             "trainer.max_steps=1",
             "test=false",
-            "+callbacks.last_checkpoint.every_n_train_steps=1",
+            "callbacks.last_checkpoint.every_n_steps=1",
             "~callbacks.run_report",
             "~callbacks.model_checkpoint",
         ],
