@@ -27,6 +27,7 @@ def command(image_folder, run_dir, *extra):
         "callbacks.run_report=null",  # (the report is drawn once at the end anyway)
         "trainer.accumulate_grad_batches=2",  # a kill can come between micro-batches
         "test=false",
+        "trainer.deterministic=true",
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
@@ -59,7 +60,17 @@ def preempted(image_folder, tmp_path_factory):
     first = run_cli(*args, tmp_path=tmp, check=False)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     resumed = run_cli(*args, tmp_path=tmp)
-    return dict(proc=first, out=first.stdout, err=first.stderr, ckpt=ckpt, resumed=resumed, run_dir=run_dir)
+    straight = tmp / "straight"  # the same run, never interrupted
+    run_cli(*command(image_folder, straight, "logger=none"), tmp_path=tmp)
+    return dict(
+        proc=first,
+        out=first.stdout,
+        err=first.stderr,
+        ckpt=ckpt,
+        resumed=resumed,
+        run_dir=run_dir,
+        straight=straight,
+    )
 
 
 def test_sigterm_saves_at_a_step_boundary_and_exits_resumable(preempted):
@@ -92,3 +103,16 @@ def test_rerun_resumes_in_the_same_wandb_run_and_finishes(preempted):
                     steps.append(int(h["trainer/global_step"]))
     print(sorted(steps))
     assert sorted(steps) == sorted(set(steps)) and set(steps) == set(range(STEPS))
+
+
+def test_preempted_and_resumed_run_ends_with_the_uninterrupted_weights(preempted):
+    """Bit for bit: the signal, the save at the step boundary and the resume change nothing."""
+
+    def weights(run_dir):
+        path = run_dir / "checkpoints" / "last.ckpt"
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    resumed, straight = weights(preempted["run_dir"]), weights(preempted["straight"])
+    assert resumed.keys() == straight.keys()
+    differ = [k for k in straight if not torch.equal(resumed[k], straight[k])]
+    assert not differ, differ[:5]
