@@ -49,8 +49,11 @@ class CompiledForward:
         return self.fn is not None
 
     def fall_back(self, error: BaseException) -> None:
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        self.failure = f"{type(error).__name__}: {first}"
+        root = error  # dynamo wraps the compiler's error (BackendCompilerFailed...): name the cause
+        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None and inner is not root:
+            root = inner
+        first = (str(root).strip().splitlines() or [""])[0][:300]
+        self.failure = f"{type(root).__name__}: {first}"
         log.warning("model.compile: compilation failed, running eager instead (%s)", self.failure)
         self.fn = None
 
