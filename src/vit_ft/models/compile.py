@@ -30,7 +30,9 @@ class CompiledForward:
 
     ``backend`` is torch.compile's (default inductor); ``mode`` is for inductor only."""
 
-    def __init__(self, module: nn.Module, mode: str = "default", backend: str | Callable = "inductor") -> None:
+    def __init__(
+        self, module: nn.Module, mode: str = "default", backend: str | Callable = "inductor"
+    ) -> None:
         self.module = module
         self.mode = str(mode or "default")
         self.probed = False
@@ -50,7 +52,9 @@ class CompiledForward:
 
     def fall_back(self, error: BaseException) -> None:
         root = error  # dynamo wraps the compiler's error (BackendCompilerFailed...): name the cause
-        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None and inner is not root:
+        while (
+            inner := getattr(root, "inner_exception", None) or root.__cause__
+        ) is not None and inner is not root:
             root = inner
         first = (str(root).strip().splitlines() or [""])[0][:300]
         self.failure = f"{type(root).__name__}: {first}"
@@ -82,7 +86,11 @@ class CompiledForward:
                 if params and torch.is_grad_enabled():
                     out.float().sum().backward()
             self.compile_seconds = time.perf_counter() - start
-            log.info("model.compile: forward and backward compiled in %.1fs (mode %s)", self.compile_seconds, self.mode)
+            log.info(
+                "model.compile: forward and backward compiled in %.1fs (mode %s)",
+                self.compile_seconds,
+                self.mode,
+            )
         except Exception as e:  # noqa: BLE001 - a compiler failure must never stop training
             self.fall_back(e)
         finally:

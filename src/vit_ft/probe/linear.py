@@ -129,7 +129,9 @@ class LinearProbe(ClassifierSteps):
         if raw and self.bn is not None:  # the head before the BatchNorm was folded into it
             self.ema.load_state_dict(raw)
         else:
-            self.ema.load_state_dict({k[len("head.") :]: v for k, v in ema_state.items() if k.startswith("head.")})
+            self.ema.load_state_dict(
+                {k[len("head.") :]: v for k, v in ema_state.items() if k.startswith("head.")}
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_cfg.get("layer_decay"):
@@ -156,11 +158,15 @@ class LinearProbe(ClassifierSteps):
                 if k.startswith("bn."):
                     del sd[k]
             sd["model.head.weight"], sd["model.head.bias"] = w.cpu(), b.cpu()
-        if self.ema is not None:  # the EMA of the head as model_ema.head.* (BatchNorm folded in, like the raw)
+        if (
+            self.ema is not None
+        ):  # the EMA of the head as model_ema.head.* (BatchNorm folded in, like the raw)
             ema = {k: v.detach() for k, v in self.ema.state_dict().items()}
             if self.bn is not None:
                 probe_state["raw_ema"] = ema
-                w, b = fold_batchnorm(ema["weight"], ema["bias"], self.bn.running_mean, self.bn.running_var, self.bn.eps)
+                w, b = fold_batchnorm(
+                    ema["weight"], ema["bias"], self.bn.running_mean, self.bn.running_var, self.bn.eps
+                )
                 ema = {"weight": w, "bias": b}
             sd.update({f"{EMA_PREFIX}head.{k}": v.cpu() for k, v in ema.items()})
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)

@@ -33,7 +33,10 @@ class Branchy(torch.nn.Module):
 
 @pytest.mark.parametrize(
     ("make", "backend", "needle"),
-    [(lambda: torch.nn.Linear(4, 3), no_c_compiler, "No working C++ compiler"), (Branchy, "eager", "Unsupported: Data-dependent branching")],
+    [
+        (lambda: torch.nn.Linear(4, 3), no_c_compiler, "No working C++ compiler"),
+        (Branchy, "eager", "Unsupported: Data-dependent branching"),
+    ],
 )
 def test_compile_failure_or_graph_break_falls_back_to_eager_with_one_warning(make, backend, needle, caplog):
     torch.manual_seed(0)

@@ -42,7 +42,11 @@ def run(tmp_path_factory):
     torch.manual_seed(0)
     m = tiny(ema=ema_cfg())
     w = Weights()
-    ck = ModelCheckpoint(dirpath=d, filename="s{step}", every_n_train_steps=2, save_top_k=-1,
+    ck = ModelCheckpoint(
+        dirpath=d,
+        filename="s{step}",
+        every_n_train_steps=2,
+        save_top_k=-1,
         auto_insert_metric_name=False,
     )
     trainer = fit(m, steps=4, callbacks=[w, ck], enable_checkpointing=True, limit_train_batches=2)
