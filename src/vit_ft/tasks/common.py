@@ -86,7 +86,14 @@ def follow_ema(cfg: DictConfig) -> None:
     stopping and ``optimized_metric`` follow ``val_ema/*`` instead of ``val/*`` (unless set on the
     command line)."""
     ema = cfg.get("model", {}).get("ema") if "model" in cfg else None
-    if not ema_chosen(OmegaConf.to_container(ema, resolve=True) if ema is not None else None, "eval"):
+    ema = OmegaConf.to_container(ema, resolve=True) if ema is not None else None
+    strategy = cfg.get("trainer", {}).get("strategy") if "trainer" in cfg else None
+    if isinstance(ema, dict) and ema.get("decay") is not None and "fsdp" in str(strategy).lower():
+        raise ConfigError(
+            f"model.ema.decay={ema['decay']} does not work with a sharded model (trainer.strategy={strategy}); "
+            "use trainer=ddp, or model.ema.decay=null"
+        )
+    if not ema_chosen(ema, "eval"):
         return
     keys = [("optimized_metric", cfg)] + [
         (f"callbacks.{n}.monitor", cb)

@@ -140,6 +140,9 @@ def test_best_checkpoint_and_optimized_metric_follow_the_ema_when_used_for_eval(
     cfg.optimized_metric = "val/acc1"
     follow_ema(cfg)
     assert cfg.optimized_metric == "val/acc1"
+    cfg.trainer = {"strategy": "fsdp"}
+    with pytest.raises(ConfigError, match="does not work with a sharded model"):
+        follow_ema(cfg)
 
 
 def test_linear_probe_keeps_an_ema_of_its_head_and_its_checkpoint_loads_as_ema(tmp_path):
