@@ -35,7 +35,9 @@ def test_ddp_two_cpu_processes_give_one_run(image_folder, tmp_path):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (best["global_step"], last["global_step"]) == (8, 16)
     assert "val_ema/acc1" in m["final"] and "model_ema.head.weight" in last["state_dict"]
-    assert not torch.equal(last["state_dict"]["model_ema.head.weight"], last["state_dict"]["model.head.weight"])
+    assert not torch.equal(
+        last["state_dict"]["model_ema.head.weight"], last["state_dict"]["model.head.weight"]
+    )
     history, config = wandb_history_and_config(run_dir)  # exactly one wandb run
     assert config["trainer"]["devices"] == 2
     assert any("val/acc1" in h for h in history)
