@@ -1,11 +1,15 @@
-"""Training throughput: vit-ft's LightningModule + Trainer versus a bare PyTorch loop.
+"""Training throughput: vit-ft's LightningModule + Trainer versus a bare PyTorch loop, eager and
+with ``model.compile=true``.
 
 Same model (ViT-B/32 at 384 by default), batch, data, optimizer, clipping and precision, in one run;
-prints images/s side by side, the ratio (goal >= 0.95), and the model FLOP/s of each as a fraction of
-this machine's matmul peak at that precision, measured in the same run.
+prints images/s side by side, the ratios (vit-ft/bare: goal >= 0.95; compiled/eager vit-ft: goal >= 1.0
+on CPU, a gain on GPU), the model FLOP/s of each as a fraction of this machine's matmul peak at that
+precision (measured in the same run), and the compile time (the first step's forward and backward
+compilation; it is outside the timed steps).
 
     python benchmarks/bench_train.py                      # ViT-B/32 at 384, batch 8, fp32 and bf16-mixed, CPU
     python benchmarks/bench_train.py --steps 20 --device cuda --batch 64
+    python benchmarks/bench_train.py --no-compile         # without the compiled column
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import logging
 import time
 import warnings
+from typing import Any
 
 import lightning as L
 import torch
@@ -25,9 +30,11 @@ from vit_ft.models.classifier import ViTClassifier
 from vit_ft.training.optim import build_optimizer, build_scheduler
 
 
-def make_model(args: argparse.Namespace) -> ViTClassifier:
+def make_model(args: argparse.Namespace, compile: bool = False) -> ViTClassifier:
     torch.manual_seed(0)
     return ViTClassifier(
+        compile=compile,
+        compile_mode=args.compile_mode,
         backbone=args.backbone,
         weights=None,
         img_size=args.img_size,
@@ -92,8 +99,9 @@ class Timer(L.Callback):
         self.t1 = time.perf_counter()
 
 
-def lightning_loop(args: argparse.Namespace, precision: str) -> float:
-    model = make_model(args)
+def lightning_loop(args: argparse.Namespace, precision: str, compile: bool = False) -> tuple[float, Any]:
+    """Images/s of vit-ft's Trainer run, and the model's compiled forward (``None`` when eager)."""
+    model = make_model(args, compile=compile)
     timer = Timer(args.warmup, args.device)
     trainer = L.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
@@ -112,7 +120,7 @@ def lightning_loop(args: argparse.Namespace, precision: str) -> float:
         callbacks=[timer],
     )
     trainer.fit(model, train_dataloaders=make_data(args, args.steps + args.warmup))
-    return args.steps * args.batch / (timer.t1 - timer.t0)
+    return args.steps * args.batch / (timer.t1 - timer.t0), model.compiled
 
 
 def sync(device: str) -> None:
@@ -155,6 +163,8 @@ def main() -> None:
     )
     p.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled column")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode (model.compile_mode)")
     args = p.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -166,21 +176,38 @@ def main() -> None:
         f"{args.backbone} at {args.img_size}, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads"
     )
     print(f"model FLOPs per training image (fwd+bwd): {flops / 1e9:.1f} GFLOP\n")
-    header = f"{'precision':<11} {'bare img/s':>10} {'vit-ft img/s':>12} {'ratio':>6} {'peak TFLOP/s':>12} {'bare %peak':>10} {'vit-ft %peak':>12}"
+    header = (
+        f"{'precision':<11} {'bare img/s':>10} {'vit-ft img/s':>12} {'ratio':>6} {'compiled img/s':>14} "
+        f"{'comp/eager':>10} {'peak TFLOP/s':>12} {'bare %peak':>10} {'vit-ft %peak':>12} "
+        f"{'compiled %peak':>14} {'compile s':>9}"
+    )
     print(header)
     print("-" * len(header))
+    notes = []
     for precision in args.precision:
-        bare, ours = [], []
-        for _ in range(args.repeats):  # alternate, so both see the same machine load
+        bare, ours, compiled, compile_s = [], [], [], []
+        for _ in range(args.repeats):  # alternate, so all see the same machine load
             bare.append(bare_loop(args, precision))
-            ours.append(lightning_loop(args, precision))
+            ours.append(lightning_loop(args, precision)[0])
+            if args.compile:
+                rate, fn = lightning_loop(args, precision, compile=True)
+                if fn is not None and fn.active:
+                    compiled.append(rate)
+                    compile_s.append(fn.compile_seconds or float("nan"))
+                elif fn is not None:
+                    notes.append(f"{precision}: compilation failed, eager instead ({fn.failure})")
         peak = matmul_peak(args.device, precision)
         b, o = max(bare), max(ours)
+        c = max(compiled) if compiled else float("nan")
+        cs = compile_s[0] if compile_s else float("nan")  # the first (cold) compilation
         print(
-            f"{precision:<11} {b:>10.2f} {o:>12.2f} {o / b:>6.3f} {peak / 1e12:>12.3f} "
-            f"{100 * b * flops / peak:>9.1f}% {100 * o * flops / peak:>11.1f}%",
+            f"{precision:<11} {b:>10.2f} {o:>12.2f} {o / b:>6.3f} {c:>14.2f} {c / o:>10.3f} {peak / 1e12:>12.3f} "
+            f"{100 * b * flops / peak:>9.1f}% {100 * o * flops / peak:>11.1f}% {100 * c * flops / peak:>13.1f}% "
+            f"{cs:>9.1f}",
             flush=True,
         )
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

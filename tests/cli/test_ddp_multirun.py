@@ -21,6 +21,7 @@ def test_ddp_two_cpu_processes_give_one_run(image_folder, tmp_path):
         # "best" = the lowest step, i.e. epoch 0: last.ckpt must still be the final state.
         "callbacks.model_checkpoint.monitor=step",
         "callbacks.model_checkpoint.mode=min",
+        "model.ema.decay=0.9",  # each rank updates its EMA from the synchronised weights
         f"hydra.run.dir={run_dir}",
         tmp_path=tmp_path,
     )
@@ -33,6 +34,10 @@ def test_ddp_two_cpu_processes_give_one_run(image_folder, tmp_path):
     best = torch.load(m["checkpoints"]["best"], map_location="cpu", weights_only=True)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (best["global_step"], last["global_step"]) == (8, 16)
+    assert "val_ema/acc1" in m["final"] and "model_ema.head.weight" in last["state_dict"]
+    assert not torch.equal(
+        last["state_dict"]["model_ema.head.weight"], last["state_dict"]["model.head.weight"]
+    )
     history, config = wandb_history_and_config(run_dir)  # exactly one wandb run
     assert config["trainer"]["devices"] == 2
     assert any("val/acc1" in h for h in history)

@@ -28,6 +28,7 @@ def trained(image_folder, tmp_path_factory):
         EASIER_CROPS,
         "callbacks.model_checkpoint.save_top_k=-1",  # keep every epoch's checkpoint (for resume)
         "callbacks.model_checkpoint.monitor=step",
+        "model.ema.decay=0.9",  # EMA beside the raw weights; eval.py then evaluates it (use_for=eval)
         f"hydra.run.dir={run_dir}",
         tmp_path=tmp,
     )
@@ -139,7 +140,10 @@ def test_eval_cli_reproduces_final_val_accuracy(trained, image_folder):
         f"hydra.run.dir={out}",
         tmp_path=tmp,
     )
-    assert "val/acc1" in proc.stdout
-    ev = read_metrics(out)
+    assert "val/acc1" in proc.stdout and "EMA weights" in proc.stdout + proc.stderr
+    ev, final = read_metrics(out), read_metrics(run_dir)["final"]
     assert ev["split"] == "val"
-    assert ev["metrics"]["val/acc1"] == pytest.approx(read_metrics(run_dir)["final"]["val/acc1"], abs=1e-6)
+    # model.ema.use_for=eval: eval.py evaluates the checkpoint's EMA weights, as validation did
+    assert final["val_ema/loss"] != pytest.approx(final["val/loss"], abs=1e-4)
+    assert ev["metrics"]["val/acc1"] == pytest.approx(final["val_ema/acc1"], abs=1e-6)
+    assert ev["metrics"]["val/loss"] == pytest.approx(final["val_ema/loss"], abs=1e-5)

@@ -8,6 +8,8 @@ is self-describing: ``ViTClassifier.load_from_checkpoint(path)`` needs no networ
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -24,6 +26,8 @@ from torchmetrics.classification import (
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import per_class_accuracy, unique_class_names
 from vit_ft.models.backbone import build_backbone
+from vit_ft.models.compile import CompiledForward
+from vit_ft.models.ema import EMA_PREFIX, EmaWeights, build_ema, pop_ema_state
 from vit_ft.models.features import head_features, network_logits, pre_logits
 from vit_ft.preprocessing import Normalize, Preprocessing
 from vit_ft.training.checkpointing import gather_rng_states, set_rng_state
@@ -31,6 +35,7 @@ from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
 from vit_ft.weights.assemble import HEAD_PREFIXES, head_modules
 from vit_ft.weights.lora import LoraSpec, drop_base, fill_base, inject_lora, lora_checkpoint_info
+from vit_ft.weights.readers import ema_chosen
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +149,7 @@ class ClassifierSteps(L.LightningModule):
     class_names: list[str] | None
     optimizer_cfg: dict[str, Any]
     scheduler_cfg: dict[str, Any]
+    ema: EmaWeights | None = None  # model.ema: see vit_ft.models.ema
 
     def _init_metrics(self, k: int) -> None:
         self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
@@ -157,6 +163,12 @@ class ClassifierSteps(L.LightningModule):
         self.val_analysis = AnalysisMetrics(k)
         self.test_analysis = AnalysisMetrics(k)
         self.eval_analysis: dict[str, Any] | None = None
+        if self.ema is not None:  # val_ema/* and test_ema/*: loss, acc1, acc5 of the EMA weights
+            self.val_ema_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+            self.test_ema_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
+            if self.has_top5:
+                self.val_ema_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
+                self.test_ema_acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro")
 
     def _log_train(self, loss: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> None:
         """``train/loss``, ``train/lr`` every step; ``train/acc1`` when labels are hard (no mixup)."""
@@ -164,7 +176,7 @@ class ClassifierSteps(L.LightningModule):
             self.train_acc1(logits, y)
             self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
-        lr = self.optimizers().param_groups[0]["lr"]
+        lr = max(g["lr"] for g in self.optimizers().param_groups)  # the head's under layer-wise decay
         self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True)
 
     def _eval_step(self, batch: Any, stage: str) -> None:
@@ -172,6 +184,13 @@ class ClassifierSteps(L.LightningModule):
             return
         x, y = batch
         logits = self(x)
+        self._log_eval(logits, y, stage)
+        getattr(self, f"{stage}_analysis").update(logits, y)
+        if self.ema is not None:
+            self._log_eval(self._ema_logits(x).to(logits.device), y, f"{stage}_ema")
+
+    def _log_eval(self, logits: torch.Tensor, y: torch.Tensor, stage: str) -> None:
+        """``<stage>/loss``, ``acc1`` and ``acc5`` (``stage``: val, test, val_ema or test_ema)."""
         loss = F.cross_entropy(logits.float(), y)
         acc1 = getattr(self, f"{stage}_acc1")
         acc1(logits, y)
@@ -181,10 +200,11 @@ class ClassifierSteps(L.LightningModule):
             acc5 = getattr(self, f"{stage}_acc5")
             acc5(logits, y)
             self.log(f"{stage}/acc5", acc5, on_epoch=True)
-        getattr(self, f"{stage}_analysis").update(logits, y)
 
     def _eval_epoch_end(self, stage: str) -> None:
         """Log ``acc1_macro`` and ``ece`` and set :attr:`eval_analysis`, from the metrics gathered over ranks."""
+        if self.ema is not None:
+            self.ema.visit(None)  # a CPU-pinned EMA goes home after the evaluation
         metrics = getattr(self, f"{stage}_analysis")
         if not self.trainer.sanity_checking:
             res = metrics.compute()
@@ -213,6 +233,64 @@ class ClassifierSteps(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
+    # -- EMA of the weights (model.ema): updated after each optimizer step, evaluated beside the raw ----
+    def _ema_target(self) -> torch.nn.Module:
+        """The module whose EMA is kept (a subclass's trained network or head)."""
+        raise NotImplementedError
+
+    def _ema_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the EMA weights for an eval batch ``x``."""
+        raise NotImplementedError
+
+    def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
+        """Load the ``model_ema.*`` entries of a checkpoint (prefix dropped) into the EMA."""
+        self.ema.load_state_dict(ema_state)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # every rank, from the same synchronised weights: the EMAs stay equal
+            self.ema.update(self._ema_target(), step=self.trainer.global_step + 1)
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.follow(self.device)
+            if self.ema.missing:  # resumed from a checkpoint without EMA weights: restart from these
+                self.ema.load_state_dict(self._ema_target().state_dict())
+                self.ema.missing = False
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self.ema.visit(self.device)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("rng_states")  # set before the first resumed step
+        ema_state = pop_ema_state(checkpoint.get("state_dict") or {})
+        if self.ema is None:
+            return
+        if ema_state:
+            self._ema_restore(ema_state, checkpoint)
+        else:
+            log.warning("the checkpoint holds no EMA weights; the EMA restarts from its weights")
+            self.ema.missing = True
+
+    @contextmanager
+    def ema_weights_for(self, purpose: str = "eval") -> Iterator[None]:
+        """Inside the block, the trained module holds the EMA weights when ``model.ema.use_for`` picks
+        them for ``purpose`` (the raw weights are back after it)."""
+        if self.ema is None or self.ema.missing or not ema_chosen(self.hparams.get("ema"), purpose):
+            yield
+            return
+        target = self._ema_target()
+        raw = {k: v.detach().clone() for k, v in target.state_dict().items()}
+        target.load_state_dict(self.ema.state_dict())
+        try:
+            yield
+        finally:
+            target.load_state_dict(raw)
+
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
@@ -237,9 +315,6 @@ class ClassifierSteps(L.LightningModule):
         trainer = self._trainer
         if trainer is not None:
             checkpoint["rng_states"] = gather_rng_states(trainer)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_rng = checkpoint.get("rng_states")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Resumed from a checkpoint: set this rank's generators as they were when it was saved, just
@@ -278,6 +353,9 @@ class ViTClassifier(ClassifierSteps):
         scheduler: dict[str, Any] | None = None,
         mixup: dict[str, Any] | None = None,
         random_erasing: float = 0.0,
+        ema: dict[str, Any] | None = None,
+        compile: bool = False,
+        compile_mode: str = "default",
         arch: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
@@ -367,6 +445,13 @@ class ViTClassifier(ClassifierSteps):
         self.scheduler_cfg = dict(scheduler or {"warmup_steps": 500, "decay": "cosine"})
         self.mixup_fn = self._build_mixup(mixup)
         self.random_erasing = self._build_random_erasing(float(random_erasing or 0.0))
+        # model.ema / model.compile (vit_ft.models.ema, vit_ft.models.compile); the EMA copies the
+        # network as it is now, so this stays after every change to it.
+        self.ema = build_ema(self.model, ema)
+        if not isinstance(compile, bool):
+            raise ConfigError(f"model.compile={compile!r} must be true or false")
+        self.compile_enabled, self.compile_mode = compile, str(compile_mode)
+        self.compiled: CompiledForward | None = None
 
         self._init_metrics(self.num_classes)
 
@@ -398,7 +483,30 @@ class ViTClassifier(ClassifierSteps):
         return self.normalizer(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return network_logits(self.model, self.normalize(x), self.head_features)
+        return self.net(self.normalize(x))
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on normalised images: compiled when ``model.compile`` (and it compiled)."""
+        if self.compiled is None:
+            return network_logits(self.model, x, self.head_features)
+        return self.compiled(x)
+
+    def setup(self, stage: str) -> None:
+        # model.compile applies to training runs (their validations included), not to eval.py/predict.
+        if stage == "fit" and self.compile_enabled and self.compiled is None:
+            if self.head_features is not None:  # a head on token features: timm's forward is not the network
+                log.warning(
+                    "model.compile: not compiled (the head sits on %s features); eager", self.head_features
+                )
+                self.compile_enabled = False
+                return
+            self.compiled = CompiledForward(self.model, mode=self.compile_mode)
+
+    def _ema_target(self) -> torch.nn.Module:
+        return self.model
+
+    def _ema_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ema.logits(self.normalize(x), lambda m, z: network_logits(m, z, self.head_features))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The input of the linear head (the final-norm CLS token for a ViT)."""
@@ -423,16 +531,18 @@ class ViTClassifier(ClassifierSteps):
             return None
         x, y = batch
         x = self.normalize(x)
+        if self.compiled is not None:
+            self.compiled.probe(x)  # compile forward and backward once, or fall back to eager
         if self.random_erasing is not None:
             self.random_erasing.device = x.device
             x = self.random_erasing(x)
         if self.mixup_fn is not None and x.shape[0] % 2 == 0:
             x, y_soft = self.mixup_fn(x, y)
-            logits = network_logits(self.model, x, self.head_features)
+            logits = self.net(x)
             loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
             self._log_train(loss, y, None)
         else:
-            logits = network_logits(self.model, x, self.head_features)
+            logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             self._log_train(loss, y, logits)
         return loss
@@ -452,12 +562,31 @@ class ViTClassifier(ClassifierSteps):
             checkpoint["vit_ft"]["lora"] = self.lora_info
             if self.lora_info["base_omitted"]:
                 drop_base(checkpoint["state_dict"])
+        if self.ema is not None:
+            ema_sd = self.ema.state_dict()
+            if self.lora_info is not None and self.lora_info["base_omitted"]:
+                drop_base(ema_sd, prefix="")  # the frozen base is the same in the EMA: rebuilt at load
+            checkpoint["state_dict"].update({EMA_PREFIX + k: v for k, v in ema_sd.items()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)  # the random states of a resumed run
         info = (checkpoint.get("vit_ft") or {}).get("lora")
         if info and info.get("base_omitted"):  # the base was rebuilt from model.weights in __init__
             fill_base(checkpoint["state_dict"], self.model, info, self.lora_info, "the checkpoint")
+        super().on_load_checkpoint(checkpoint)  # the EMA (over the filled base), the random states
+
+    def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
+        # A linear probe's checkpoint holds the EMA of the head only: the rest is the (frozen) network.
+        sd = checkpoint["state_dict"]
+        full = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+        self.ema.load_state_dict({**full, **ema_state})
+
+    def use_ema_weights(self) -> bool:
+        """Copy the EMA into the network for good (eval.py with ``model.ema.use_for=eval``); whether it did."""
+        if self.ema is None or self.ema.missing:
+            return False
+        self.model.load_state_dict(self.ema.state_dict())
+        self.ema = None
+        return True
 
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
@@ -472,7 +601,10 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTC
     if not os.path.isfile(path):
         raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
     try:
-        return ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        model = ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        if ema_chosen(model.hparams.get("ema"), "eval") and model.use_ema_weights():
+            log.info("weights: the checkpoint's EMA weights (model.ema.use_for=eval)")
+        return model
     except ConfigError:
         raise
     except Exception as e:  # truncated or foreign file

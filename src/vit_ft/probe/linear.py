@@ -23,6 +23,7 @@ from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ClassifierSteps
+from vit_ft.models.ema import EMA_PREFIX, build_ema
 from vit_ft.models.features import linear_head, token_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.extract import split_features, use_feature_type
@@ -88,6 +89,7 @@ class LinearProbe(ClassifierSteps):
         hp["freeze_backbone"] = True
         self._classifier_hparams = hp
         self.save_hyperparameters(hp, logger=False)
+        self.ema = build_ema(self.head, hp.get("ema"))  # model.ema: the EMA of the head
         self._init_metrics(self.num_classes)
 
     @property
@@ -124,6 +126,22 @@ class LinearProbe(ClassifierSteps):
         self._log_train(loss, y, logits)
         return loss
 
+    def _ema_target(self) -> nn.Module:
+        return self.head
+
+    def _ema_logits(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x) if self.in_loop else x
+        return self.ema.logits(self.bn(f) if self.bn is not None else f)
+
+    def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
+        raw = ((checkpoint.get("vit_ft") or {}).get("probe") or {}).get("raw_ema")
+        if raw and self.bn is not None:  # the head before the BatchNorm was folded into it
+            self.ema.load_state_dict(raw)
+        else:
+            self.ema.load_state_dict(
+                {k[len("head.") :]: v for k, v in ema_state.items() if k.startswith("head.")}
+            )
+
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_cfg.get("layer_decay"):
             log.info("probe: optimizer.layer_decay does not apply to a linear head; ignored")
@@ -150,6 +168,15 @@ class LinearProbe(ClassifierSteps):
                 if k.startswith("bn."):
                     del sd[k]
             sd["model.head.weight"], sd["model.head.bias"] = w.cpu(), b.cpu()
+        if self.ema is not None:  # the EMA of the head as model_ema.head.* (BatchNorm folded in)
+            ema = {k: v.detach() for k, v in self.ema.state_dict().items()}
+            if self.bn is not None:
+                probe_state["raw_ema"] = ema
+                w, b = fold_batchnorm(
+                    ema["weight"], ema["bias"], self.bn.running_mean, self.bn.running_var, self.bn.eps
+                )
+                ema = {"weight": w, "bias": b}
+            sd.update({f"{EMA_PREFIX}head.{k}": v.cpu() for k, v in ema.items()})
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
         checkpoint["vit_ft"] = {
             "format": 1,
@@ -158,7 +185,7 @@ class LinearProbe(ClassifierSteps):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # the EMA's entries
         probe = (checkpoint.get("vit_ft") or {}).get("probe") or {}
         raw = probe.get("raw")
         if raw and self.bn is not None:

@@ -26,6 +26,7 @@ from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.precision import resolve_precision
 from vit_ft.weights.io import check_checkpoint_file
+from vit_ft.weights.readers import ema_chosen
 from vit_ft.weights.sources import looks_like_path
 
 log = logging.getLogger("vit_ft")
@@ -111,6 +112,35 @@ def prepare_run(cfg: DictConfig) -> None:
         cfg.trainer.precision = resolve_precision(
             cfg.trainer.get("precision"), str(cfg.trainer.get("accelerator"))
         )
+    follow_ema(cfg)
+
+
+def follow_ema(cfg: DictConfig) -> None:
+    """With ``model.ema.use_for=eval`` the EMA weights are the model's: the best checkpoint, early
+    stopping and ``optimized_metric`` follow ``val_ema/*`` instead of ``val/*`` (unless set on the
+    command line)."""
+    ema = cfg.get("model", {}).get("ema") if "model" in cfg else None
+    ema = OmegaConf.to_container(ema, resolve=True) if ema is not None else None
+    strategy = cfg.get("trainer", {}).get("strategy") if "trainer" in cfg else None
+    if isinstance(ema, dict) and ema.get("decay") is not None and "fsdp" in str(strategy).lower():
+        raise ConfigError(
+            f"model.ema.decay={ema['decay']} does not work with a sharded model (trainer.strategy={strategy}); "
+            "use trainer=ddp, or model.ema.decay=null"
+        )
+    if not ema_chosen(ema, "eval"):
+        return
+    keys = [("optimized_metric", cfg)] + [
+        (f"callbacks.{n}.monitor", cb)
+        for n, cb in (cfg.get("callbacks") or {}).items()
+        if cb is not None and isinstance(cb.get("monitor"), str)
+    ]
+    with open_dict(cfg):
+        for key, node in keys:
+            leaf = key.rsplit(".", 1)[-1]
+            value = node.get(leaf)
+            if isinstance(value, str) and value.startswith("val/") and not overridden(key):
+                node[leaf] = "val_ema/" + value[len("val/") :]
+                log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
 
 
 def overridden(key: str) -> bool:

@@ -62,6 +62,7 @@ def export(cfg: DictConfig) -> list[Path]:
             backbone=cfg.backbone,
             img_size=cfg.img_size,
             num_classes=cfg.num_classes,
+            purpose="export",  # a vit-ft checkpoint's EMA weights unless model.ema.use_for=none
         )
     for note in bb.notes:
         print(f"weights: {note}")

@@ -108,9 +108,10 @@ def _train(cfg: DictConfig) -> float | None:
         final = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
         analysis, predictions_path = None, None
         if not interrupted:  # the final model on val (before testing loads the best checkpoint)
-            analysis, predictions_path = predictions_and_analysis(
-                trainer, model, datamodule, "val", output_dir
-            )
+            with model.ema_weights_for("eval"):  # the EMA weights when model.ema.use_for=eval
+                analysis, predictions_path = predictions_and_analysis(
+                    trainer, model, datamodule, "val", output_dir
+                )
         test_metrics: dict[str, float | None] = {}
         if cfg.get("test") and "test" in (datamodule.splits or {}):
             res = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)

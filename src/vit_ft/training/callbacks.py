@@ -149,7 +149,8 @@ def scalar(v: Any) -> float | None:
 
 class MetricsHistory(Callback):
     """``<dirpath>/history.csv``: ``step`` (optimizer steps done), ``epoch``, then one column per metric
-    (``train/loss``, ``train/lr``, ``val/acc1``, ...), an empty cell where a metric was not logged.
+    (``train/loss``, ``train/lr``, ``val/acc1``, ``val_ema/acc1`` with EMA, ...), an empty cell where a
+    metric was not logged.
 
     A ``train/*`` row every ``every_n_steps`` optimizer steps (default: the trainer's
     ``log_every_n_steps``), a ``val/*`` row after each validation, a ``test/*`` row after a test. The file
@@ -203,12 +204,12 @@ class MetricsHistory(Callback):
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
-            self.record(trainer, "val/")
+            self.record(trainer, "val")  # val/* and, with model.ema, val_ema/*
             self.write()
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:
-            self.record(trainer, "test/")
+            self.record(trainer, "test")
             self.write()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

@@ -2,7 +2,9 @@
 
 Parameter groups, weight-decay exclusions (biases, norms, ``pos_embed``, ``cls_token``) and layer-wise
 decay come from timm's ``create_optimizer_v2``; the schedule — per-step linear warmup, then cosine
-(or linear, or constant) decay over the run's optimizer steps — is a ``LambdaLR``.
+(or linear, or constant) decay over the run's optimizer steps — is a ``LambdaLR``, which multiplies
+each group's factor by the group's ``lr_scale`` (timm's layer-wise decay: block ``i`` of a depth-``d``
+ViT trains at ``layer_decay ** (d - i)`` times the head's rate, the embeddings at ``layer_decay ** (d + 1)``).
 """
 
 from __future__ import annotations
@@ -89,4 +91,9 @@ def build_scheduler(
     def factor(step: int) -> float:
         return warmup_decay_factor(step, total_steps, warmup_steps, decay, float(min_lr_ratio))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def scaled(lr_scale: float):  # timm's layer-wise decay: each group's lr_scale, applied per step
+        return lambda step: lr_scale * factor(step)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [scaled(float(g.get("lr_scale", 1.0))) for g in optimizer.param_groups]
+    )

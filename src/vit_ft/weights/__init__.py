@@ -67,6 +67,7 @@ def load_weights(
     num_classes: int | None = None,
     reset_head: bool = False,
     timm_kwargs: dict[str, Any] | None = None,
+    purpose: str = "eval",
 ) -> Backbone:
     """The network and everything about it that ``source`` states.
 
@@ -76,7 +77,8 @@ def load_weights(
     state dict (other formats state their own architecture); ``img_size`` resamples the position
     embeddings; ``num_classes`` keeps a head of that size or replaces it with a zero one
     (``None``: keep any head); ``reset_head`` always replaces it. Every user-fixable problem raises
-    :class:`ConfigError` with a one-line message.
+    :class:`ConfigError` with a one-line message. ``purpose`` (``eval`` or ``export``) picks a
+    vit-ft checkpoint's raw or EMA weights as its ``model.ema.use_for`` says.
     """
     source = str(source).strip()
     if not source:
@@ -105,8 +107,10 @@ def load_weights(
     if path.is_dir():
         return assemble(read_dir(path, backbone=backbone, timm_kwargs=timm_kwargs), **opts)
     if path.is_file():
-        read = read_npz if path.suffix == ".npz" else read_weight_file
-        return assemble(read(path, backbone=backbone, timm_kwargs=timm_kwargs), **opts)
+        if path.suffix == ".npz":
+            return assemble(read_npz(path, backbone=backbone, timm_kwargs=timm_kwargs), **opts)
+        ckpt = read_weight_file(path, backbone=backbone, timm_kwargs=timm_kwargs, purpose=purpose)
+        return assemble(ckpt, **opts)
     if path.exists():
         raise ConfigError(f"model.weights={source!r} is neither a file nor a directory")
     if source.startswith("hf-hub:"):

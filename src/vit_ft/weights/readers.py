@@ -402,9 +402,11 @@ def read_timm_state_dict(
     )
 
 
-def read_weight_file(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+def read_weight_file(
+    path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None, purpose: str = "eval"
+) -> Checkpoint:
     """A weight file: the weights of a model directory, a vit-ft ``.ckpt`` or a timm state dict
-    (raw or wrapped; a Lightning checkpoint's ``model.*`` weights)."""
+    (raw or wrapped; a Lightning checkpoint's ``model.*`` weights). ``purpose``: see :func:`ema_chosen`."""
     sibling_cfg = path.parent / "config.json"
     if path.name in ("model.safetensors", "pytorch_model.bin") and sibling_cfg.is_file():
         return read_dir(path.parent, backbone=backbone, timm_kwargs=timm_kwargs)
@@ -418,7 +420,7 @@ def read_weight_file(path: Path, *, backbone: str | None, timm_kwargs: dict[str,
             and isinstance(obj.get("hyper_parameters"), dict)
             and "arch" in obj["hyper_parameters"]
         ):
-            return read_vit_ft_ckpt(path, obj, timm_kwargs=timm_kwargs)
+            return read_vit_ft_ckpt(path, obj, timm_kwargs=timm_kwargs, purpose=purpose)
         notes = []
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "hyper_parameters" in obj:
             inner = obj["state_dict"]
@@ -428,9 +430,27 @@ def read_weight_file(path: Path, *, backbone: str | None, timm_kwargs: dict[str,
     return read_timm_state_dict(sd, path, backbone=backbone, timm_kwargs=timm_kwargs, notes=notes, meta=meta)
 
 
-def read_vit_ft_ckpt(path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
+# -- EMA weights in vit-ft checkpoints (vit_ft.models.ema writes them) --------------------------------
+EMA_PREFIX = "model_ema."  # state_dict['model_ema.<timm key>']: the EMA beside the raw 'model.<timm key>'
+EMA_USES = ("eval", "export", "none")  # model.ema.use_for
+
+
+def ema_chosen(ema_cfg: Any, purpose: str) -> bool:
+    """Whether a checkpoint trained with ``model.ema = ema_cfg`` is read as its EMA weights for
+    ``purpose``: ``eval`` (eval.py, predict.py, initial weights) when ``use_for=eval``, ``export``
+    (export.py) when ``use_for`` is ``eval`` or ``export``."""
+    if not isinstance(ema_cfg, dict) or ema_cfg.get("decay") is None:
+        return False
+    use = ema_cfg.get("use_for", "eval")
+    return use == "eval" or (use == "export" and purpose == "export")
+
+
+def read_vit_ft_ckpt(
+    path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str, Any] | None, purpose: str = "eval"
+) -> Checkpoint:
     """A vit-ft Lightning ``.ckpt`` (already loaded): ``hyper_parameters`` hold ``arch``,
-    ``class_names`` and ``preprocessing``; the network's weights are ``state_dict['model.*']``
+    ``class_names`` and ``preprocessing``; the network's weights are ``state_dict['model.*']``, or its
+    EMA ``state_dict['model_ema.*']`` when :func:`ema_chosen` says so for ``purpose``
     (an arch without img_size takes timm's default from a build on the meta device: no weights)."""
     hp = ckpt["hyper_parameters"]
     arch = copy.deepcopy(dict(hp["arch"]))
@@ -441,13 +461,20 @@ def read_vit_ft_ckpt(path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str,
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise ConfigError(f"{path} has no state_dict; it is not a complete vit-ft checkpoint")
-    sd = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    notes: list[str] = []
+    prefix = "model."
+    if ema_chosen(hp.get("ema"), purpose):
+        if any(k.startswith(EMA_PREFIX) for k in state):
+            prefix = EMA_PREFIX
+            notes.append(f"the EMA weights (model.ema.use_for={hp['ema'].get('use_for', 'eval')})")
+        else:
+            notes.append("no EMA weights in the checkpoint: the raw weights")
+    sd = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sd:
         raise ConfigError(f"{path}: no 'model.*' weights in its state_dict; it is not a vit-ft checkpoint")
     lora = (ckpt.get("vit_ft") or {}).get("lora")
     if lora:  # a LoRA run's checkpoint: its base (rebuilt when omitted) with the adapters merged in
         sd = merged_state_dict(sd, copy.deepcopy(arch), lora, str(path))
-    notes: list[str] = []
     merge_timm_kwargs(arch, timm_kwargs, notes)
     prep_d = hp.get("preprocessing")
     prep = Preprocessing.from_dict({**dict(prep_d), "img_size": 0}) if prep_d else None

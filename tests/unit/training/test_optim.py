@@ -71,3 +71,35 @@ def test_sgd_is_the_papers_classical_momentum():
 def test_bad_optimizer_settings(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
         build_optimizer(torch.nn.Linear(2, 2), **{"lr": 0.01, **kwargs})
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_layer_decay_scales_each_block_at_every_step_of_warmup_and_decay(decay):
+    """timm's layer-wise decay: in a depth-d ViT, layer 0 is the embeddings, layer i the i-th block
+    (the final norm goes with block d), layer d+1 the head; layer i trains at layer_decay ** (d + 1 - i)
+    times the head's rate, at every step, while the head follows the warmup + decay schedule."""
+    depth, ld, lr, warmup, total = 3, 0.65, 0.1, 4, 12
+    m = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=depth, num_classes=5)
+    opt = build_optimizer(m, name="adamw", lr=lr, weight_decay=0.05, layer_decay=ld)
+    sched = build_scheduler(opt, total_steps=total, warmup_steps=warmup, decay=decay)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+
+    def layer(name: str) -> int:
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return depth if name.startswith("norm.") else depth + 1  # timm: the final norm with the last block
+
+    named = list(m.named_parameters())
+    assert {layer(n) for n, _ in named} == set(range(depth + 2))
+    for step in range(total):
+        head_lr = group_of[id(m.head.weight)]["lr"]
+        assert head_lr == pytest.approx(lr * warmup_decay_factor(step, total, warmup, decay), abs=1e-12)
+        if head_lr == 0:
+            continue
+        for name, p in named:
+            expected = ld ** (depth + 1 - layer(name))
+            assert group_of[id(p)]["lr"] / head_lr == pytest.approx(expected, rel=1e-9), (step, name)
+        opt.step()
+        sched.step()
