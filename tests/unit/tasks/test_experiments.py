@@ -120,5 +120,31 @@ def test_big_vit_presets_compose():
     assert (o.name, o.layer_decay, o.weight_decay) == ("adamw", 0.65, 0.05)
     assert (m.mixup.mixup_alpha, m.mixup.cutmix_alpha, m.label_smoothing) == (0.8, 1.0, 0.1)
     assert (m.drop_path_rate, m.random_erasing, m.lora.rank) == (0.1, 0.25, None)
-    assert m.ema.decay == 0.9999  # helper "ema"'s key: after the merge, also check it instantiates
+    assert m.ema.decay == 0.9999 and m.ema.use_for == "eval"
     validate_config(cfg)
+
+
+@pytest.mark.parametrize("name", ["vit_l16_lora", "deit_style_finetune"])
+def test_big_vit_presets_build_their_model(name):
+    """Every switch a preset sets reaches the LightningModule (on a tiny random network: no download)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    tiny = ["model.backbone=vit_tiny_patch16_224", "model.weights=null", "model.img_size=32"]
+    cfg = _compose([f"experiment={name}", *tiny, "+model.timm_kwargs.depth=2"])
+    model = instantiate(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        _convert_="all",
+    )
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    if name == "vit_l16_lora":
+        assert model.lora_spec is not None and model.ema is None
+        assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+        assert model.model.grad_checkpointing
+    else:
+        assert model.ema is not None and model.ema.decay == 0.9999 and model.lora_spec is None
+        assert model.mixup_fn is not None and len(trainable) == len(list(model.model.parameters()))
