@@ -28,14 +28,13 @@ SIZE = 112  # a multiple of both patch sizes, 14 and 16
 
 
 @pytest.fixture(scope="module")
-def sweep(image_folder, tmp_path_factory):
+def family_weights(tmp_path_factory):
+    """A tiny random model of each family's class, saved where its timm tag is told to load from."""
     from omegaconf import OmegaConf
 
     from tests.helpers import ROOT
 
-    tmp = tmp_path_factory.mktemp("families_cli")
-    weights = tmp / "weights"
-    weights.mkdir()
+    weights = tmp_path_factory.mktemp("family_weights")
     for fam in FAMILIES:
         backbone = OmegaConf.load(ROOT / "conf" / "model" / f"{fam}.yaml").backbone
         torch.manual_seed(0)
@@ -43,29 +42,56 @@ def sweep(image_folder, tmp_path_factory):
         save_file(
             {k: v.contiguous() for k, v in m.state_dict().items()}, str(weights / f"{backbone}.safetensors")
         )
+    return weights
+
+
+def family_sweep(weights, image_folder, tmp, name, *extra):
+    """``train.py -m model=<every family>`` on the tiny models; the sweep folder and the process."""
     tiny = [o for o in TINY if not o.startswith(("model=", "model.img_size", "+model.timm_kwargs"))]
-    sweep_dir = tmp / "multirun"
+    sweep_dir = tmp / name
     proc = run_cli(
         "train.py",
         "-m",
+        *extra,
         f"model={','.join(FAMILIES)}",
         *tiny,
         f"model.img_size={SIZE}",
         *(f"+model.timm_kwargs.{k}={v}" for k, v in TINY_KW.items()),
         f"+model.timm_kwargs.pretrained_cfg_overlay.file={weights}/" + "${model.backbone}.safetensors",
         "+model.timm_kwargs.pretrained_cfg_overlay.num_classes=0",
-        "data=imagefolder",
         f"data.root={image_folder}",
-        "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2",
         "logger=csv",
-        "~callbacks.run_report",
-        "~callbacks.model_checkpoint",
         f"hydra.sweep.dir={sweep_dir}",
         tmp_path=tmp,
         timeout=600,
     )
     return sweep_dir, proc
+
+
+@pytest.fixture(scope="module")
+def sweep(family_weights, image_folder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("families_cli")
+    return family_sweep(
+        family_weights,
+        image_folder,
+        tmp,
+        "multirun",
+        "data=imagefolder",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "~callbacks.run_report",
+        "~callbacks.model_checkpoint",
+    )
+
+
+@pytest.fixture(scope="module")
+def knn_sweep(family_weights, image_folder, tmp_path_factory):
+    """The same families, frozen: k-NN on each model's own pooled features (SigLIP's attention pool,
+    DeiT-distilled's two tokens...)."""
+    tmp = tmp_path_factory.mktemp("families_knn")
+    return family_sweep(
+        family_weights, image_folder, tmp, "knn", "experiment=knn", "probe.features=pool", "probe.k=[5]"
+    )
 
 
 def _job(sweep_dir, i):
@@ -79,6 +105,14 @@ def test_every_family_fine_tunes_and_validates(sweep):
         assert m["status"] == "completed", (fam, m.get("error"))
         assert 0.0 <= m["final"]["val/acc1"] <= 1.0 and m["final"]["val/loss"] > 0, fam
         assert (_job(sweep_dir, i) / "val_predictions.csv").is_file(), fam
+
+
+def test_every_family_is_knn_evaluated_on_its_own_pooling(knn_sweep):
+    sweep_dir, _ = knn_sweep
+    for i, fam in enumerate(FAMILIES):
+        m = json.loads((_job(sweep_dir, i) / "metrics.json").read_text())
+        assert m["status"] == "completed", (fam, m.get("error"))
+        assert 0.0 <= m["final"]["knn/k5/acc1"] <= 1.0, fam
 
 
 def test_every_family_checkpoint_predicts_and_keeps_its_architecture(sweep, image_folder):
