@@ -13,12 +13,11 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from vit_ft.errors import ConfigError
 from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.ridge import fewshot_evaluation
 from vit_ft.probe.settings import FewshotSettings
 from vit_ft.tasks.common import build
-from vit_ft.tasks.outputs import finish_wandb, print_summary, write_metrics, write_resolved_config
+from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
 
 log = logging.getLogger("vit_ft")
 
@@ -33,12 +32,7 @@ def fewshot(cfg: DictConfig) -> float | None:
     try:
         datamodule, model, trainer, loggers = build(cfg)
         splits = datamodule.splits
-        if eval_split is None:
-            eval_split = "test" if "test" in splits else "val"
-        if eval_split not in splits or eval_split == "train":
-            raise ConfigError(
-                f"probe.eval_split={eval_split!r} is not a held-out split of this data (it has {sorted(splits)})"
-            )
+        eval_split = held_out_split(eval_split, splits)
         need = ["train", eval_split]
         select_on_val = l2_cfg == "auto" and eval_split != "val" and "val" in splits
         if select_on_val:
@@ -69,36 +63,30 @@ def fewshot(cfg: DictConfig) -> float | None:
         if metric not in final:
             metric = f"fewshot/{max(shots)}shot/acc"
         value = final[metric]
-        output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
-            write_resolved_config(cfg, output_dir, loggers, model.preprocessing, class_names)
-            for lg in loggers:
-                lg.log_metrics(final, step=0)
-                if hasattr(lg, "finalize"):
-                    lg.finalize("success")
-            payload = {
-                "optimized_metric": metric,
-                "value": value,
-                "final": final,
-                "fewshot": {
-                    "shots": shots,
-                    "seeds": n_seeds,
-                    "l2_reg": l2_cfg,
-                    "l2_selected": result.l2_selected,
-                    "eval_split": eval_split,
-                    "eval_images": len(yev),
-                    "per_seed": result.per_seed,
-                    "features": settings.features,
-                },
-                "features": report,
-                "seconds": {"features": round(feature_seconds, 3), "solve": round(solve_seconds, 3)},
-                "status": "completed",
-                "bad_images": datamodule.bad_image_report(),
-                "run_dir": output_dir,
+            details = {
+                "shots": shots,
+                "seeds": n_seeds,
+                "l2_reg": l2_cfg,
+                "l2_selected": result.l2_selected,
+                "eval_split": eval_split,
+                "eval_images": len(yev),
+                "per_seed": result.per_seed,
+                "features": settings.features,
             }
-            write_metrics(output_dir, payload)
+            publish_feature_evaluation(
+                cfg,
+                loggers,
+                model.preprocessing,
+                datamodule,
+                final=final,
+                metric=metric,
+                section=("fewshot", details),
+                features=report,
+                seconds={"features": feature_seconds, "solve": solve_seconds},
+            )
             _print_table(final, shots, n_seeds, eval_split, len(yev), solve_seconds)
-            print_summary(output_dir, [], loggers)
+            print_summary(str(cfg.paths.output_dir), [], loggers)
         return value if math.isfinite(value) else None
     finally:
         finish_wandb()

@@ -22,7 +22,7 @@ from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.knn import effective_ks, knn_evaluate, knn_metrics
 from vit_ft.probe.settings import KnnSettings
 from vit_ft.tasks.common import build
-from vit_ft.tasks.outputs import finish_wandb, print_summary, write_metrics, write_resolved_config
+from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
 
 log = logging.getLogger("vit_ft")
 
@@ -34,14 +34,7 @@ def knn(cfg: DictConfig) -> float | None:
     loggers: list = []
     try:
         datamodule, model, trainer, loggers = build(cfg)
-        splits = datamodule.splits
-        eval_split = settings.eval_split
-        if eval_split is None:
-            eval_split = "test" if "test" in splits else "val"
-        if eval_split not in splits or eval_split == "train":
-            raise ConfigError(
-                f"probe.eval_split={eval_split!r} is not a held-out split of this data (it has {sorted(splits)})"
-            )
+        eval_split = held_out_split(settings.eval_split, datamodule.splits)
         use_feature_type(model, settings.features, head=False)
         t0 = time.perf_counter()
         feats, report = split_features(model, datamodule, ["train", eval_split], settings, trainer)
@@ -78,35 +71,29 @@ def knn(cfg: DictConfig) -> float | None:
         if metric not in final:
             metric = f"knn/k{min(ks, key=lambda k: abs(k - 20))}/acc1"
         value = final[metric]
-        output_dir = str(cfg.paths.output_dir)
         if trainer.is_global_zero:
-            write_resolved_config(cfg, output_dir, loggers, model.preprocessing, class_names)
-            for lg in loggers:
-                lg.log_metrics(final, step=0)
-                if hasattr(lg, "finalize"):
-                    lg.finalize("success")
-            payload = {
-                "optimized_metric": metric,
-                "value": value,
-                "final": final,
-                "knn": {
-                    "k": ks,
-                    "k_asked": settings.k,
-                    "temperature": settings.temperature,
-                    "eval_split": eval_split,
-                    "eval_images": len(ev),
-                    "bank_images": len(tr),
-                    "features": settings.features,
-                },
-                "features": report,
-                "seconds": {"features": round(feature_seconds, 3), "knn": round(knn_seconds, 3)},
-                "status": "completed",
-                "bad_images": datamodule.bad_image_report(),
-                "run_dir": output_dir,
+            details = {
+                "k": ks,
+                "k_asked": settings.k,
+                "temperature": settings.temperature,
+                "eval_split": eval_split,
+                "eval_images": len(ev),
+                "bank_images": len(tr),
+                "features": settings.features,
             }
-            write_metrics(output_dir, payload)
+            publish_feature_evaluation(
+                cfg,
+                loggers,
+                model.preprocessing,
+                datamodule,
+                final=final,
+                metric=metric,
+                section=("knn", details),
+                features=report,
+                seconds={"features": feature_seconds, "knn": knn_seconds},
+            )
             _print_table(final, ks, eval_split, len(ev), len(tr), knn_seconds)
-            print_summary(output_dir, [f"{metric:<14}: {value:.4f}"], loggers)
+            print_summary(str(cfg.paths.output_dir), [f"{metric:<14}: {value:.4f}"], loggers)
         return value if math.isfinite(value) else None
     finally:
         finish_wandb()

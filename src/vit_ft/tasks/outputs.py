@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vit_ft.errors import ConfigError
 from vit_ft.io import write_json_atomic, write_text_atomic
 from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.predictions import predict_split, write_predictions_csv
@@ -166,3 +167,50 @@ def print_summary(output_dir: str, lines: list[str], loggers: list) -> None:
         if "offline-run" in os.path.basename(d):
             out.append(f"sync it with  : wandb sync {d}")
     print("\n".join(out), flush=True)
+
+
+def held_out_split(asked: str | None, splits: Any) -> str:
+    """The split a feature evaluation (k-NN, few-shot) scores on: ``asked``, or test if the data has
+    one, else val; the train split (the evaluation's own bank) or a missing one is one error line."""
+    split = asked if asked is not None else ("test" if "test" in splits else "val")
+    if split not in splits or split == "train":
+        raise ConfigError(
+            f"probe.eval_split={split!r} is not a held-out split of this data (it has {sorted(splits)})"
+        )
+    return split
+
+
+def publish_feature_evaluation(
+    cfg: Any,
+    loggers: list,
+    preprocessing: Any,
+    datamodule: Any,
+    *,
+    final: dict[str, float],
+    metric: str,
+    section: tuple[str, dict[str, Any]],
+    features: Any,
+    seconds: dict[str, float],
+) -> None:
+    """What a feature evaluation leaves (rank 0): the resolved config, its metrics in every logger (one
+    step), and metrics.json with ``section`` (its settings and counts) beside the common keys."""
+    output_dir = str(cfg.paths.output_dir)
+    write_resolved_config(cfg, output_dir, loggers, preprocessing, list(datamodule.class_names))
+    for lg in loggers:
+        lg.log_metrics(final, step=0)
+        if hasattr(lg, "finalize"):
+            lg.finalize("success")
+    write_metrics(
+        output_dir,
+        {
+            "optimized_metric": metric,
+            "value": final[metric],
+            "final": final,
+            section[0]: section[1],
+            "features": features,
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "status": "completed",
+            "bad_images": datamodule.bad_image_report(),
+            "run_dir": output_dir,
+        },
+    )

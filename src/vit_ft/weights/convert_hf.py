@@ -66,6 +66,28 @@ _HF_RX = [(_compile(hf), timm_) for hf, timm_ in (*HF_VIT_KEY_TABLE, HF_HEAD)]
 _TIMM_RX = [(_compile(timm_), hf) for hf, timm_ in (*HF_VIT_KEY_TABLE, HF_HEAD)]
 
 
+def _take(
+    key: str,
+    value: torch.Tensor,
+    rows: list[tuple[re.Pattern[str], str]],
+    out: dict[str, torch.Tensor],
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]],
+) -> bool:
+    """Put ``value`` under the timm name of the first row matching ``key`` (a q/k/v part into ``qkv``,
+    fused later); whether a row matched."""
+    for rx, target in rows:
+        m = rx.match(key)
+        if m is None:
+            continue
+        g = m.groupdict()
+        if "qkv" in g:
+            qkv.setdefault((g["i"], g["p"]), {})[g["qkv"]] = value
+        else:
+            out[target.format(**g)] = value
+        return True
+    return False
+
+
 def is_hf_vit_state_dict(sd: dict[str, Any]) -> bool:
     """True when ``sd`` has transformers ViT keys (with or without the ``vit.`` prefix)."""
     return any(
@@ -85,17 +107,7 @@ def hf_to_timm(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
         k = key[len("vit.") :] if key.startswith("vit.") else key
         for rx, repl in _HF_V5_ALIASES:
             k = re.sub(rx, repl, k)
-        for rx, target in _HF_RX:
-            m = rx.match(k)
-            if m is None:
-                continue
-            g = m.groupdict()
-            if "qkv" in g:
-                qkv.setdefault((g["i"], g["p"]), {})[g["qkv"]] = value
-            else:
-                out[target.format(**g)] = value
-            break
-        else:
+        if not _take(k, value, _HF_RX, out, qkv):
             unused.append(key)
     for (i, p), parts in qkv.items():
         if set(parts) != set(_QKV):
@@ -267,19 +279,8 @@ def hf_family_to_timm(
         if head is not None:
             heads[f"{head[0]}.{k.rsplit('.', 1)[1]}"] = value
             continue
-        for rx, target in rows:
-            m = rx.match(k)
-            if m is None:
-                continue
-            g = m.groupdict()
-            if "qkv" in g:
-                qkv.setdefault((g["i"], g["p"]), {})[g["qkv"]] = value
-            else:
-                out[target.format(**g)] = value
-            break
-        else:
-            if not k.startswith(fam.dropped):
-                unused.append(key)
+        if not _take(k, value, rows, out, qkv) and not k.startswith(fam.dropped):
+            unused.append(key)
     for (i, p), parts in qkv.items():
         if set(parts) != set(fam.qkv):
             raise ConfigError(

@@ -21,6 +21,16 @@ from vit_ft.errors import ConfigError
 METADATA_KEY = "vit_ft"
 
 
+def unsafe_global(e: pickle.UnpicklingError) -> str | None:
+    """What a ``weights_only`` load refused (a class or function the pickle would call), or ``None`` when
+    the pickle is simply broken."""
+    msg = str(e)
+    if "Weights only load failed" not in msg:
+        return None
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    return m.group(1) if m else "objects other than tensors and plain containers"
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type), short enough for a one-line error."""
     text = str(e).strip().splitlines()
@@ -40,11 +50,9 @@ def torch_load_safely(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Weights only load failed" not in msg:
+        name = unsafe_global(e)
+        if name is None:
             raise corrupt_file_error(path, e) from None
-        m = re.search(r"GLOBAL ([\w.]+)", msg)
-        name = m.group(1) if m else "objects other than tensors and plain containers"
         raise ConfigError(
             f"refusing to load {path}: it is a pickle that needs {name}, which could run code; vit-ft only "
             "reads tensors and plain containers (safetensors or torch.load(weights_only=True)) - re-save the "
@@ -120,11 +128,9 @@ def _load_for_check(path: Path, label: str) -> Any:
             zipped = f.read(4) == ZIP_MAGIC
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Weights only load failed" not in msg:
+        name = unsafe_global(e)
+        if name is None:
             raise ConfigError(f"{label} is corrupt ({first_line(e)}); pass a complete checkpoint") from None
-        m = re.search(r"GLOBAL ([\w.]+)", msg)
-        name = m.group(1) if m else "objects other than tensors and plain containers"
         raise ConfigError(
             f"{label} is refused: it is a pickle that needs {name}, which could run code when loaded; vit-ft "
             "reads only tensors and plain containers - re-save it from a trusted environment "
