@@ -219,3 +219,29 @@ def test_lora_with_a_linear_probe_is_one_line():
         ConfigError, match=r"^model.lora.rank=2 with a linear probe: .*model.weights=<its .ckpt>\)$"
     ):
         prepare_linear_probe(LinearProbeSettings(), tiny(lora={"rank": 2}), None, None)
+
+
+def test_lora_with_ema_keeps_checkpoints_small_loads_the_ema_and_resumes(base_file, tmp_path):
+    """model.lora + model.ema: the frozen base is left out of both the raw and the EMA entries; the
+    checkpoint evaluates with the EMA's adapters and head (use_for=eval) and resumes."""
+    ema = {"decay": 0.5, "warmup": False, "device": None, "use_for": "eval"}
+    torch.manual_seed(0)
+    model = tiny(weights=str(base_file), reset_head=True, lora=LORA, ema=ema)
+    trainer = quiet_trainer(max_steps=2, default_root_dir=str(tmp_path))
+    trainer.fit(model, train_dataloaders=loader())
+    ckpt = tmp_path / "lora_ema.ckpt"
+    trainer.save_checkpoint(ckpt)
+    sd = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
+    ema_keys = [k for k in sd if k.startswith("model_ema.")]
+    assert ema_keys and all(".lora_" in k or k.startswith("model_ema.head.") for k in ema_keys), ema_keys
+    x = next(iter(loader(seed=3)))[0]
+    with torch.no_grad():
+        expected = model.ema.module.eval()(model.normalize(x))  # the EMA network's logits
+    loaded = load_classifier(str(ckpt))
+    torch.testing.assert_close(logits(loaded, x), expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(expected, logits(model, x), atol=1e-4)  # not the raw weights
+    torch.manual_seed(0)
+    fresh = tiny(weights=str(base_file), reset_head=True, lora=LORA, ema=ema)
+    trainer = quiet_trainer(max_steps=3, default_root_dir=str(tmp_path))
+    trainer.fit(fresh, train_dataloaders=loader(), ckpt_path=str(ckpt))
+    assert trainer.global_step == 3 and fresh.ema is not None and not fresh.ema.missing
