@@ -23,6 +23,16 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from vit_ft.checkpoint_format import (
+    LORA_RECORD,
+    MODEL_PREFIX,
+    RECORD,
+    RNG_KEY,
+    build_record,
+    ema_chosen,
+    feature_record,
+    strip_prefix,
+)
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import per_class_accuracy, unique_class_names
 from vit_ft.models.backbone import build_backbone
@@ -35,7 +45,6 @@ from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.weights import Backbone, create_from_arch
 from vit_ft.weights.assemble import HEAD_PREFIXES, head_modules
 from vit_ft.weights.lora import LoraSpec, drop_base, fill_base, inject_lora, lora_checkpoint_info
-from vit_ft.weights.readers import ema_chosen
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +275,7 @@ class ClassifierSteps(L.LightningModule):
         self.on_validation_epoch_start()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_rng = checkpoint.get("rng_states")  # set before the first resumed step
+        self._resume_rng = checkpoint.get(RNG_KEY)  # set before the first resumed step
         ema_state = pop_ema_state(checkpoint.get("state_dict") or {})
         if self.ema is None:
             return
@@ -314,7 +323,7 @@ class ClassifierSteps(L.LightningModule):
         them); subclasses add their own entries and call this."""
         trainer = self._trainer
         if trainer is not None:
-            checkpoint["rng_states"] = gather_rng_states(trainer)
+            checkpoint[RNG_KEY] = gather_rng_states(trainer)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Resumed from a checkpoint: set this rank's generators as they were when it was saved, just
@@ -557,9 +566,8 @@ class ViTClassifier(ClassifierSteps):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["vit_ft"] = {"format": 1, "total_steps": int(self.trainer.estimated_stepping_batches)}
+        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, lora=self.lora_info)
         if self.lora_info is not None:  # adapters + head (+ the base only when weights cannot rebuild it)
-            checkpoint["vit_ft"]["lora"] = self.lora_info
             if self.lora_info["base_omitted"]:
                 drop_base(checkpoint["state_dict"])
         if self.ema is not None:
@@ -569,7 +577,7 @@ class ViTClassifier(ClassifierSteps):
             checkpoint["state_dict"].update({EMA_PREFIX + k: v for k, v in ema_sd.items()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = (checkpoint.get("vit_ft") or {}).get("lora")
+        info = feature_record(checkpoint, LORA_RECORD)
         if info and info.get("base_omitted"):  # the base was rebuilt from model.weights in __init__
             fill_base(checkpoint["state_dict"], self.model, info, self.lora_info, "the checkpoint")
         super().on_load_checkpoint(checkpoint)  # the EMA (over the filled base), the random states
@@ -577,7 +585,7 @@ class ViTClassifier(ClassifierSteps):
     def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
         # A linear probe's checkpoint holds the EMA of the head only: the rest is the (frozen) network.
         sd = checkpoint["state_dict"]
-        full = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+        full = strip_prefix(sd, MODEL_PREFIX)
         self.ema.load_state_dict({**full, **ema_state})
 
     def use_ema_weights(self) -> bool:

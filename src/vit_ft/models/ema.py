@@ -20,8 +20,8 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
+from vit_ft.checkpoint_format import EMA_PREFIX, EMA_USES
 from vit_ft.errors import ConfigError
-from vit_ft.weights.readers import EMA_PREFIX, EMA_USES
 
 __all__ = ["EMA_PREFIX", "EmaWeights", "build_ema", "check_ema_config"]
 

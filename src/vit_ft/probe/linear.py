@@ -19,17 +19,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from vit_ft.checkpoint_format import (
+    EMA_PREFIX,
+    HEAD_PREFIX,
+    MODEL_PREFIX,
+    PROBE_RECORD,
+    RECORD,
+    add_prefix,
+    build_record,
+    feature_record,
+    strip_prefix,
+)
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ClassifierSteps
-from vit_ft.models.ema import EMA_PREFIX, build_ema
+from vit_ft.models.ema import build_ema
 from vit_ft.models.features import linear_head, token_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.features import SplitFeatures
 from vit_ft.probe.settings import LinearProbeSettings
 
+HEAD_KEYS = (
+    f"{MODEL_PREFIX}{HEAD_PREFIX}weight",
+    f"{MODEL_PREFIX}{HEAD_PREFIX}bias",
+)  # the probe's head in the state_dict
 log = logging.getLogger("vit_ft")
 
 
@@ -134,13 +149,11 @@ class LinearProbe(ClassifierSteps):
         return self.ema.logits(self.bn(f) if self.bn is not None else f)
 
     def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
-        raw = ((checkpoint.get("vit_ft") or {}).get("probe") or {}).get("raw_ema")
+        raw = feature_record(checkpoint, PROBE_RECORD).get("raw_ema")
         if raw and self.bn is not None:  # the head before the BatchNorm was folded into it
             self.ema.load_state_dict(raw)
         else:
-            self.ema.load_state_dict(
-                {k[len("head.") :]: v for k, v in ema_state.items() if k.startswith("head.")}
-            )
+            self.ema.load_state_dict(strip_prefix(ema_state, HEAD_PREFIX))
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_cfg.get("layer_decay"):
@@ -154,8 +167,8 @@ class LinearProbe(ClassifierSteps):
         probe_state = {"in_loop": self.in_loop, "batchnorm": self.bn is not None}
         if self.bn is not None:
             raw = {k: v for k, v in sd.items() if k.startswith("bn.")}
-            raw["model.head.weight"] = sd["model.head.weight"]
-            raw["model.head.bias"] = sd["model.head.bias"]
+            for k in HEAD_KEYS:
+                raw[k] = sd[k]
             probe_state["raw"] = raw
             w, b = fold_batchnorm(
                 self.head.weight.detach(),
@@ -167,7 +180,7 @@ class LinearProbe(ClassifierSteps):
             for k in list(sd):
                 if k.startswith("bn."):
                     del sd[k]
-            sd["model.head.weight"], sd["model.head.bias"] = w.cpu(), b.cpu()
+            sd[HEAD_KEYS[0]], sd[HEAD_KEYS[1]] = w.cpu(), b.cpu()
         if self.ema is not None:  # the EMA of the head as model_ema.head.* (BatchNorm folded in)
             ema = {k: v.detach() for k, v in self.ema.state_dict().items()}
             if self.bn is not None:
@@ -176,17 +189,13 @@ class LinearProbe(ClassifierSteps):
                     ema["weight"], ema["bias"], self.bn.running_mean, self.bn.running_var, self.bn.eps
                 )
                 ema = {"weight": w, "bias": b}
-            sd.update({f"{EMA_PREFIX}head.{k}": v.cpu() for k, v in ema.items()})
+            sd.update(add_prefix({k: v.cpu() for k, v in ema.items()}, EMA_PREFIX + HEAD_PREFIX))
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
-        checkpoint["vit_ft"] = {
-            "format": 1,
-            "total_steps": int(self.trainer.estimated_stepping_batches),
-            "probe": probe_state,
-        }
+        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, probe=probe_state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # the EMA's entries
-        probe = (checkpoint.get("vit_ft") or {}).get("probe") or {}
+        probe = feature_record(checkpoint, PROBE_RECORD)
         raw = probe.get("raw")
         if raw and self.bn is not None:
             checkpoint["state_dict"].update(raw)

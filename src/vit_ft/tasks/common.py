@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
@@ -26,7 +27,6 @@ from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.precision import resolve_precision
 from vit_ft.weights.io import check_checkpoint_file
-from vit_ft.weights.readers import ema_chosen
 from vit_ft.weights.sources import looks_like_path
 
 log = logging.getLogger("vit_ft")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit_ft.checkpoint_format import MODEL_PREFIX
 from vit_ft.errors import ConfigError
 
 # Short name -> module path inside a timm ViT Block.
@@ -162,7 +163,7 @@ def lora_checkpoint_info(spec: LoraSpec, base: dict[str, Any] | None, model: nn.
     }
 
 
-def drop_base(state_dict: dict[str, torch.Tensor], prefix: str = "model.") -> None:
+def drop_base(state_dict: dict[str, torch.Tensor], prefix: str = MODEL_PREFIX) -> None:
     """Remove the frozen base weights of a LoRA network from a (LightningModule) state dict, in place."""
     for k in [k for k in state_dict if k.startswith(prefix) and is_base_key(k[len(prefix) :])]:
         del state_dict[k]
@@ -187,7 +188,7 @@ def fill_base(
     info: dict[str, Any],
     own: dict[str, Any] | None,
     where: str,
-    prefix: str = "model.",
+    prefix: str = MODEL_PREFIX,
 ) -> None:
     """Put ``model``'s base weights (already rebuilt from ``model.weights``; ``own`` is its
     :func:`lora_checkpoint_info`) into a LoRA checkpoint's state dict that omits them, after

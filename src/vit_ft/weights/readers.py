@@ -21,6 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from vit_ft.checkpoint_format import (
+    EMA_PREFIX,
+    LORA_RECORD,
+    MODEL_PREFIX,
+    ema_chosen,
+    feature_record,
+    has_prefix,
+    strip_prefix,
+)
 from vit_ft.compat import load_vit_npz
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import PIL_FILTERS, Preprocessing
@@ -424,25 +433,10 @@ def read_weight_file(
         notes = []
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "hyper_parameters" in obj:
             inner = obj["state_dict"]
-            if inner and all(k.startswith("model.") for k in inner):
-                obj = {k[len("model.") :]: v for k, v in inner.items()}
+            if inner and all(k.startswith(MODEL_PREFIX) for k in inner):
+                obj = strip_prefix(inner, MODEL_PREFIX)
         sd, meta = unwrap_state_dict(obj, path, notes), {}
     return read_timm_state_dict(sd, path, backbone=backbone, timm_kwargs=timm_kwargs, notes=notes, meta=meta)
-
-
-# -- EMA weights in vit-ft checkpoints (vit_ft.models.ema writes them) --------------------------------
-EMA_PREFIX = "model_ema."  # state_dict['model_ema.<timm key>']: the EMA beside the raw 'model.<timm key>'
-EMA_USES = ("eval", "export", "none")  # model.ema.use_for
-
-
-def ema_chosen(ema_cfg: Any, purpose: str) -> bool:
-    """Whether a checkpoint trained with ``model.ema = ema_cfg`` is read as its EMA weights for
-    ``purpose``: ``eval`` (eval.py, predict.py, initial weights) when ``use_for=eval``, ``export``
-    (export.py) when ``use_for`` is ``eval`` or ``export``."""
-    if not isinstance(ema_cfg, dict) or ema_cfg.get("decay") is None:
-        return False
-    use = ema_cfg.get("use_for", "eval")
-    return use == "eval" or (use == "export" and purpose == "export")
 
 
 def read_vit_ft_ckpt(
@@ -462,17 +456,17 @@ def read_vit_ft_ckpt(
     if not isinstance(state, dict):
         raise ConfigError(f"{path} has no state_dict; it is not a complete vit-ft checkpoint")
     notes: list[str] = []
-    prefix = "model."
+    prefix = MODEL_PREFIX
     if ema_chosen(hp.get("ema"), purpose):
-        if any(k.startswith(EMA_PREFIX) for k in state):
+        if has_prefix(state, EMA_PREFIX):
             prefix = EMA_PREFIX
             notes.append(f"the EMA weights (model.ema.use_for={hp['ema'].get('use_for', 'eval')})")
         else:
             notes.append("no EMA weights in the checkpoint: the raw weights")
-    sd = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    sd = strip_prefix(state, prefix)
     if not sd:
         raise ConfigError(f"{path}: no 'model.*' weights in its state_dict; it is not a vit-ft checkpoint")
-    lora = (ckpt.get("vit_ft") or {}).get("lora")
+    lora = feature_record(ckpt, LORA_RECORD)
     if lora:  # a LoRA run's checkpoint: its base (rebuilt when omitted) with the adapters merged in
         sd = merged_state_dict(sd, copy.deepcopy(arch), lora, str(path))
     merge_timm_kwargs(arch, timm_kwargs, notes)

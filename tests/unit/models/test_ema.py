@@ -16,7 +16,7 @@ from vit_ft.models.ema import check_ema_config
 from vit_ft.probe.linear import LinearProbe
 from vit_ft.tasks.common import follow_ema
 from vit_ft.weights import load_weights
-from vit_ft.weights.readers import ema_chosen
+from vit_ft.checkpoint_format import ema_chosen
 
 KEY = "blocks.0.attn.qkv.weight"
 

@@ -1,0 +1,81 @@
+"""The vit-ft checkpoint format: every key prefix and record name, in one place.
+
+A vit-ft ``.ckpt`` is a Lightning checkpoint whose
+
+* ``state_dict`` holds the trained network as ``model.<timm key>`` (:data:`MODEL_PREFIX`), the EMA of
+  the weights beside it as ``model_ema.<timm key>`` (:data:`EMA_PREFIX`), and a linear probe's extra
+  modules under their own names;
+* ``hyper_parameters`` hold what rebuilds the network offline (``arch``, ``preprocessing``,
+  ``class_names``, ``num_classes``, the ``ema``/``lora`` settings);
+* ``vit_ft`` (:data:`RECORD`) is vit-ft's own record, built by :func:`build_record` only: the format
+  version, the run's total optimizer steps, and per feature a sub-record (``lora``, ``probe``);
+* ``rng_states`` (:data:`RNG_KEY`) holds every rank's random generators (exact resume).
+
+Readers, writers and hooks import these names; none spells a prefix. The format version is 1 since the
+first vit-ft checkpoint: a checkpoint without a record (e.g. written by a plain Lightning module) reads
+as version 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+FORMAT_VERSION = 1
+RECORD = "vit_ft"  # checkpoint["vit_ft"]: vit-ft's own record
+RNG_KEY = "rng_states"  # checkpoint["rng_states"]: one dict of generator states per rank
+MODEL_PREFIX = "model."  # state_dict["model.<timm key>"]: the trained network
+EMA_PREFIX = "model_ema."  # state_dict["model_ema.<timm key>"]: the EMA of the weights beside it
+HEAD_PREFIX = "head."  # the timm classifier head inside the network (see weights.families for all heads)
+LORA_RECORD = "lora"  # checkpoint["vit_ft"]["lora"]: the adapters' spec and where the base comes from
+PROBE_RECORD = "probe"  # checkpoint["vit_ft"]["probe"]: a linear probe's resume state
+EMA_USES = ("eval", "export", "none")  # model.ema.use_for
+
+
+def build_record(total_steps: int, **features: Any) -> dict[str, Any]:
+    """vit-ft's record for ``checkpoint[RECORD]``: the format version, the run's total optimizer steps
+    and one entry per feature that adds state (``lora=...``, ``probe=...``; ``None`` values left out)."""
+    record: dict[str, Any] = {"format": FORMAT_VERSION, "total_steps": int(total_steps)}
+    record.update({k: v for k, v in features.items() if v is not None})
+    return record
+
+
+def read_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's vit-ft record (an empty dict when it has none)."""
+    rec = checkpoint.get(RECORD)
+    return dict(rec) if isinstance(rec, Mapping) else {}
+
+
+def feature_record(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One feature's sub-record (``LORA_RECORD``, ``PROBE_RECORD``), empty when absent."""
+    sub = read_record(checkpoint).get(name)
+    return dict(sub) if isinstance(sub, Mapping) else {}
+
+
+def format_version(checkpoint: Mapping[str, Any]) -> int:
+    """The record's format version (0: no vit-ft record)."""
+    return int(read_record(checkpoint).get("format", 0) or 0)
+
+
+def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries under ``prefix``, with the prefix dropped."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def add_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries with ``prefix`` put in front of every key."""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def has_prefix(state: Mapping[str, Any], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state)
+
+
+def ema_chosen(ema_cfg: Any, purpose: str) -> bool:
+    """Whether a checkpoint trained with ``model.ema = ema_cfg`` is read as its EMA weights for
+    ``purpose``: ``eval`` (eval.py, predict.py, initial weights) when ``use_for=eval``, ``export``
+    (export.py) when ``use_for`` is ``eval`` or ``export``."""
+    if not isinstance(ema_cfg, Mapping) or ema_cfg.get("decay") is None:
+        return False
+    use = ema_cfg.get("use_for", "eval")
+    return use == "eval" or (use == "export" and purpose == "export")
