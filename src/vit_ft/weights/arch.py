@@ -113,22 +113,12 @@ def timm_name_for(patch: int, width: int, depth: int, heads: int, img_size: int)
     return "vit_base_patch16_224"
 
 
-def _mlp_ratio(width: int, hidden: int) -> float:
+def mlp_ratio(width: int, hidden: int) -> float:
     """timm's mlp_ratio for an MLP of ``hidden`` units (nudged so that int(width * ratio) == hidden)."""
     ratio = hidden / width
     if int(width * ratio) != hidden:
         ratio = (hidden + 0.5) / width
     return ratio
-
-
-def _square(value: Any, what: str, where: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ConfigError(
-                f"{where}: {what}={list(value)} is not square; vit-ft supports square inputs only"
-            )
-        value = value[0]
-    return int(value)
 
 
 def _dims_of(name: str, timm_kwargs: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -170,54 +160,6 @@ def backbone_note(backbone: str | None, arch: dict[str, Any]) -> list[str]:
         f"model.backbone={backbone} ({_describe(named)}) differs from the checkpoint ({_describe(ckpt)}); "
         "the checkpoint's architecture is used"
     ]
-
-
-_HF_ACTS = {
-    "gelu": None,
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
-
-
-def arch_from_hf_config(cfg: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
-    """vit-ft ``arch`` (timm name + kwargs + LayerNorm eps) of a transformers ``ViTConfig`` dict."""
-    try:
-        width = int(cfg["hidden_size"])
-        depth = int(cfg["num_hidden_layers"])
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["intermediate_size"])
-        patch = _square(cfg["patch_size"], "patch_size", where)
-        img = _square(cfg["image_size"], "image_size", where)
-    except KeyError as e:
-        raise ConfigError(f"{where} lacks {e.args[0]!r}; it is not a transformers ViT config") from None
-    act = str(cfg.get("hidden_act", "gelu"))
-    if act not in _HF_ACTS:
-        raise ConfigError(
-            f"{where}: hidden_act={act!r} has no timm equivalent; supported: {sorted(_HF_ACTS)}"
-        )
-    kwargs: dict[str, Any] = {
-        "img_size": img,
-        "patch_size": patch,
-        "in_chans": int(cfg.get("num_channels", 3)),
-        "embed_dim": width,
-        "depth": depth,
-        "num_heads": heads,
-        "mlp_ratio": _mlp_ratio(width, hidden),
-        "qkv_bias": bool(cfg.get("qkv_bias", True)),
-        "class_token": True,
-        "global_pool": "token",
-    }
-    if _HF_ACTS[act] is not None:
-        kwargs["act_layer"] = _HF_ACTS[act]
-    return {
-        "name": timm_name_for(patch, width, depth, heads, img),
-        "kwargs": kwargs,
-        "layer_norm_eps": float(cfg.get("layer_norm_eps", HF_LAYER_NORM_EPS)),
-    }
 
 
 def merge_timm_kwargs(arch: dict[str, Any], timm_kwargs: dict[str, Any] | None, notes: list[str]) -> None:
@@ -332,7 +274,7 @@ def arch_from_npz(w: Any, path: Path) -> tuple[dict[str, Any], int, bool]:
             "embed_dim": width,
             "depth": depth,
             "num_heads": heads,
-            "mlp_ratio": _mlp_ratio(width, hidden),
+            "mlp_ratio": mlp_ratio(width, hidden),
             "qkv_bias": qkv_bias,
             "class_token": True,
             "global_pool": "token",
@@ -341,107 +283,3 @@ def arch_from_npz(w: Any, path: Path) -> tuple[dict[str, Any], int, bool]:
         "layer_norm_eps": None,  # flax LayerNorm: 1e-6, timm's default
     }
     return arch, classes, f"{prefix}pre_logits/kernel" in keys
-
-
-# transformers model types vit-ft reads, with the timm model each becomes (every dim is also in the kwargs)
-HF_MODEL_TYPES = (
-    "vit",
-    "deit",
-    "dinov2",
-    "dinov2_with_registers",
-    "clip",
-    "clip_vision_model",
-    "siglip",
-    "siglip_vision_model",
-)
-# what transformers' config classes default to, where a config.json may leave a value out
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "deit": {"hidden_act": "gelu", "layer_norm_eps": 1e-12},
-    "dinov2": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "mlp_ratio": 4, "layerscale_value": 1.0},
-    "clip": {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
-    "siglip": {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True},
-}
-# transformers' own position-embedding interpolation: bicubic, antialiased for DINOv2-with-registers only
-HF_POS_ANTIALIAS = {"dinov2_with_registers": True}
-
-
-def hf_family(model_type: str) -> str:
-    """The family a transformers model type belongs to (``clip_vision_model`` -> ``clip``)."""
-    return {
-        "clip_vision_model": "clip",
-        "siglip_vision_model": "siglip",
-        "dinov2_with_registers": "dinov2",
-    }.get(model_type, model_type)
-
-
-def hf_vision_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    """The vision tower's config: ``vision_config`` of a CLIP / SigLIP model, else the config itself,
-    with transformers' defaults filled in."""
-    model_type = str(cfg.get("model_type"))
-    vision = cfg.get("vision_config") if model_type in ("clip", "siglip") else cfg
-    if not isinstance(vision, dict):
-        raise ConfigError(
-            f"{where}: model_type={model_type!r} without a vision_config; download the model again"
-        )
-    return {**_HF_DEFAULTS.get(hf_family(model_type), {}), **vision}
-
-
-def arch_from_hf_family(cfg: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
-    """vit-ft ``arch`` of a transformers DeiT / DINOv2 (with registers) / CLIP / SigLIP config (for the
-    classification classes, the pooling their head reads)."""
-    model_type = str(cfg.get("model_type"))
-    fam = hf_family(model_type)
-    v = hf_vision_config(cfg, where)
-    arch_names = [str(a) for a in cfg.get("architectures") or []]
-    try:
-        width = int(v["hidden_size"])
-        depth = int(v["num_hidden_layers"])
-        heads = int(v["num_attention_heads"])
-        patch = _square(v["patch_size"], "patch_size", where)
-        img = _square(v["image_size"], "image_size", where)
-        hidden = int(width * float(v["mlp_ratio"])) if fam == "dinov2" else int(v["intermediate_size"])
-    except KeyError as e:
-        raise ConfigError(f"{where} lacks {e.args[0]!r}; it is not a complete {model_type} config") from None
-    act = str(v.get("hidden_act", "gelu"))
-    if act not in _HF_ACTS:
-        raise ConfigError(
-            f"{where}: hidden_act={act!r} has no timm equivalent; supported: {sorted(_HF_ACTS)}"
-        )
-    if v.get("use_swiglu_ffn"):
-        raise ConfigError(
-            f"{where}: use_swiglu_ffn=true (DINOv2 giant) is not supported; use the timm tag "
-            "vit_giant_patch14_dinov2.lvd142m instead"
-        )
-    kwargs: dict[str, Any] = {
-        "img_size": img,
-        "patch_size": patch,
-        "in_chans": int(v.get("num_channels", 3)),
-        "embed_dim": width,
-        "depth": depth,
-        "num_heads": heads,
-        "mlp_ratio": _mlp_ratio(width, hidden),
-        "qkv_bias": bool(v.get("qkv_bias", True)),
-    }
-    if _HF_ACTS[act] is not None:
-        kwargs["act_layer"] = _HF_ACTS[act]
-    if fam == "deit":
-        name = "deit_base_distilled_patch16_224"  # transformers' DeiT always has the distillation token
-    elif fam == "dinov2":
-        name = "vit_base_patch14_dinov2"
-        kwargs["init_values"] = float(v.get("layerscale_value", 1.0))
-        if model_type == "dinov2_with_registers":
-            name = "vit_base_patch14_reg4_dinov2"
-            kwargs.update(reg_tokens=int(v.get("num_register_tokens", 4)), no_embed_class=True)
-    elif fam == "clip":
-        name = "vit_base_patch16_clip_224"
-        kwargs.update(class_token=True, pre_norm=True, global_pool="token")
-        if "CLIPForImageClassification" in arch_names:  # its head reads the mean patch token, unnormalised
-            kwargs.update(global_pool="avg", fc_norm=False, final_norm=False)
-    else:  # siglip
-        name = "vit_base_patch16_siglip_224"
-        kwargs.update(class_token=False, global_pool="map")
-        if "SiglipForImageClassification" in arch_names or not v.get("vision_use_head", True):
-            kwargs.update(
-                global_pool="avg", fc_norm=False
-            )  # the mean final-norm token (its classifier's input)
-    return {"name": name, "kwargs": kwargs, "layer_norm_eps": float(v["layer_norm_eps"])}

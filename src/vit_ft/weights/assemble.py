@@ -22,7 +22,20 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import class_names_for
 from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
 from vit_ft.weights.arch import check_img_size, create_from_arch, head_classes, patch_size_of
-from vit_ft.weights.readers import Checkpoint, TimmPretrained
+from vit_ft.weights.families import HEAD_NAMES, HEAD_PREFIXES, head_modules
+from vit_ft.weights.found import Checkpoint, TimmPretrained
+
+# the head names live with the families (vit_ft.weights.families); re-exported for the importers here
+__all__ = [
+    "HEAD_NAMES",
+    "HEAD_PREFIXES",
+    "Backbone",
+    "assemble",
+    "assemble_timm_pretrained",
+    "head_modules",
+    "resample_pos_embed",
+    "zero_head",
+]
 
 
 @dataclass
@@ -42,16 +55,6 @@ class Backbone:
     @property
     def num_classes(self) -> int:
         return int(getattr(self.model, "num_classes", 0))
-
-
-# Names of the classifier modules of timm's ViT families (``head_dist``: DeiT-distilled's second head).
-HEAD_NAMES = ("head", "head_dist")
-HEAD_PREFIXES = tuple(f"{n}." for n in HEAD_NAMES)
-
-
-def head_modules(model: nn.Module) -> list[nn.Module]:
-    """The classifier modules of a timm ViT (one, or two for DeiT-distilled)."""
-    return [m for n in HEAD_NAMES if isinstance(m := getattr(model, n, None), nn.Module)]
 
 
 def zero_head(model: nn.Module) -> None:

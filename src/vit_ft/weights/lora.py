@@ -17,6 +17,7 @@ Module names in a LoRA network: ``blocks.0.attn.qkv.base_layer.weight`` (the fro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from torch import nn
 
 from vit_ft.checkpoint_format import MODEL_PREFIX
 from vit_ft.errors import ConfigError
+from vit_ft.weights.arch import create_from_arch
+from vit_ft.weights.families import HEAD_NAMES, head_names
 
 # Short name -> module path inside a timm ViT Block.
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -106,8 +109,9 @@ def inject_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         bias="none",
     )
     model = inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    heads = head_names(model)
     for name, p in model.named_parameters():
-        p.requires_grad = is_adapter_key(name) or is_head_key(name)
+        p.requires_grad = is_adapter_key(name) or is_head_key(name, heads)
     return model
 
 
@@ -123,8 +127,9 @@ def is_adapter_key(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key
 
 
-def is_head_key(key: str) -> bool:
-    return key.replace("_orig_mod.", "").startswith("head.")  # also under torch.compile's wrapper
+def is_head_key(key: str, heads: tuple[str, ...] = HEAD_NAMES) -> bool:
+    """A weight of a classifier head (every family's :data:`HEAD_NAMES`, e.g. DeiT's ``head_dist``)."""
+    return key.replace("_orig_mod.", "").startswith(tuple(f"{h}." for h in heads))  # also under torch.compile
 
 
 def is_base_key(key: str) -> bool:
@@ -228,12 +233,15 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def merged_state_dict(
-    sd: dict[str, torch.Tensor], arch: dict[str, Any], info: dict[str, Any], where: str
+    sd: dict[str, torch.Tensor],
+    arch: dict[str, Any],
+    info: dict[str, Any],
+    where: str,
+    load_weights: Callable[..., Any],
 ) -> dict[str, torch.Tensor]:
     """The plain timm state dict of a LoRA checkpoint's network (``sd``: its ``model.*`` weights,
-    prefix removed): base (rebuilt from the recorded weights source when omitted) + merged adapters."""
-    from vit_ft.weights import load_weights  # the base is any weight source
-    from vit_ft.weights.arch import create_from_arch
+    prefix removed): base (rebuilt from the recorded weights source when omitted, by ``load_weights``,
+    which the caller passes so that this module does not import the loader) + merged adapters."""
 
     spec = LoraSpec.from_config(info.get("spec"))
     if spec is None:

@@ -13,13 +13,11 @@ import copy
 import json
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vit_ft.checkpoint_format import (
     EMA_PREFIX,
@@ -32,24 +30,21 @@ from vit_ft.checkpoint_format import (
 )
 from vit_ft.compat import load_vit_npz
 from vit_ft.errors import ConfigError
-from vit_ft.preprocessing import PIL_FILTERS, Preprocessing
+from vit_ft.preprocessing import Preprocessing
 from vit_ft.weights.arch import (
     HF_LAYER_NORM_EPS,
-    HF_MODEL_TYPES,
-    HF_POS_ANTIALIAS,
-    arch_from_hf_config,
-    arch_from_hf_family,
     arch_from_npz,
     backbone_note,
     create_from_arch,
     head_classes,
-    hf_family,
     merge_timm_kwargs,
     meta_defaults,
     native_img_size,
     state_dict_hint,
 )
-from vit_ft.weights.convert_hf import hf_family_to_timm, hf_to_timm, is_hf_vit_state_dict
+from vit_ft.weights.families.vit import hf_to_timm, is_hf_vit_state_dict
+from vit_ft.weights.found import Checkpoint, TimmPretrained
+from vit_ft.weights.hf_dir import read_hf_dir
 from vit_ft.weights.hub import create_timm_pretrained
 from vit_ft.weights.io import (
     METADATA_KEY,
@@ -64,99 +59,9 @@ from vit_ft.weights.io import (
 from vit_ft.weights.lora import merged_state_dict
 from vit_ft.weights.sources import check_timm_tag
 
-
-@dataclass
-class Checkpoint:
-    """What a reader found; ``arch`` states the resolution and head of ``sd`` as stored."""
-
-    sd: dict[str, torch.Tensor]
-    arch: dict[str, Any]
-    label: str  # names the checkpoint in errors: "transformers checkpoint /path"
-    class_names: list[str] | None = None
-    preprocessing: Preprocessing | None = None  # None: timm's pretrained config for the arch
-    notes: list[str] = field(default_factory=list)
-    hint: Callable[[], str] | None = None  # what to do when sd does not fit arch
-    class_names_from: Any = None  # for labels.class_names_for; False: the file stated its names
-    pos_antialias: bool = True  # how position embeddings are resampled (False: as transformers does)
-
-
-@dataclass
-class TimmPretrained:
-    """A network timm built with its pretrained weights, and the kwargs it was built with."""
-
-    model: nn.Module
-    name: str
-    kwargs: dict[str, Any]
-
-
-def _processor_sizes(cfg: dict[str, Any]) -> tuple[int | None, float | None]:
-    """(the square size the network sees, crop_pct) of a transformers image processor config:
-    ``size`` (``height``/``width`` or ``shortest_edge``) and, with ``do_center_crop``, ``crop_size``."""
-
-    def side(value: Any) -> int | None:
-        if isinstance(value, dict):
-            if "shortest_edge" in value:
-                return int(value["shortest_edge"])
-            if "height" in value and value.get("height") == value.get("width"):
-                return int(value["height"])
-            return None
-        return int(value) if isinstance(value, (int, float)) else None
-
-    resize = side(cfg.get("size")) if cfg.get("do_resize", True) else None
-    crop = side(cfg.get("crop_size")) if cfg.get("do_center_crop", False) else None
-    if crop is None:
-        return resize, None
-    return crop, (crop / resize if resize else None)
-
-
-def _preprocessing_from_hf(path: Path, img_size: int, notes: list[str]) -> Preprocessing:
-    file = path / "preprocessor_config.json"
-    if not file.is_file():
-        notes.append(f"{path} has no preprocessor_config.json: assuming ViT's mean/std 0.5, bilinear resize")
-        return Preprocessing(img_size)
-    try:
-        cfg = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {file}: {first_line(e)}; fix or delete the file") from None
-    if cfg.get("do_normalize", True):
-        mean = tuple(float(v) for v in cfg.get("image_mean", (0.5, 0.5, 0.5)))
-        std = tuple(float(v) for v in cfg.get("image_std", (0.5, 0.5, 0.5)))
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    resample = cfg.get("resample", 2)
-    interp = PIL_FILTERS.get(int(resample), "bilinear") if isinstance(resample, int) else str(resample)
-    size, crop_pct = _processor_sizes(cfg)
-    return Preprocessing(size or img_size, mean, std, interp, crop_pct)  # type: ignore[arg-type]
-
-
-def _hf_weight_files(path: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (OSError, ValueError, KeyError) as e:
-                raise ConfigError(f"cannot read {index}: {first_line(e)}; download the model again") from None
-            return [path / s for s in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return [path / name]
-    raise ConfigError(
-        f"{path} has a config.json but no model.safetensors or pytorch_model.bin; download or export the "
-        "model again"
-    )
-
-
-def _read_dir_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    sd: dict[str, torch.Tensor] = {}
-    notes: list[str] = []
-    for f in _hf_weight_files(path):
-        if not f.is_file():
-            raise ConfigError(f"weight shard {f} is missing; download the model again")
-        part, _, n = read_state_dict(f)
-        sd.update(part)
-        notes += n
-    return sd, notes
+__all__ = ["Checkpoint", "TimmPretrained", "read_dir", "read_npz", "read_timm_pretrained", "read_weight_file"]
+# (source, **load_weights arguments) -> a Backbone: how a LoRA checkpoint rebuilds an omitted base
+LoadBase = Callable[..., Any]
 
 
 def read_dir(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
@@ -179,148 +84,6 @@ def read_dir(path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | 
     if "architecture" in cfg and "model_type" not in cfg:
         return read_timm_dir(path, cfg, timm_kwargs=timm_kwargs)
     return read_hf_dir(path, cfg, backbone=backbone, timm_kwargs=timm_kwargs)
-
-
-def _hf_class_names(cfg: dict[str, Any]) -> list[str] | None:
-    id2label = cfg.get("id2label") or {}
-    names = None
-    if id2label:
-        try:
-            names = [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]  # type: ignore[call-overload]
-        except TypeError:
-            names = None
-    if names is not None and names == [f"LABEL_{i}" for i in range(len(names))]:
-        names = None  # transformers' placeholder names
-    return names
-
-
-def read_hf_dir(
-    path: Path, cfg: dict[str, Any], *, backbone: str | None, timm_kwargs: dict[str, Any] | None
-) -> Checkpoint:
-    """A transformers directory of a ViT family (:data:`HF_MODEL_TYPES`): config.json (the arch,
-    ``id2label``), weights (sharded or not), preprocessor_config.json."""
-    where = str(path / "config.json")
-    model_type = cfg.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ConfigError(
-            f"{where} describes model_type={model_type!r}, which vit-ft does not read; supported transformers "
-            f"model types: {', '.join(HF_MODEL_TYPES)} (or pass a timm checkpoint with model.backbone)"
-        )
-    if model_type != "vit":
-        return read_hf_family_dir(path, cfg, str(model_type), backbone=backbone, timm_kwargs=timm_kwargs)
-    arch = arch_from_hf_config(cfg, where)
-    notes: list[str] = backbone_note(backbone, arch)
-    merge_timm_kwargs(arch, timm_kwargs, notes)
-    raw, n = _read_dir_weights(path)
-    notes += n
-    sd, unused = hf_to_timm(raw)
-    if any(k.startswith(("pooler.", "vit.pooler.")) for k in unused):
-        notes.append(
-            "dropped the transformers pooler (dense+tanh): a ViTForImageClassification head does not use it"
-        )
-    unused = [
-        k
-        for k in unused
-        if not k.startswith(("pooler.", "vit.pooler.", "embeddings.mask_token", "vit.embeddings.mask_token"))
-    ]
-    if unused:
-        raise ConfigError(
-            f"{path}: {len(unused)} weights are not part of a transformers ViT (e.g. {unused[0]!r}); "
-            "pass a ViTForImageClassification / ViTModel checkpoint"
-        )
-    prep = _preprocessing_from_hf(path, int(arch["kwargs"]["img_size"]), notes)
-    return Checkpoint(
-        sd,
-        arch,
-        label=f"transformers checkpoint {path}",
-        class_names=_hf_class_names(cfg),
-        class_names_from=False,
-        preprocessing=prep,
-        notes=notes,
-    )
-
-
-def _family_head(
-    model_type: str, heads: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], notes: list[str]
-) -> None:
-    """Put a transformers classification head into ``sd`` as timm's ``head`` (and ``head_dist``) where
-    it means the same; otherwise leave it out with a note (a new head is trained)."""
-    if not heads:
-        return
-    fam = hf_family(model_type)
-    if fam == "deit" and "cls_classifier.weight" in heads:  # DeiTForImageClassificationWithTeacher
-        sd.update({f"head.{p}": heads[f"cls_classifier.{p}"] for p in ("weight", "bias")})
-        sd.update({f"head_dist.{p}": heads[f"distillation_classifier.{p}"] for p in ("weight", "bias")})
-        return
-    w, b = heads["classifier.weight"], heads["classifier.bias"]
-    if fam == "deit":
-        # DeiTForImageClassification reads the class token only; timm averages two heads: 2W and a zero one
-        sd.update({"head.weight": 2 * w, "head.bias": 2 * b})
-        sd.update({"head_dist.weight": torch.zeros_like(w), "head_dist.bias": torch.zeros_like(b)})
-        notes.append(
-            "DeiTForImageClassification's head: timm's class-token head (x2), distillation head zero"
-        )
-        return
-    if fam == "dinov2":
-        width = w.shape[1] // 2
-        if torch.count_nonzero(w[:, width:]) == 0:
-            sd.update({"head.weight": w[:, :width].contiguous(), "head.bias": b})
-            return
-        notes.append(
-            f"dropped {model_type}'s classifier: it reads the class token and the mean patch token, which timm's "
-            "head does not; a new head is trained (model.num_classes)"
-        )
-        return
-    sd.update({"head.weight": w, "head.bias": b})
-
-
-def read_hf_family_dir(
-    path: Path,
-    cfg: dict[str, Any],
-    model_type: str,
-    *,
-    backbone: str | None,
-    timm_kwargs: dict[str, Any] | None,
-) -> Checkpoint:
-    """A transformers DeiT / DINOv2 (with registers) / CLIP / SigLIP directory -> the matching timm
-    network's tensors (CLIP and SigLIP: the vision tower)."""
-    where = str(path / "config.json")
-    arch = arch_from_hf_family(cfg, where)
-    notes: list[str] = backbone_note(backbone, arch)
-    merge_timm_kwargs(arch, timm_kwargs, notes)
-    raw, n = _read_dir_weights(path)
-    notes += n
-    kw = arch["kwargs"]
-    sd, heads, unused = hf_family_to_timm(model_type, raw, int(kw["embed_dim"]))
-    if unused:
-        raise ConfigError(
-            f"{path}: {len(unused)} weights are not part of a transformers {model_type} vision model (e.g. "
-            f"{unused[0]!r}); the files do not match config.json - download or export the model again"
-        )
-    if kw.get("reg_tokens") and "pos_embed" in sd and "cls_token" in sd:
-        # timm's registers model adds no position to class or register tokens: fold the class position in
-        pos = sd["pos_embed"]
-        sd["cls_token"] = sd["cls_token"] + pos[:, :1]
-        sd["pos_embed"] = pos[:, 1:]
-    pool = kw.get("global_pool")
-    if pool != "map":
-        sd = {k: v for k, v in sd.items() if not k.startswith("attn_pool.")}
-    if kw.get("final_norm") is False:
-        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
-    if model_type in ("clip", "siglip") and any(k.startswith("text_model.") for k in raw):
-        notes.append(f"read the vision tower of a {model_type} model (its text tower is not used)")
-    _family_head(model_type, heads, sd, notes)
-    prep = _preprocessing_from_hf(path, int(kw["img_size"]), notes)
-    return Checkpoint(
-        sd,
-        arch,
-        label=f"transformers {model_type} checkpoint {path}",
-        class_names=_hf_class_names(cfg) if "head.weight" in sd else None,
-        class_names_from=False,
-        preprocessing=prep,
-        notes=notes,
-        pos_antialias=HF_POS_ANTIALIAS.get(model_type, False),
-    )
 
 
 def read_timm_dir(path: Path, cfg: dict[str, Any], *, timm_kwargs: dict[str, Any] | None) -> Checkpoint:
@@ -412,10 +175,16 @@ def read_timm_state_dict(
 
 
 def read_weight_file(
-    path: Path, *, backbone: str | None, timm_kwargs: dict[str, Any] | None, purpose: str = "eval"
+    path: Path,
+    *,
+    backbone: str | None,
+    timm_kwargs: dict[str, Any] | None,
+    load_base: LoadBase,
+    purpose: str = "eval",
 ) -> Checkpoint:
     """A weight file: the weights of a model directory, a vit-ft ``.ckpt`` or a timm state dict
-    (raw or wrapped; a Lightning checkpoint's ``model.*`` weights). ``purpose``: see :func:`ema_chosen`."""
+    (raw or wrapped; a Lightning checkpoint's ``model.*`` weights). ``purpose``: see :func:`ema_chosen`;
+    ``load_base``: :func:`~vit_ft.weights.load.load_weights`, passed in (no import cycle)."""
     sibling_cfg = path.parent / "config.json"
     if path.name in ("model.safetensors", "pytorch_model.bin") and sibling_cfg.is_file():
         return read_dir(path.parent, backbone=backbone, timm_kwargs=timm_kwargs)
@@ -429,7 +198,7 @@ def read_weight_file(
             and isinstance(obj.get("hyper_parameters"), dict)
             and "arch" in obj["hyper_parameters"]
         ):
-            return read_vit_ft_ckpt(path, obj, timm_kwargs=timm_kwargs, purpose=purpose)
+            return read_vit_ft_ckpt(path, obj, timm_kwargs=timm_kwargs, load_base=load_base, purpose=purpose)
         notes = []
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "hyper_parameters" in obj:
             inner = obj["state_dict"]
@@ -440,7 +209,12 @@ def read_weight_file(
 
 
 def read_vit_ft_ckpt(
-    path: Path, ckpt: dict[str, Any], *, timm_kwargs: dict[str, Any] | None, purpose: str = "eval"
+    path: Path,
+    ckpt: dict[str, Any],
+    *,
+    timm_kwargs: dict[str, Any] | None,
+    load_base: LoadBase,
+    purpose: str = "eval",
 ) -> Checkpoint:
     """A vit-ft Lightning ``.ckpt`` (already loaded): ``hyper_parameters`` hold ``arch``,
     ``class_names`` and ``preprocessing``; the network's weights are ``state_dict['model.*']``, or its
@@ -468,7 +242,7 @@ def read_vit_ft_ckpt(
         raise ConfigError(f"{path}: no 'model.*' weights in its state_dict; it is not a vit-ft checkpoint")
     lora = feature_record(ckpt, LORA_RECORD)
     if lora:  # a LoRA run's checkpoint: its base (rebuilt when omitted) with the adapters merged in
-        sd = merged_state_dict(sd, copy.deepcopy(arch), lora, str(path))
+        sd = merged_state_dict(sd, copy.deepcopy(arch), lora, str(path), load_base)
     merge_timm_kwargs(arch, timm_kwargs, notes)
     prep_d = hp.get("preprocessing")
     prep = Preprocessing.from_dict({**dict(prep_d), "img_size": 0}) if prep_d else None
