@@ -17,7 +17,7 @@ Module names in a LoRA network: ``blocks.0.attn.qkv.base_layer.weight`` (the fro
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,13 @@ def is_base_key(key: str) -> bool:
     return not (is_adapter_key(key) or is_head_key(key))
 
 
+def counts_as_base(key: str, present: Container[str] | None = None) -> bool:
+    """A base weight, as a checkpoint holding the keys ``present`` counts it: a head it lacks is base,
+    because a LoRA checkpoint written before vit-ft knew every family's head names left a distilled
+    DeiT's ``head_dist`` frozen and dropped it with the base (``present=None``: today's rule)."""
+    return is_base_key(key) or (present is not None and is_head_key(key) and key not in present)
+
+
 def plain_key(key: str) -> str:
     """The key of a LoRA network's base weight in the plain timm network."""
     return key.replace(".base_layer.", ".")
@@ -146,11 +153,12 @@ def has_lora(model: nn.Module) -> bool:
     return any(is_adapter_key(k) for k, _ in model.named_parameters())
 
 
-def fingerprint(sd: dict[str, torch.Tensor]) -> list[float]:
-    """A checksum of the base weights of ``sd`` (any key naming): the sum and the absolute sum, in float64."""
+def fingerprint(sd: dict[str, torch.Tensor], present: Container[str] | None = None) -> list[float]:
+    """A checksum of the base weights of ``sd`` (any key naming): the sum and the absolute sum, in float64
+    (``present``: see :func:`counts_as_base`)."""
     total, absolute = 0.0, 0.0
     for k, v in sd.items():
-        if is_base_key(k) and v.is_floating_point():
+        if counts_as_base(k, present) and v.is_floating_point():
             total += float(v.detach().double().sum())
             absolute += float(v.detach().double().abs().sum())
     return [total, absolute]
@@ -205,9 +213,12 @@ def fill_base(
         raise ConfigError(
             f"{where} was trained with model.lora={info.get('spec')}; load or resume it with the same model.lora"
         )
-    check_base(info, own["fingerprint"], where)
     mine = model.state_dict()
-    trained = {prefix + k for k in mine if not is_base_key(k)}
+    present = {k[len(prefix) :] for k in state_dict if k.startswith(prefix)}
+    # a checkpoint lacking a head was fingerprinted with that head as base (see counts_as_base)
+    old = any(counts_as_base(k, present) and not is_base_key(k) for k in mine)
+    check_base(info, fingerprint(mine, present) if old else own["fingerprint"], where)
+    trained = {prefix + k for k in mine if not counts_as_base(k, present)}
     theirs = {k for k in state_dict if k.startswith(prefix)}
     if not trained <= theirs or theirs - {prefix + k for k in mine}:
         raise ConfigError(
@@ -215,7 +226,7 @@ def fill_base(
             f"({len(trained)}); load or resume it with the model.lora it was trained with"
         )
     for k, v in mine.items():
-        if is_base_key(k):
+        if counts_as_base(k, present):
             state_dict.setdefault(prefix + k, v)
 
 
@@ -249,8 +260,8 @@ def merged_state_dict(
     if info.get("base_omitted"):
         base = dict(info["base"])
         bb = load_weights(str(base.pop("source")), **base)
-        base_sd = {k: v for k, v in bb.model.state_dict().items() if not is_head_key(k)}
-        check_base(info, fingerprint(base_sd), where)
+        base_sd = {k: v for k, v in bb.model.state_dict().items() if counts_as_base(k, sd)}
+        check_base(info, fingerprint(base_sd, sd), where)
     else:
         base_sd = {plain_key(k): v for k, v in sd.items() if is_base_key(k)}
     net = create_from_arch(arch)

@@ -22,6 +22,7 @@ from vit_ft.weights.load import load_weights
 from vit_ft.weights.lora import (
     LoraSpec,
     drop_base,
+    fill_base,
     inject_lora,
     is_base_key,
     lora_checkpoint_info,
@@ -96,3 +97,41 @@ def test_distilled_deit_with_lora_trains_and_keeps_head_dist(tmp_path):
         load_weights,
     )
     assert torch.equal(merged["head_dist.weight"], net.head_dist.weight.detach())
+
+
+def _old_fingerprint(sd: dict[str, torch.Tensor]) -> list[float]:
+    """The fingerprint as vit-ft wrote it before head names per family: everything but adapters and ``head.``."""
+    kept = [v.double() for k, v in sd.items() if ".lora_" not in k and not k.startswith("head.")]
+    return [float(sum(v.sum() for v in kept)), float(sum(v.abs().sum() for v in kept))]
+
+
+def test_an_old_distilled_deit_lora_checkpoint_still_loads(tmp_path):
+    """Written when ``head_dist`` counted as base: frozen, dropped, and in the fingerprint. It loads
+    (export / eval: merged; resume: filled in) with ``head_dist`` from the rebuilt base."""
+    torch.manual_seed(1)
+    base = timm.create_model(DEIT, pretrained=False, num_classes=3, **TINY)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a kept (non-zero) head_dist: it is in the old fingerprint
+    path = save_timm_safetensors(base, tmp_path / "base.safetensors")
+    source = {"source": str(path), "backbone": DEIT, "timm_kwargs": dict(TINY)}
+    spec = LoraSpec.from_config({"rank": 2, "targets": ["qkv"]})
+    net = inject_lora(load_weights(**source).model, spec)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if ".lora_" in n or n.startswith("head."):
+                p.add_(0.1)  # "trained"
+    old = {k: v for k, v in net.state_dict().items() if ".lora_" in k or k.startswith("head.")}
+    info = {
+        **lora_checkpoint_info(spec, dict(source), net),
+        "fingerprint": _old_fingerprint(net.state_dict()),
+    }
+
+    merged = merged_state_dict(dict(old), load_weights(**source).arch, info, "old", load_weights)
+    assert torch.equal(merged["head_dist.weight"], base.head_dist.weight) and "head.weight" in merged
+
+    fresh = inject_lora(load_weights(**source).model, spec)
+    state = {MODEL_PREFIX + k: v for k, v in old.items()}
+    fill_base(state, fresh, info, lora_checkpoint_info(spec, dict(source), fresh), "old")
+    assert torch.equal(state[MODEL_PREFIX + "head_dist.weight"], base.head_dist.weight)
+    fresh.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in state.items()}, strict=True)
