@@ -2,8 +2,9 @@
 
 ``arch`` is ``{"name": <timm model name>, "kwargs": {...}, "layer_norm_eps": float | None}``: it
 rebuilds exactly the same network without weights, so it travels inside every vit-ft checkpoint and
-export. The functions here derive it from what a checkpoint states (a transformers config, a
-big_vision .npz, a state dict's shapes) and check it against what the user named.
+export. The functions here derive it from what a checkpoint states (a big_vision .npz, a state
+dict's shapes; a transformers config: the family files in :mod:`vit_ft.weights.families`) and check
+it against what the user named.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 * :func:`save_hf_pretrained`: a transformers model directory (``config.json`` with ``id2label`` /
   ``label2id``, ``model.safetensors``, ``preprocessor_config.json``) that
-  ``ViTForImageClassification.from_pretrained(dir)`` loads to the same logits. transformers is not
-  needed to write it.
+  ``ViTForImageClassification.from_pretrained(dir)`` (or the class of the network's own family,
+  :mod:`vit_ft.weights.families`) loads to the same logits. transformers is not needed to write it.
 * :func:`save_timm_safetensors`: the timm state dict as safetensors (what ``timm.create_model(...,
   pretrained_cfg_overlay=dict(file=...))`` and :func:`vit_ft.weights.load_weights` read); with
   ``arch`` given, the architecture, class names and preprocessing travel in its metadata so that
