@@ -10,28 +10,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from tests.helpers import quiet_trainer
-from vit_ft.models.classifier import AnalysisMetrics, ConfusionMatrix, ReliabilityBins, ViTClassifier
+from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
+from vit_ft.models.classifier import ViTClassifier
+from vit_ft.models.metrics import AnalysisMetrics, ConfusionMatrix, ReliabilityBins
 
 
 def tiny(k: int) -> ViTClassifier:
-    return ViTClassifier(
-        backbone="vit_tiny_patch16_224",
-        weights=None,
-        img_size=32,
-        num_classes=k,
-        class_names=["a b", "ñandú", "c", "d", "三角"][:k],
-        timm_kwargs={"depth": 2},
-        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
-        scheduler={"warmup_steps": 0},
-    )
-
-
-def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, k, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=8)
+    return tiny_classifier(num_classes=k, class_names=["a b", "ñandú", "c", "d", "三角"][:k])
 
 
 def test_confusion_matrix_counts_as_torchmetrics_does():
@@ -92,7 +77,7 @@ def outputs(m: L.LightningModule, dl: DataLoader) -> tuple[torch.Tensor, torch.T
 
 @pytest.mark.parametrize("stage", ["val", "test"])
 def test_validation_logs_macro_accuracy_and_ece_and_leaves_the_gathered_analysis(stage):
-    m, dl = perturbed(), loader(n=40)
+    m, dl = perturbed(), uint8_loader(n=40)
     logits, y = outputs(m, dl)
     assert m.eval_analysis is None
     trainer = quiet_trainer()
@@ -146,7 +131,7 @@ class SeesAnalysis(L.Callback):
 def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
     m, cb = perturbed(), SeesAnalysis()
     trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=1, callbacks=[cb], limit_train_batches=2)
-    trainer.fit(m, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
+    trainer.fit(m, train_dataloaders=uint8_loader(), val_dataloaders=uint8_loader(seed=1))
     assert cb.after_sanity is None
     # on_validation_end after the sanity check sees nothing yet; then one analysis per epoch
     assert cb.at_end[0] is None and len(cb.at_end) == 3

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.weights import create_from_arch, load_weights, save_hf_pretrained, save_timm_safetensors
@@ -16,24 +16,17 @@ DEPTH, WIDTH, K, RANK = 2, 192, 3, 4
 
 
 def loader(n: int = 16, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    return DataLoader(TensorDataset(x, torch.randint(0, K, (n,), generator=g)), batch_size=8)
+    return uint8_loader(n, K, seed)
 
 
 def tiny(**kw) -> ViTClassifier:
     args = dict(
-        backbone="vit_tiny_patch16_224",
-        weights=None,
-        img_size=32,
         num_classes=K,
         class_names=list("abc"),
         timm_kwargs={"depth": DEPTH, "patch_size": 8},
         optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.05},
-        scheduler={"warmup_steps": 0},
     )
-    args.update(kw)
-    return ViTClassifier(**args)
+    return tiny_classifier(**{**args, **kw})
 
 
 LORA = {"rank": RANK, "alpha": 8, "dropout": 0.0, "targets": ["qkv", "mlp.fc1"]}
