@@ -112,3 +112,22 @@ def test_mixup_trains_with_soft_targets():
     m = tiny_classifier(mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, random_erasing=0.25)
     assert m.augment.mixup is not None and m.augment.erasing is not None and m.mixup_fn is m.augment.mixup
     fit(m, steps=2)
+
+
+def test_the_optimizer_recipe_comes_from_the_config_only():
+    m = tiny_classifier(optimizer=None, scheduler=None)
+    assert m.optimizer_cfg == {} and m.scheduler_cfg == {}
+    with pytest.raises(ConfigError, match=r"optimizer\.lr=None must be a positive number"):
+        fit(m, steps=1)
+
+
+def test_hyperparameters_are_the_constructor_arguments_a_checkpoint_rebuilds_from():
+    m = tiny_classifier()
+    assert list(m.hparams) == [
+        *("backbone", "weights", "img_size", "freeze_backbone", "reset_head", "label_smoothing"),
+        *("drop_path_rate", "timm_kwargs", "preprocessing_override", "optimizer", "scheduler", "mixup"),
+        *("random_erasing", "ema", "compile", "compile_mode", "grad_checkpointing", "lora"),
+        *("arch", "preprocessing", "class_names", "num_classes"),
+    ]
+    again = ViTClassifier(**m.hparams)  # load_from_checkpoint's path: arch + preprocessing given
+    assert again.hparams == m.hparams and again.class_names == list("abcde")

@@ -14,7 +14,7 @@ from tests.unit.models.test_classifier import fit
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import load_classifier
-from vit_ft.models.ema import check_ema_config
+from vit_ft.models.ema import EmaWeights, check_ema_config, restore_ema
 from vit_ft.probe.linear import LinearProbe
 from vit_ft.tasks.common import follow_ema
 from vit_ft.weights import load_weights
@@ -177,3 +177,42 @@ def test_linear_probe_keeps_an_ema_of_its_head_and_its_checkpoint_loads_as_ema(t
     again = LinearProbe(tiny_classifier(ema=ema_cfg(), freeze_backbone=True, reset_head=True), batchnorm=True)
     again.on_load_checkpoint(torch.load(tmp_path / "probe.ckpt", weights_only=True))
     assert torch.equal(again.ema.state_dict()["weight"], probe.ema.state_dict()["weight"])
+
+
+def test_the_ema_owns_its_checkpoint_entries(caplog):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ema = EmaWeights(net, decay=0.5)
+    sd: dict = {}
+    ema.save_entries(sd, under="head.")
+    assert set(sd) == {"model_ema.head.weight", "model_ema.head.bias"}
+    # LoRA with the base left out of the checkpoint: the EMA leaves out the same (frozen) weights
+    lora_sd: dict = {}
+    weights = {
+        "blocks.0.attn.qkv.base_layer.weight": torch.zeros(1),
+        "blocks.0.attn.qkv.lora_A.default.weight": torch.ones(1),
+    }
+    ema.save_entries(lora_sd, weights=weights, lora={"base_omitted": True})
+    assert list(lora_sd) == ["model_ema.blocks.0.attn.qkv.lora_A.default.weight"]
+    ema.save_entries(lora_sd, weights=weights, lora={"base_omitted": False})
+    assert len(lora_sd) == 2
+
+    ckpt = {
+        "state_dict": {
+            "model.w": torch.zeros(1),
+            "model_ema.weight": torch.ones(2, 3),
+            "model_ema.bias": torch.ones(2),
+        }
+    }
+    restore_ema(None, ckpt)  # a module without EMA drops the entries (strict loading would refuse them)
+    assert list(ckpt["state_dict"]) == ["model.w"]
+    restore_ema(ema, {"state_dict": {"model_ema.weight": torch.ones(2, 3), "model_ema.bias": torch.ones(2)}})
+    assert torch.equal(ema.module.weight, torch.ones(2, 3)) and not ema.missing
+    with caplog.at_level("WARNING"):
+        restore_ema(ema, {"state_dict": {"model.w": torch.zeros(1)}})
+    assert ema.missing and "holds no EMA weights" in caplog.text
+    ema.start(torch.device("cpu"), net)  # a resumed fit restarts the average from the network
+    assert not ema.missing and torch.equal(ema.module.weight, net.weight)
+    with torch.no_grad(), ema.swapped_into(net):
+        net.weight.zero_()  # swapped: the raw weights come back after the block
+    assert torch.equal(net.weight, ema.module.weight)

@@ -6,13 +6,21 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.models.classifier import ViTClassifier
-from vit_ft.models.metrics import AnalysisMetrics, ConfusionMatrix, ReliabilityBins
+from vit_ft.models.metrics import (
+    AnalysisMetrics,
+    ConfusionMatrix,
+    MeanLoss,
+    ReliabilityBins,
+    SingleLabelMetrics,
+    eval_streams,
+)
 
 
 def tiny(k: int) -> ViTClassifier:
@@ -139,3 +147,42 @@ def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
     assert {"val/acc1_macro", "val/ece"} <= set(trainer.callback_metrics)
     # no metric state in checkpoints: old checkpoints load, new ones are unchanged
     assert not [k for k in m.state_dict() if k.startswith(("val_", "test_", "train_"))]
+
+
+def test_a_stream_gives_its_prefixed_pairs_then_starts_afresh():
+    g = torch.Generator().manual_seed(2)
+    logits, y = torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)
+    ev = SingleLabelMetrics("test", 6, analysis=True)
+    ev.update(logits[:12], y[:12])
+    ev.update(logits[12:], y[12:])
+    got = dict(ev.compute())
+    assert list(got) == ["test/loss", "test/acc1", "test/acc5", "test/acc1_macro", "test/ece"]
+    assert float(got["test/loss"]) == pytest.approx(float(F.cross_entropy(logits, y)), abs=1e-6)
+    assert float(got["test/acc1"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean()
+    assert float(got["test/acc5"]) == pytest.approx(float(top5))
+    assert ev.analysis["confusion"].sum() == 20 and ev.analysis["acc1_macro"] == got["test/acc1_macro"]
+    # reset: no batch since, so no loss or accuracy (Lightning logs nothing), the analysis says NaN
+    again = dict(ev.compute())
+    assert list(again) == ["test/acc1_macro", "test/ece"] and np.isnan(again["test/ece"])
+    assert dict(ev.compute(analysis=False)) == {} and ev.analysis is None  # the sanity check
+
+
+def test_streams_per_prefix_and_ema_streams_without_the_analysis():
+    plain, with_ema = eval_streams(3, ema=False), eval_streams(3, ema=True)
+    assert list(plain) == ["val", "test"] and list(with_ema) == ["val", "test", "val_ema", "test_ema"]
+    ev = with_ema["val_ema"]
+    assert ev.extra is None and ev.acc5 is None  # 3 classes: no top-5
+    ev.update(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1"]
+
+
+def test_the_loss_mean_weights_batches_and_stays_float32_under_a_bf16_module():
+    m = MeanLoss().to(torch.bfloat16)  # what precision=bf16-true does to the LightningModule
+    assert m.total.dtype == torch.float32  # a rank without batches gathers float32 too
+    m.update(torch.tensor(1.0), 3)
+    m.update(torch.tensor(1.0 / 3), 6)  # bf16 sums would round this
+    assert m.total.dtype == torch.float32
+    assert float(m.compute()) == pytest.approx((3 * 1.0 + 6 / 3) / 9, abs=1e-7)
+    m.reset()
+    assert m.total.dtype == torch.float32 and int(m.count) == 0

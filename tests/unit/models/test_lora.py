@@ -238,3 +238,22 @@ def test_lora_with_ema_keeps_checkpoints_small_loads_the_ema_and_resumes(base_fi
     trainer = quiet_trainer(max_steps=3, default_root_dir=str(tmp_path))
     trainer.fit(fresh, train_dataloaders=loader(), ckpt_path=str(ckpt))
     assert trainer.global_step == 3 and fresh.ema is not None and not fresh.ema.missing
+
+
+def test_lora_checkpoint_entries_leave_out_only_a_base_that_weights_rebuild():
+    from vit_ft.weights.lora import restore_lora_entries, save_lora_entries
+
+    m = tiny(lora={"rank": 2})
+    sd = {f"model.{k}": v for k, v in m.model.state_dict().items()}
+    kept = dict(sd)
+    save_lora_entries(kept, None)  # no LoRA
+    save_lora_entries(kept, m.lora_info)  # random init: the base stays in the file
+    assert kept.keys() == sd.keys() and m.lora_info["base_omitted"] is False
+    save_lora_entries(kept, {**m.lora_info, "base_omitted": True})
+    assert kept and all(".lora_" in k or k.startswith("model.head.") for k in kept)
+    record = {"vit_ft": {"lora": {**m.lora_info, "base_omitted": True}}, "state_dict": dict(kept)}
+    restore_lora_entries(record, m.model, m.lora_info)  # the base back from the model, checked
+    assert record["state_dict"].keys() == sd.keys()
+    without = {"state_dict": dict(kept)}
+    restore_lora_entries(without, m.model, m.lora_info)  # no record: nothing to fill
+    assert without["state_dict"].keys() == kept.keys()
