@@ -3,8 +3,9 @@
 Batches arrive as uint8 images and are normalised here, on the device, in one fused op. Checkpoints
 carry ``arch`` (rebuilds the network offline), ``preprocessing`` and ``class_names``, so a ``.ckpt``
 is self-describing: ``ViTClassifier.load_from_checkpoint(path)`` needs no network and no data.
-The module holds the steps and the optimizer; each other concern has its home and is only called:
-the network (:mod:`~vit_ft.models.backbone`), the metrics (:mod:`~vit_ft.models.metrics`), augmentation
+The module holds the steps and the optimizer (the eval steps shared with the linear probe in
+:mod:`~vit_ft.models.steps`); each other concern has its home and is only called: the network
+(:mod:`~vit_ft.models.backbone`), the metrics (:mod:`~vit_ft.models.metrics`), augmentation
 (:mod:`~vit_ft.models.augment`), the EMA (:mod:`~vit_ft.models.ema`), LoRA's checkpoint entries
 (:mod:`vit_ft.weights.lora`) and the random state of a resume (:mod:`vit_ft.training.rng`).
 """
