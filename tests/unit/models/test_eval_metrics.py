@@ -186,3 +186,43 @@ def test_the_loss_mean_weights_batches_and_stays_float32_under_a_bf16_module():
     assert float(m.compute()) == pytest.approx((3 * 1.0 + 6 / 3) / 9, abs=1e-7)
     m.reset()
     assert m.total.dtype == torch.float32 and int(m.count) == 0
+
+
+def _two_ranks(rank: int, port: int, logits: torch.Tensor, y: torch.Tensor, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        full, empty = SingleLabelMetrics("val", 6, analysis=True), SingleLabelMetrics("val_ema", 6)
+        for part in [slice(0, 10)] if rank == 0 else [slice(10, 18), slice(18, None)]:
+            full.update(logits[part], y[part])  # the ranks' batches differ in count and size
+        out.put((rank, dict(full.compute()), dict(empty.compute())))  # no rank saw a batch: all skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_log_what_one_process_logs_over_all_images():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(4)
+    logits, y = torch.randn(26, 6, generator=g), torch.randint(0, 6, (26,), generator=g)
+    one = SingleLabelMetrics("val", 6, analysis=True)
+    one.update(logits, y)
+    expected = dict(one.compute())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_two_ranks, args=(r, port, logits, y, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    for _, pairs, empty in got:
+        assert empty == {} and list(pairs) == list(expected)
+        for name, value in expected.items():
+            assert float(pairs[name]) == pytest.approx(float(value), abs=1e-6), name
