@@ -26,7 +26,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from vit_ft.models.classifier import ECE_BINS, AnalysisMetrics, ReliabilityBins
+from vit_ft.models.metrics import ECE_BINS, AnalysisMetrics, ReliabilityBins
 
 
 def _args() -> argparse.Namespace:

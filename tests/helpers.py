@@ -354,3 +354,34 @@ def probe_datamodule(root, interpolation: str | None = None, clf=None):
     pre = (clf or tiny_probe_classifier()).preprocessing
     dm.configure_preprocessing(pre.img_size, interpolation or pre.interpolation)
     return dm
+
+
+# Classifier unit tests (unit/models): a random-init tiny ViT and uint8 image batches for it.
+def tiny_classifier(**kw):
+    """A random-init 2-block ViT-Tiny at 32 px with a zero head on 5 classes (``a``..``e``), trained with
+    SGD at lr 0.5 without warmup; ``kw`` overrides any ``ViTClassifier`` argument."""
+    from vit_ft.models.classifier import ViTClassifier
+
+    args = dict(
+        backbone="vit_tiny_patch16_224",
+        weights=None,
+        img_size=32,
+        num_classes=5,
+        class_names=list("abcde"),
+        timm_kwargs={"depth": 2},
+        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+        scheduler={"warmup_steps": 0},
+    )
+    args.update(kw)
+    return ViTClassifier(**args)
+
+
+def uint8_loader(n: int = 32, k: int = 5, seed: int = 0, batch_size: int = 8, size: int = 32):
+    """``n`` random uint8 images (``size`` px) with labels in ``[0, k)``, in batches of ``batch_size``."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, k, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)

@@ -7,6 +7,10 @@ Each rank updates its copy after every optimizer step from the (identical) synch
 DDP ranks stay equal without communication; the warmup counts optimizer steps, which the checkpoint
 restores, so a resumed run goes on exactly.
 
+:class:`EmaWeights` owns its part of the module's life: the device it lives on (:meth:`~EmaWeights.start`,
+:meth:`~EmaWeights.visit`), its checkpoint entries (:meth:`~EmaWeights.save_entries`, :func:`restore_ema`)
+and swapping into the network (:meth:`~EmaWeights.swapped_into`); the module only calls it.
+
 ``use_for`` says which weights are *the* model's: ``eval`` (the EMA for validation-based checkpoint
 choice, ``eval.py``, ``predict.py``, ``export.py``), ``export`` (the raw weights everywhere, except
 that ``export.py`` writes the EMA) or ``none`` (EMA only reported, as ``val_ema/*``).
@@ -14,16 +18,22 @@ that ``export.py`` writes the EMA) or ``none`` (EMA only reported, as ``val_ema/
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from vit_ft.checkpoint_format import EMA_PREFIX, EMA_USES
+from vit_ft.checkpoint_format import EMA_PREFIX, EMA_USES, add_prefix
 from vit_ft.errors import ConfigError
+from vit_ft.weights.lora import drop_base
 
-__all__ = ["EMA_PREFIX", "EmaWeights", "build_ema", "check_ema_config"]
+__all__ = ["EMA_PREFIX", "EmaWeights", "build_ema", "check_ema_config", "restore_ema"]
+
+log = logging.getLogger(__name__)
 
 
 def check_ema_config(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -97,6 +107,14 @@ class EmaWeights:
         if target is not None and self.current_device != target:
             self.module.to(target)
 
+    def start(self, device: torch.device, target: nn.Module) -> None:
+        """At the start of a fit: follow the network to ``device``; a run resumed from a checkpoint
+        without EMA weights restarts the average from ``target``'s weights."""
+        self.follow(device)
+        if self.missing:
+            self.load_state_dict(target.state_dict())
+            self.missing = False
+
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
         """One update after optimizer step ``step`` (1-based: timm's warmup counts from it)."""
@@ -115,6 +133,31 @@ class EmaWeights:
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(sd)
 
+    def save_entries(
+        self,
+        state_dict: dict[str, Any],
+        weights: dict[str, torch.Tensor] | None = None,
+        under: str = "",
+        lora: dict[str, Any] | None = None,
+    ) -> None:
+        """Add the average (or ``weights`` standing for it) to a checkpoint's ``state_dict`` as
+        ``model_ema.<under><key>``. ``lora``: the run's LoRA record; when the checkpoint omits the
+        frozen base, the average omits it too (the same weights, rebuilt at load)."""
+        sd = self.state_dict() if weights is None else dict(weights)
+        if lora is not None and lora["base_omitted"]:
+            drop_base(sd, prefix="")
+        state_dict.update(add_prefix(sd, EMA_PREFIX + under))
+
+    @contextmanager
+    def swapped_into(self, target: nn.Module) -> Iterator[None]:
+        """Inside the block ``target`` holds the average's weights; its own are back after it."""
+        raw = {k: v.detach().clone() for k, v in target.state_dict().items()}
+        target.load_state_dict(self.state_dict())
+        try:
+            yield
+        finally:
+            target.load_state_dict(raw)
+
 
 def build_ema(module: nn.Module, cfg: dict[str, Any] | None) -> EmaWeights | None:
     """The EMA of ``module`` that ``model.ema`` asks for, or ``None``."""
@@ -126,3 +169,21 @@ def pop_ema_state(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Remove the ``model_ema.*`` entries from a checkpoint's ``state_dict``; return them (prefix dropped)."""
     keys = [k for k in state_dict if k.startswith(EMA_PREFIX)]
     return {k[len(EMA_PREFIX) :]: state_dict.pop(k) for k in keys}
+
+
+def restore_ema(
+    ema: EmaWeights | None,
+    checkpoint: dict[str, Any],
+    full_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Take the ``model_ema.*`` entries out of a checkpoint's ``state_dict`` (a module without EMA
+    drops them) and load them into ``ema``; ``full_state`` turns them (prefix dropped) into the
+    average's whole state dict. Without entries the EMA is marked missing (:meth:`EmaWeights.start`)."""
+    ema_state = pop_ema_state(checkpoint.get("state_dict") or {})
+    if ema is None:
+        return
+    if ema_state:
+        ema.load_state_dict(full_state(ema_state) if full_state is not None else ema_state)
+    else:
+        log.warning("the checkpoint holds no EMA weights; the EMA restarts from its weights")
+        ema.missing = True

@@ -20,12 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vit_ft.checkpoint_format import (
-    EMA_PREFIX,
     HEAD_PREFIX,
     MODEL_PREFIX,
     PROBE_RECORD,
     RECORD,
-    add_prefix,
     build_record,
     feature_record,
     strip_prefix,
@@ -33,9 +31,9 @@ from vit_ft.checkpoint_format import (
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
-from vit_ft.models.classifier import ClassifierSteps
 from vit_ft.models.ema import build_ema
 from vit_ft.models.features import linear_head, token_features
+from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.features import SplitFeatures
@@ -105,7 +103,7 @@ class LinearProbe(ClassifierSteps):
         self._classifier_hparams = hp
         self.save_hyperparameters(hp, logger=False)
         self.ema = build_ema(self.head, hp.get("ema"))  # model.ema: the EMA of the head
-        self._init_metrics(self.num_classes)
+        self._init_steps(self.num_classes)
 
     @property
     def head(self) -> nn.Module:
@@ -148,12 +146,11 @@ class LinearProbe(ClassifierSteps):
         f = self.features(x) if self.in_loop else x
         return self.ema.logits(self.bn(f) if self.bn is not None else f)
 
-    def _ema_restore(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
+    def _ema_state(self, ema_state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> dict[str, Any]:
         raw = feature_record(checkpoint, PROBE_RECORD).get("raw_ema")
         if raw and self.bn is not None:  # the head before the BatchNorm was folded into it
-            self.ema.load_state_dict(raw)
-        else:
-            self.ema.load_state_dict(strip_prefix(ema_state, HEAD_PREFIX))
+            return raw
+        return strip_prefix(ema_state, HEAD_PREFIX)
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_cfg.get("layer_decay"):
@@ -189,7 +186,7 @@ class LinearProbe(ClassifierSteps):
                     ema["weight"], ema["bias"], self.bn.running_mean, self.bn.running_var, self.bn.eps
                 )
                 ema = {"weight": w, "bias": b}
-            sd.update(add_prefix({k: v.cpu() for k, v in ema.items()}, EMA_PREFIX + HEAD_PREFIX))
+            self.ema.save_entries(sd, weights={k: v.cpu() for k, v in ema.items()}, under=HEAD_PREFIX)
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
         checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, probe=probe_state)
 

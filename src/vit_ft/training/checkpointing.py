@@ -1,27 +1,19 @@
-"""Step checkpoints, and the random state that makes a resumed run equal an uninterrupted one.
-
-* :class:`StepCheckpoint`: Lightning's ``ModelCheckpoint`` that also writes mid-epoch, every
-  ``every_n_steps`` optimizer steps and/or every ``every_minutes`` minutes, and only at an
-  optimizer-step boundary (never between the micro-batches of one accumulated step);
-* :func:`rng_state` / :func:`set_rng_state`: the global generators of one process (torch CPU and
-  CUDA, numpy, Python), in a form ``torch.load(weights_only=True)`` reads;
-* :func:`gather_rng_states`: those of every rank, for the checkpoint rank 0 writes.
+"""Step checkpoints: :class:`StepCheckpoint`, Lightning's ``ModelCheckpoint`` that also writes
+mid-epoch, every ``every_n_steps`` optimizer steps and/or every ``every_minutes`` minutes, and only at
+an optimizer-step boundary (never between the micro-batches of one accumulated step).
 
 What else a checkpoint needs to resume bit for bit travels through Lightning's own hooks: the
 optimizer, scheduler, AMP scaler and loop progress (Lightning), the training order (the DataModule's
-``state_dict``, :mod:`vit_ft.data.resumable`), the random state (``ClassifierSteps``).
+``state_dict``, :mod:`vit_ft.data.resumable`), the random state (:mod:`vit_ft.training.rng`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from typing import Any
 
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_ft.compat import model_checkpoint_save_now
@@ -117,47 +109,3 @@ class StepCheckpoint(ModelCheckpoint):
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
         if (by_steps or self._time_due(trainer)) and model_checkpoint_save_now(self, trainer):
             self.step_saves += 1
-
-
-# -- random state -------------------------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """This process's global generators: torch (CPU, and CUDA when initialised), numpy, Python."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` returned (CUDA only with the same number of devices)."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def gather_rng_states(trainer: Any) -> list[dict[str, Any]]:
-    """:func:`rng_state` of every rank, in rank order (every rank must call it: a collective)."""
-    state = rng_state()
-    if int(trainer.world_size) <= 1 or not torch.distributed.is_initialized():
-        return [state]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, state)
-    return out

@@ -25,7 +25,7 @@ _TIMM_NAMES = {"sgd": "momentum", "nesterov": "nesterov"}
 def build_optimizer(
     model: nn.Module,
     name: str = "sgd",
-    lr: float = 0.03,
+    lr: float | None = None,  # from conf/optimizer: a missing lr is refused below
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     layer_decay: float | None = None,

@@ -6,7 +6,8 @@
   still apply) and leaves only the adapters and the head trainable.
 * A LoRA run's checkpoint omits the frozen base weights when ``model.weights`` can rebuild them
   (:func:`lora_checkpoint_info`, :func:`drop_base`); a fingerprint of the base checks, at load, that
-  the rebuilt base is the one the adapters were trained on (:func:`check_base`).
+  the rebuilt base is the one the adapters were trained on (:func:`check_base`). The module's
+  checkpoint hooks call :func:`save_lora_entries` and :func:`restore_lora_entries`.
 * :func:`merge_lora` folds the adapters into the linear layers (peft's ``merge``) and removes them:
   a plain ViT again, as export and ``load_weights`` of a LoRA checkpoint give (:func:`merged_state_dict`).
 
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit_ft.checkpoint_format import MODEL_PREFIX
+from vit_ft.checkpoint_format import LORA_RECORD, MODEL_PREFIX, feature_record
 from vit_ft.errors import ConfigError
 from vit_ft.weights.arch import create_from_arch
 from vit_ft.weights.families import HEAD_NAMES, head_names
@@ -228,6 +229,23 @@ def fill_base(
     for k, v in mine.items():
         if counts_as_base(k, present):
             state_dict.setdefault(prefix + k, v)
+
+
+def save_lora_entries(state_dict: dict[str, torch.Tensor], info: dict[str, Any] | None) -> None:
+    """A LoRA run's checkpoint (``info``: its :func:`lora_checkpoint_info`, None without LoRA) keeps the
+    adapters and the head, and the base only when ``model.weights`` cannot rebuild it."""
+    if info is not None and info["base_omitted"]:
+        drop_base(state_dict)
+
+
+def restore_lora_entries(
+    checkpoint: dict[str, Any], model: nn.Module, own: dict[str, Any] | None, where: str = "the checkpoint"
+) -> None:
+    """Before a checkpoint that omits its base loads: :func:`fill_base` from ``model`` (its base
+    already rebuilt from ``model.weights``). A checkpoint with its base needs nothing."""
+    info = feature_record(checkpoint, LORA_RECORD)
+    if info.get("base_omitted"):
+        fill_base(checkpoint["state_dict"], model, info, own, where)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

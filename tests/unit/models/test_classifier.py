@@ -5,43 +5,20 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 
 
-def tiny(**kw) -> ViTClassifier:
-    args = dict(
-        backbone="vit_tiny_patch16_224",
-        weights=None,
-        img_size=32,
-        num_classes=5,
-        class_names=list("abcde"),
-        timm_kwargs={"depth": 2},
-        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
-        scheduler={"warmup_steps": 0},
-    )
-    args.update(kw)
-    return ViTClassifier(**args)
-
-
-def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, k, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=8)
-
-
 def fit(model: ViTClassifier, steps: int = 4, callbacks=(), **trainer_kw) -> L.Trainer:
     trainer = quiet_trainer(max_steps=steps, callbacks=list(callbacks), **trainer_kw)
-    trainer.fit(model, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
+    trainer.fit(model, train_dataloaders=uint8_loader(), val_dataloaders=uint8_loader(seed=1))
     return trainer
 
 
 def test_head_starts_at_zero_and_uint8_is_normalised_with_mean_std_half():
-    m = tiny()
+    m = tiny_classifier()
     assert torch.count_nonzero(m.model.head.weight) == 0 and torch.count_nonzero(m.model.head.bias) == 0
     x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     out = m.normalize(x)
@@ -49,8 +26,8 @@ def test_head_starts_at_zero_and_uint8_is_normalised_with_mean_std_half():
 
 
 def test_top5_only_with_five_or_more_classes():
-    assert tiny().has_top5
-    assert not tiny(num_classes=3, class_names=list("abc")).has_top5
+    assert all(tiny_classifier().evaluators[s].acc5 is not None for s in ("val", "test"))
+    assert tiny_classifier(num_classes=3, class_names=list("abc")).evaluators["val"].acc5 is None
 
 
 class GradNorm(L.Callback):
@@ -74,7 +51,9 @@ class LoudClassifier(ViTClassifier):
 @pytest.mark.parametrize("clip", [1.0, None])
 def test_gradient_clipping_bounds_global_norm(clip):
     torch.manual_seed(0)
-    m = LoudClassifier(**{k: v for k, v in tiny().hparams.items() if k not in ("arch", "preprocessing")})
+    m = LoudClassifier(
+        **{k: v for k, v in tiny_classifier().hparams.items() if k not in ("arch", "preprocessing")}
+    )
     cb = GradNorm()
     fit(m, steps=3, callbacks=[cb], gradient_clip_val=clip, gradient_clip_algorithm="norm")
     if clip is None:
@@ -92,7 +71,9 @@ class ModeSpy(L.Callback):
 
 
 def test_frozen_backbone_is_bit_identical_and_in_eval_mode():
-    m = tiny(freeze_backbone=True, timm_kwargs={"depth": 2, "drop_rate": 0.5, "drop_path_rate": 0.5})
+    m = tiny_classifier(
+        freeze_backbone=True, timm_kwargs={"depth": 2, "drop_rate": 0.5, "drop_path_rate": 0.5}
+    )
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
     spy = ModeSpy()
     fit(m, steps=4, callbacks=[spy])
@@ -106,7 +87,7 @@ def test_frozen_backbone_is_bit_identical_and_in_eval_mode():
 
 
 def test_checkpoint_round_trip_offline(tmp_path):
-    m = tiny()
+    m = tiny_classifier()
     trainer = fit(m, steps=2)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
@@ -128,6 +109,25 @@ def test_bad_checkpoint_paths_give_one_line(tmp_path):
 
 
 def test_mixup_trains_with_soft_targets():
-    m = tiny(mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, random_erasing=0.25)
-    assert m.mixup_fn is not None and m.random_erasing is not None
+    m = tiny_classifier(mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, random_erasing=0.25)
+    assert m.augment.mixup is not None and m.augment.erasing is not None and m.mixup_fn is m.augment.mixup
     fit(m, steps=2)
+
+
+def test_the_optimizer_recipe_comes_from_the_config_only():
+    m = tiny_classifier(optimizer=None, scheduler=None)
+    assert m.optimizer_cfg == {} and m.scheduler_cfg == {}
+    with pytest.raises(ConfigError, match=r"optimizer\.lr=None must be a positive number"):
+        fit(m, steps=1)
+
+
+def test_hyperparameters_are_the_constructor_arguments_a_checkpoint_rebuilds_from():
+    m = tiny_classifier()
+    assert list(m.hparams) == [
+        *("backbone", "weights", "img_size", "freeze_backbone", "reset_head", "label_smoothing"),
+        *("drop_path_rate", "timm_kwargs", "preprocessing_override", "optimizer", "scheduler", "mixup"),
+        *("random_erasing", "ema", "compile", "compile_mode", "grad_checkpointing", "lora"),
+        *("arch", "preprocessing", "class_names", "num_classes"),
+    ]
+    again = ViTClassifier(**m.hparams)  # load_from_checkpoint's path: arch + preprocessing given
+    assert again.hparams == m.hparams and again.class_names == list("abcde")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tests.unit.models.test_classifier import fit, tiny
+from tests.helpers import tiny_classifier
+from tests.unit.models.test_classifier import fit
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import load_classifier
 from vit_ft.models.compile import CompiledForward
@@ -65,7 +66,7 @@ def test_bad_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="model.compile_mode='fastest'"):
         CompiledForward(torch.nn.Linear(2, 2), mode="fastest")
     with pytest.raises(ConfigError, match="model.compile='yes'"):
-        tiny(compile="yes")
+        tiny_classifier(compile="yes")
 
 
 class Losses(ModelCheckpoint):
@@ -79,13 +80,13 @@ class Losses(ModelCheckpoint):
 
 
 def test_compiled_training_matches_eager_and_its_checkpoint_loads_in_eval(tmp_path):
-    m = tiny(compile=True, compile_mode="default")
+    m = tiny_classifier(compile=True, compile_mode="default")
     m.setup("fit")
     assert m.compiled is not None and m.compiled.active and m.compiled.mode == "default"  # inductor, lazily
     runs = {}
     for name in ("eager", "compiled"):
         torch.manual_seed(0)
-        m = tiny(compile=name == "compiled")
+        m = tiny_classifier(compile=name == "compiled")
         if name == "compiled":  # dynamo's graph capture with the eager backend: no C++ build in a unit test
             m.compiled = CompiledForward(m.model, backend="eager")
         cb = Losses(dirpath=tmp_path / name, filename="last")

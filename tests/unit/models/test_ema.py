@@ -9,14 +9,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from tests.unit.models.test_classifier import fit, loader, tiny
+from tests.helpers import tiny_classifier, uint8_loader
+from tests.unit.models.test_classifier import fit
+from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import load_classifier
-from vit_ft.models.ema import check_ema_config
+from vit_ft.models.ema import EmaWeights, check_ema_config, restore_ema
 from vit_ft.probe.linear import LinearProbe
 from vit_ft.tasks.common import follow_ema
 from vit_ft.weights import load_weights
-from vit_ft.checkpoint_format import ema_chosen
 
 KEY = "blocks.0.attn.qkv.weight"
 
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
     """4 steps (2 epochs of 2, a validation after each) with decay 0.5; a checkpoint after steps 2 and 4."""
     d = tmp_path_factory.mktemp("ema")
     torch.manual_seed(0)
-    m = tiny(ema=ema_cfg())
+    m = tiny_classifier(ema=ema_cfg())
     w = Weights()
     ck = ModelCheckpoint(
         dirpath=d,
@@ -91,19 +92,24 @@ def test_checkpoint_holds_raw_and_ema_and_eval_predict_export_pick_by_use_for(ru
 def test_resume_is_exact(run):
     m, _, _, d = run
     torch.manual_seed(0)
-    resumed = tiny(ema=ema_cfg())
+    resumed = tiny_classifier(ema=ema_cfg())
     trainer = L.Trainer(
         accelerator="cpu", max_steps=4, limit_train_batches=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
-    trainer.fit(resumed, train_dataloaders=loader(), val_dataloaders=loader(seed=1), ckpt_path=d / "s2.ckpt")
+    trainer.fit(
+        resumed,
+        train_dataloaders=uint8_loader(),
+        val_dataloaders=uint8_loader(seed=1),
+        ckpt_path=d / "s2.ckpt",
+    )
     assert torch.equal(resumed.model.state_dict()[KEY], m.model.state_dict()[KEY])
     assert torch.equal(resumed.ema.state_dict()[KEY], m.ema.state_dict()[KEY])
 
 
 def test_warmup_and_cpu_device():
     torch.manual_seed(0)
-    m = tiny(ema=ema_cfg(decay=0.9999, warmup=True, device="cpu"))
+    m = tiny_classifier(ema=ema_cfg(decay=0.9999, warmup=True, device="cpu"))
     assert m.ema.ema.get_decay(2) == pytest.approx(1 - 2 ** (-2 / 3))  # timm's warmup, not 0.9999
     assert m.ema.device == torch.device("cpu") and m.ema.current_device.type == "cpu"
     assert not m.ema.ema.foreach or m.ema.current_device == next(m.model.parameters()).device
@@ -147,7 +153,7 @@ def test_best_checkpoint_and_optimized_metric_follow_the_ema_when_used_for_eval(
 
 def test_linear_probe_keeps_an_ema_of_its_head_and_its_checkpoint_loads_as_ema(tmp_path):
     torch.manual_seed(0)
-    classifier = tiny(ema=ema_cfg(), freeze_backbone=True, reset_head=True)
+    classifier = tiny_classifier(ema=ema_cfg(), freeze_backbone=True, reset_head=True)
     probe = LinearProbe(classifier, batchnorm=True, in_loop=False)
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(32, 192, generator=g)
@@ -168,6 +174,45 @@ def test_linear_probe_keeps_an_ema_of_its_head_and_its_checkpoint_loads_as_ema(t
     got = loaded.model.get_classifier()(feats)
     assert torch.allclose(got, expected, atol=1e-4)
     # resuming the probe restores the unfolded EMA head exactly
-    again = LinearProbe(tiny(ema=ema_cfg(), freeze_backbone=True, reset_head=True), batchnorm=True)
+    again = LinearProbe(tiny_classifier(ema=ema_cfg(), freeze_backbone=True, reset_head=True), batchnorm=True)
     again.on_load_checkpoint(torch.load(tmp_path / "probe.ckpt", weights_only=True))
     assert torch.equal(again.ema.state_dict()["weight"], probe.ema.state_dict()["weight"])
+
+
+def test_the_ema_owns_its_checkpoint_entries(caplog):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ema = EmaWeights(net, decay=0.5)
+    sd: dict = {}
+    ema.save_entries(sd, under="head.")
+    assert set(sd) == {"model_ema.head.weight", "model_ema.head.bias"}
+    # LoRA with the base left out of the checkpoint: the EMA leaves out the same (frozen) weights
+    lora_sd: dict = {}
+    weights = {
+        "blocks.0.attn.qkv.base_layer.weight": torch.zeros(1),
+        "blocks.0.attn.qkv.lora_A.default.weight": torch.ones(1),
+    }
+    ema.save_entries(lora_sd, weights=weights, lora={"base_omitted": True})
+    assert list(lora_sd) == ["model_ema.blocks.0.attn.qkv.lora_A.default.weight"]
+    ema.save_entries(lora_sd, weights=weights, lora={"base_omitted": False})
+    assert len(lora_sd) == 2
+
+    ckpt = {
+        "state_dict": {
+            "model.w": torch.zeros(1),
+            "model_ema.weight": torch.ones(2, 3),
+            "model_ema.bias": torch.ones(2),
+        }
+    }
+    restore_ema(None, ckpt)  # a module without EMA drops the entries (strict loading would refuse them)
+    assert list(ckpt["state_dict"]) == ["model.w"]
+    restore_ema(ema, {"state_dict": {"model_ema.weight": torch.ones(2, 3), "model_ema.bias": torch.ones(2)}})
+    assert torch.equal(ema.module.weight, torch.ones(2, 3)) and not ema.missing
+    with caplog.at_level("WARNING"):
+        restore_ema(ema, {"state_dict": {"model.w": torch.zeros(1)}})
+    assert ema.missing and "holds no EMA weights" in caplog.text
+    ema.start(torch.device("cpu"), net)  # a resumed fit restarts the average from the network
+    assert not ema.missing and torch.equal(ema.module.weight, net.weight)
+    with torch.no_grad(), ema.swapped_into(net):
+        net.weight.zero_()  # swapped: the raw weights come back after the block
+    assert torch.equal(net.weight, ema.module.weight)

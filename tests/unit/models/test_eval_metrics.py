@@ -6,32 +6,25 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from tests.helpers import quiet_trainer
-from vit_ft.models.classifier import AnalysisMetrics, ConfusionMatrix, ReliabilityBins, ViTClassifier
+from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
+from vit_ft.models.classifier import ViTClassifier
+from vit_ft.models.metrics import (
+    AnalysisMetrics,
+    ConfusionMatrix,
+    MeanLoss,
+    ReliabilityBins,
+    SingleLabelMetrics,
+    eval_streams,
+)
 
 
 def tiny(k: int) -> ViTClassifier:
-    return ViTClassifier(
-        backbone="vit_tiny_patch16_224",
-        weights=None,
-        img_size=32,
-        num_classes=k,
-        class_names=["a b", "ñandú", "c", "d", "三角"][:k],
-        timm_kwargs={"depth": 2},
-        optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
-        scheduler={"warmup_steps": 0},
-    )
-
-
-def loader(n: int = 32, k: int = 5, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, k, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=8)
+    return tiny_classifier(num_classes=k, class_names=["a b", "ñandú", "c", "d", "三角"][:k])
 
 
 def test_confusion_matrix_counts_as_torchmetrics_does():
@@ -92,7 +85,7 @@ def outputs(m: L.LightningModule, dl: DataLoader) -> tuple[torch.Tensor, torch.T
 
 @pytest.mark.parametrize("stage", ["val", "test"])
 def test_validation_logs_macro_accuracy_and_ece_and_leaves_the_gathered_analysis(stage):
-    m, dl = perturbed(), loader(n=40)
+    m, dl = perturbed(), uint8_loader(n=40)
     logits, y = outputs(m, dl)
     assert m.eval_analysis is None
     trainer = quiet_trainer()
@@ -146,7 +139,7 @@ class SeesAnalysis(L.Callback):
 def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
     m, cb = perturbed(), SeesAnalysis()
     trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=1, callbacks=[cb], limit_train_batches=2)
-    trainer.fit(m, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
+    trainer.fit(m, train_dataloaders=uint8_loader(), val_dataloaders=uint8_loader(seed=1))
     assert cb.after_sanity is None
     # on_validation_end after the sanity check sees nothing yet; then one analysis per epoch
     assert cb.at_end[0] is None and len(cb.at_end) == 3
@@ -154,3 +147,82 @@ def test_sanity_check_sets_nothing_and_callbacks_see_each_validation(tmp_path):
     assert {"val/acc1_macro", "val/ece"} <= set(trainer.callback_metrics)
     # no metric state in checkpoints: old checkpoints load, new ones are unchanged
     assert not [k for k in m.state_dict() if k.startswith(("val_", "test_", "train_"))]
+
+
+def test_a_stream_gives_its_prefixed_pairs_then_starts_afresh():
+    g = torch.Generator().manual_seed(2)
+    logits, y = torch.randn(20, 6, generator=g), torch.randint(0, 6, (20,), generator=g)
+    ev = SingleLabelMetrics("test", 6, analysis=True)
+    ev.update(logits[:12], y[:12])
+    ev.update(logits[12:], y[12:])
+    got = dict(ev.compute())
+    assert list(got) == ["test/loss", "test/acc1", "test/acc5", "test/acc1_macro", "test/ece"]
+    assert float(got["test/loss"]) == pytest.approx(float(F.cross_entropy(logits, y)), abs=1e-6)
+    assert float(got["test/acc1"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean()
+    assert float(got["test/acc5"]) == pytest.approx(float(top5))
+    assert ev.analysis["confusion"].sum() == 20 and ev.analysis["acc1_macro"] == got["test/acc1_macro"]
+    # reset: no batch since, so no loss or accuracy (Lightning logs nothing), the analysis says NaN
+    again = dict(ev.compute())
+    assert list(again) == ["test/acc1_macro", "test/ece"] and np.isnan(again["test/ece"])
+    assert dict(ev.compute(analysis=False)) == {} and ev.analysis is None  # the sanity check
+
+
+def test_streams_per_prefix_and_ema_streams_without_the_analysis():
+    plain, with_ema = eval_streams(3, ema=False), eval_streams(3, ema=True)
+    assert list(plain) == ["val", "test"] and list(with_ema) == ["val", "test", "val_ema", "test_ema"]
+    ev = with_ema["val_ema"]
+    assert ev.extra is None and ev.acc5 is None  # 3 classes: no top-5
+    ev.update(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1"]
+
+
+def test_the_loss_mean_weights_batches_and_stays_float32_under_a_bf16_module():
+    m = MeanLoss().to(torch.bfloat16)  # what precision=bf16-true does to the LightningModule
+    assert m.total.dtype == torch.float32  # a rank without batches gathers float32 too
+    m.update(torch.tensor(1.0), 3)
+    m.update(torch.tensor(1.0 / 3), 6)  # bf16 sums would round this
+    assert m.total.dtype == torch.float32
+    assert float(m.compute()) == pytest.approx((3 * 1.0 + 6 / 3) / 9, abs=1e-7)
+    m.reset()
+    assert m.total.dtype == torch.float32 and int(m.count) == 0
+
+
+def _two_ranks(rank: int, port: int, logits: torch.Tensor, y: torch.Tensor, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        full, empty = SingleLabelMetrics("val", 6, analysis=True), SingleLabelMetrics("val_ema", 6)
+        for part in [slice(0, 10)] if rank == 0 else [slice(10, 18), slice(18, None)]:
+            full.update(logits[part], y[part])  # the ranks' batches differ in count and size
+        out.put((rank, dict(full.compute()), dict(empty.compute())))  # no rank saw a batch: all skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_log_what_one_process_logs_over_all_images():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(4)
+    logits, y = torch.randn(26, 6, generator=g), torch.randint(0, 6, (26,), generator=g)
+    one = SingleLabelMetrics("val", 6, analysis=True)
+    one.update(logits, y)
+    expected = dict(one.compute())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_two_ranks, args=(r, port, logits, y, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    for _, pairs, empty in got:
+        assert empty == {} and list(pairs) == list(expected)
+        for name, value in expected.items():
+            assert float(pairs[name]) == pytest.approx(float(value), abs=1e-6), name

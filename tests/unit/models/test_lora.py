@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.weights import create_from_arch, load_weights, save_hf_pretrained, save_timm_safetensors
@@ -16,24 +16,17 @@ DEPTH, WIDTH, K, RANK = 2, 192, 3, 4
 
 
 def loader(n: int = 16, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    return DataLoader(TensorDataset(x, torch.randint(0, K, (n,), generator=g)), batch_size=8)
+    return uint8_loader(n, K, seed)
 
 
 def tiny(**kw) -> ViTClassifier:
     args = dict(
-        backbone="vit_tiny_patch16_224",
-        weights=None,
-        img_size=32,
         num_classes=K,
         class_names=list("abc"),
         timm_kwargs={"depth": DEPTH, "patch_size": 8},
         optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.05},
-        scheduler={"warmup_steps": 0},
     )
-    args.update(kw)
-    return ViTClassifier(**args)
+    return tiny_classifier(**{**args, **kw})
 
 
 LORA = {"rank": RANK, "alpha": 8, "dropout": 0.0, "targets": ["qkv", "mlp.fc1"]}
@@ -245,3 +238,22 @@ def test_lora_with_ema_keeps_checkpoints_small_loads_the_ema_and_resumes(base_fi
     trainer = quiet_trainer(max_steps=3, default_root_dir=str(tmp_path))
     trainer.fit(fresh, train_dataloaders=loader(), ckpt_path=str(ckpt))
     assert trainer.global_step == 3 and fresh.ema is not None and not fresh.ema.missing
+
+
+def test_lora_checkpoint_entries_leave_out_only_a_base_that_weights_rebuild():
+    from vit_ft.weights.lora import restore_lora_entries, save_lora_entries
+
+    m = tiny(lora={"rank": 2})
+    sd = {f"model.{k}": v for k, v in m.model.state_dict().items()}
+    kept = dict(sd)
+    save_lora_entries(kept, None)  # no LoRA
+    save_lora_entries(kept, m.lora_info)  # random init: the base stays in the file
+    assert kept.keys() == sd.keys() and m.lora_info["base_omitted"] is False
+    save_lora_entries(kept, {**m.lora_info, "base_omitted": True})
+    assert kept and all(".lora_" in k or k.startswith("model.head.") for k in kept)
+    record = {"vit_ft": {"lora": {**m.lora_info, "base_omitted": True}}, "state_dict": dict(kept)}
+    restore_lora_entries(record, m.model, m.lora_info)  # the base back from the model, checked
+    assert record["state_dict"].keys() == sd.keys()
+    without = {"state_dict": dict(kept)}
+    restore_lora_entries(without, m.model, m.lora_info)  # no record: nothing to fill
+    assert without["state_dict"].keys() == kept.keys()
