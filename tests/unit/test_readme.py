@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 
@@ -25,6 +26,7 @@ from tests.helpers import ROOT
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 CONFIG_OF = {"train.py": "config", "eval.py": "eval"}
+SCRIPTS = (*CONFIG_OF, "predict.py", "export.py")
 
 
 def _outside_fences(text: str) -> str:
@@ -76,7 +78,7 @@ def test_layout_names_every_module_and_nothing_that_is_gone():
 
 
 def _commands() -> list[tuple[str, list[str]]]:
-    """``(script, arguments)`` of every train.py / eval.py command the README shows."""
+    """``(script, arguments)`` of every train.py / eval.py / predict.py / export.py command the README shows."""
     lines = []
     for block in FENCE.findall(README):
         lines += block.replace("\\\n", " ").splitlines()
@@ -86,7 +88,7 @@ def _commands() -> list[tuple[str, list[str]]]:
         if line.lstrip().startswith("#"):
             continue
         words = shlex.split(line, comments=True)
-        scripts = [i for i, w in enumerate(words) if w in CONFIG_OF]
+        scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
         if scripts and {"python", "torchrun"} & set(words[: scripts[0]]):
             commands.append((words[scripts[0]], words[scripts[0] + 1 :]))
     return commands
@@ -135,6 +137,41 @@ def test_every_command_composes(script):
             except Exception as e:  # every failure is listed below
                 failures.append(f"python {script} {' '.join(overrides)}\n    {type(e).__name__}: {e}")
     assert not failures, "README commands that do not compose:\n" + "\n".join(failures)
+
+
+def _dataclass_fields(path: str, name: str) -> set[str]:
+    """The annotated fields of class ``name`` in ``path``, read from the source (importing the task would
+    import torch, Lightning and timm)."""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+def test_predict_and_export_options_exist():
+    """predict.py and export.py take a dataclass config: every ``key=`` the README shows is a field of it."""
+    known = {
+        "predict.py": _dataclass_fields("src/vit_ft/tasks/predict.py", "PredictConfig"),
+        "export.py": _dataclass_fields("src/vit_ft/tasks/export.py", "ExportConfig"),
+    }
+    shown = [(s, a) for s, a in _commands() if s in known]
+    assert {s for s, _ in shown} == set(known) and "weights" in known["predict.py"]
+    unknown = [
+        f"{s} {arg}" for s, args in shown for arg in args if "=" in arg and arg.split("=")[0] not in known[s]
+    ]
+    assert not unknown, f"README options these commands do not have: {unknown}"
+
+
+def test_named_files_and_modules_exist():
+    """Files the README points to (tests, benchmarks, configs, sources) and ``python -m vit_ft...``
+    commands are there."""
+    paths = set(re.findall(r"(?<![\w/])((?:tests|benchmarks|conf|src)/[\w./-]+\.(?:py|yaml))", README))
+    paths |= {f"benchmarks/{b}" for b in re.findall(r"`(bench_\w+\.py)", README)}
+    gone = sorted(p for p in paths if not (ROOT / p).exists())
+    for module in set(re.findall(r"python -m (vit_ft[\w.]*)", README)):
+        base = ROOT / "src" / module.replace(".", "/")
+        if not (base.with_suffix(".py").exists() or (base / "__main__.py").exists()):
+            gone.append(f"python -m {module}")
+    assert len(paths) >= 10 and not gone, f"README names what is not there: {gone}"
 
 
 def _slug(heading: str) -> str:
