@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -35,7 +35,7 @@ class Progress:
 
     ``bar=None`` picks a bar when stderr is a terminal; ``enabled=False`` (e.g. on ranks other than 0)
     shows nothing. Only the log-line form prints when the work takes less than ``every`` seconds: a
-    short job stays quiet."""
+    short job stays quiet. ``clock`` is where time is read (a fake in tests, so they never sleep)."""
 
     def __init__(
         self,
@@ -47,12 +47,14 @@ class Progress:
         bar: bool | None = None,
         enabled: bool = True,
         logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.desc, self.unit, self.every = total, desc, unit, float(every)
         self.enabled = bool(enabled)
         self.log = logger or log
+        self.clock = clock
         self.n = 0
-        self.start = self.last = time.monotonic()
+        self.start = self.last = clock()
         use_bar = sys.stderr.isatty() if bar is None else bool(bar)
         self.bar = (
             tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
@@ -62,7 +64,7 @@ class Progress:
 
     def line(self) -> str:
         """``desc: n/total unit (pct) | rate unit/s | time left`` (what the log form prints)."""
-        elapsed = max(time.monotonic() - self.start, 1e-9)
+        elapsed = max(self.clock() - self.start, 1e-9)
         rate = self.n / elapsed
         done = f"{self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"
         if self.total:
@@ -79,7 +81,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last >= self.every:
             self.last = now
             self.log.info("%s", self.line())
@@ -88,7 +90,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.enabled and time.monotonic() - self.start >= self.every:
+        elif self.enabled and self.clock() - self.start >= self.every:
             self.log.info("%s (done)", self.line())
         self.enabled = False
 
@@ -110,16 +112,26 @@ def track(
 
 
 @contextmanager
-def heartbeat(desc: str, *, every: float = 10.0, stream: Any = None) -> Iterator[None]:
+def heartbeat(
+    desc: str,
+    *,
+    every: float = 10.0,
+    stream: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[threading.Event, float], bool] = threading.Event.wait,
+) -> Iterator[None]:
     """For one long call that cannot count its work (reading or writing a big checkpoint): a line
-    ``desc ... (20 s)`` every ``every`` seconds until the block ends; nothing when it ends sooner."""
+    ``desc ... (20 s)`` every ``every`` seconds until the block ends; nothing when it ends sooner.
+
+    ``wait(done, seconds)`` returns True once the block has ended, and ``clock`` reads the time:
+    tests pass a fake pair that advances time without sleeping."""
     stream = stream or sys.stderr
     done = threading.Event()
-    start = time.monotonic()
+    start = clock()
 
     def beat() -> None:
-        while not done.wait(every):
-            print(f"{desc} ... ({time.monotonic() - start:.0f} s)", file=stream, flush=True)
+        while not wait(done, every):
+            print(f"{desc} ... ({clock() - start:.0f} s)", file=stream, flush=True)
 
     thread = threading.Thread(target=beat, name=f"heartbeat: {desc}", daemon=True)
     thread.start()
