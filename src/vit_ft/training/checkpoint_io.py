@@ -106,6 +106,9 @@ def write_fault(path: Path | str, exc: BaseException) -> RunFault | None:
             what = f"the storage refused the write ({type(storage).__name__}: {one_line(storage)})"
     if what is None:
         return None
+    local = "://" not in str(path) or str(path).startswith("file://")
+    if local and not Path(str(path).removeprefix("file://")).exists():
+        return RunFault(f"cannot write checkpoint {path}: {what}; there was no earlier checkpoint to keep")
     return RunFault(f"cannot write checkpoint {path}: {what}; the previous checkpoint is kept")
 
 
