@@ -11,7 +11,6 @@ decoded as training would decode it. The report (CSV, or JSON when the name ends
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from vit_ft.data.decode import check_image, is_image_file
 from vit_ft.data.folder import walk_files, warn_outside
+from vit_ft.io import SafeCSVWriter
 from vit_ft.progress import track
 
 
@@ -64,7 +64,7 @@ def write_report(path: str, bad: list[tuple[str, str]], n_checked: int, root: st
             )
     else:
         with open(path, "w", newline="") as f:
-            w = csv.writer(f)
+            w = SafeCSVWriter(f)  # a path starting "=" stays text in a spreadsheet
             w.writerow(["path", "reason"])
             w.writerows(bad)
 

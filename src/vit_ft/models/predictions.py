@@ -8,7 +8,6 @@ writes the file.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import warnings
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_calibration_error
 
-from vit_ft.io import atomic_path
+from vit_ft.io import SafeCSVWriter, atomic_path
 from vit_ft.models.analysis import unique_class_names
 
 TOP_K = 5
@@ -163,7 +162,7 @@ def write_predictions_csv(
     (its path); ``topk``: a JSON list of ``[label, probability]``, most probable first."""
     names = unique_class_names(class_names)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
+        w = SafeCSVWriter(f)  # a class or file named "=..." stays text in a spreadsheet
         w.writerow(CSV_HEADER)
         for r in range(len(preds)):
             i, t, p = int(preds.index[r]), int(preds.true[r]), int(preds.pred[r])

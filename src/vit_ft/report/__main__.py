@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vit_ft.report.build import build_report
+from vit_ft.report.build import build
 from vit_ft.report.files import NotARunError
 
 
@@ -18,10 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-draw", action="store_true", help="only rewrite report.md; keep the pictures there")
     a = p.parse_args(argv)
     try:
-        path = build_report(a.run_dir, draw=not a.no_draw)
+        path, problems = build(a.run_dir, draw=not a.no_draw)
     except NotARunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for name, what in problems.items():  # the report is built from the rest; report.md says so too
+        print(f"warning: {name} cannot be read: {what}; left out of the report", file=sys.stderr)
     print(f"report        : {path}")
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_ft.io import atomic_path
+from vit_ft.io import SafeCSVWriter, atomic_path, csv_text
 from vit_ft.report.files import Predictions, RunFiles, image_path, number
 
 RELIABILITY_BINS = 15
@@ -251,7 +251,7 @@ def select_mistakes(pred: Predictions, run_dir: Path, n: int = 16) -> list[Mista
 def write_mistakes_csv(mistakes: list[Mistake], path: Path) -> None:
     """The grid's rows: ``image`` is the file drawn, empty when it could not be opened."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = SafeCSVWriter(f)
         w.writerow(MISTAKES_COLUMNS)
         for m in mistakes:
             w.writerow([m.rank, m.index, m.file, m.true_label, m.pred_label, f"{m.prob:.6f}", m.path or ""])
@@ -261,7 +261,7 @@ def read_mistakes(path: str | os.PathLike) -> list[Mistake]:
     """The rows of a ``mistakes.csv`` written by :func:`write_mistakes_csv` ([] when there is none)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            rows = [{k: csv_text(v) for k, v in r.items()} for r in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
     return [

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_ft.report.analysis import Analysis, Mistake
-from vit_ft.report.files import RunFiles, number
+from vit_ft.report.files import METRICS_JSON, RunFiles, number
 
 WORST_ROWS = 15
 PAIR_ROWS = 15
@@ -161,6 +161,8 @@ def what_ran(run: RunFiles, analysis: Analysis | None) -> list[list[str]]:
 
 def status(run: RunFiles) -> str:
     m = run.metrics
+    if METRICS_JSON in run.problems:
+        return f"unknown: `{METRICS_JSON}` cannot be read ({run.problems[METRICS_JSON]})"
     if m is None:
         return "no `metrics.json`: the run is still going, or was stopped before it ended"
     if "status" in m:
@@ -249,24 +251,32 @@ def classes_section(analysis: Analysis) -> list[str]:
 def render(
     run: RunFiles,
     analysis: Analysis | None,
-    pictures: list[tuple[str, Path, str | None]],
+    pictures: list[tuple[str, Path, str | None, str | None]],
     mistakes: list[Mistake],
     mistakes_csv: Path | None,
 ) -> str:
-    """``pictures``: (title, path, why it is missing or None); paths are linked relative to the run folder."""
+    """``pictures``: (title, path, why it is missing or None, a note that it is out of date or None);
+    paths are linked relative to the run folder."""
     d = run.run_dir
     out = [f"# Run report: {d.name}", "", f"- folder: `{d}`", f"- status: {status(run)}"]
     if run.config_file:
         out.append(f"- config: `{run.config_file}`")
+    if run.problems:
+        out += ["", "**Unreadable files** (left out of this report; fix or remove them, then rebuild):", ""]
+        out += [f"- `{name}`: {what}" for name, what in run.problems.items()]
     out += ["", "## What ran", ""]
     out += table(["", ""], what_ran(run, analysis))
     out += metrics_section(run, analysis)
     out += ["## Pictures", ""]
-    missing = [(t, why) for t, p, why in pictures if why]
-    for title, path, why in pictures:
+    missing = [(t, why) for t, p, why, _ in pictures if why]
+    for title, path, why, stale in pictures:
         if not why:
             rel = path.relative_to(d).as_posix()
-            out += [f"### {title}", "", f"![{title}]({link(rel)})", ""]
+            out += (
+                [f"### {title}", ""]
+                + ([f"> {stale}", ""] if stale else [])
+                + [f"![{title}]({link(rel)})", ""]
+            )
     if mistakes and mistakes_csv is not None:
         unreadable = sum(1 for x in mistakes if x.path is None)
         note = f"; {unreadable} of their images could not be opened (grey tiles)" if unreadable else ""

@@ -11,7 +11,6 @@ sweep has ended: the job was killed before it could write one).
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vit_ft.io import atomic_path, write_text_atomic
+from vit_ft.io import SafeCSVWriter, atomic_path, write_text_atomic
 from vit_ft.report import REPORT_MD as JOB_REPORT_MD
 
 REPORT_MD, REPORT_CSV, REPORT_PNG = "sweep_report.md", "sweep_report.csv", "sweep_report.png"
@@ -339,7 +338,7 @@ def write_report(
     md = _markdown(header, rows, jobs, settings, sweep_dir)
     write_text_atomic(sweep_dir / REPORT_MD, md)
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = SafeCSVWriter(buf)  # an override or name starting "=" stays text in a spreadsheet
     w.writerow(header)
     w.writerows(rows)
     write_text_atomic(sweep_dir / REPORT_CSV, buf.getvalue())

@@ -25,6 +25,7 @@ from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
+from vit_ft.training.loggers import folder_wandb_id
 from vit_ft.training.precision import resolve_precision
 from vit_ft.weights.io import check_checkpoint_file
 from vit_ft.weights.sources import looks_like_path
@@ -187,6 +188,8 @@ def build_loggers(cfg: DictConfig, hydra: dict[str, Any]) -> list:
                     lg.group = os.path.basename(os.path.normpath(str(hydra["sweep_dir"])))
                 if lg.get("name") is None:
                     lg.name = run_name(cfg, hydra)
+                if lg.get("id") is None:  # one run folder is one wandb run (few-shot and k-NN runs too)
+                    lg.id = folder_wandb_id(str(cfg.paths.output_dir)) or None
         out.append(instantiate(lg))
     return out
 

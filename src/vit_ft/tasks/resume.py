@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import socket
-import string
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
-from vit_ft.io import write_text_atomic
+from vit_ft.training.loggers import folder_wandb_id
 
 log = logging.getLogger("vit_ft")
 
@@ -56,7 +54,6 @@ IGNORED_KEYS = (
 )
 LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
 LAST = os.path.join("checkpoints", "last.ckpt")
-WANDB_ID_FILE = "wandb_run_id"
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -195,20 +192,6 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
 
 # -- wandb --------------------------------------------------------------------------------------------------
 def wandb_run_id(run_dir: str, resuming_own_run: bool) -> str:
-    """The id of this run's wandb run: the one saved in ``<run_dir>/wandb_run_id`` when the run resumes
-    its own checkpoint, else a new one (saved there by rank 0)."""
-    path = os.path.join(run_dir, WANDB_ID_FILE)
-    if resuming_own_run:
-        try:
-            with open(path) as f:
-                saved = f.read().strip()
-            if saved:
-                return saved
-        except OSError:
-            pass
-    if not is_rank_zero():  # ranks > 0 log nothing; rank 0 owns the id
-        return ""
-    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's form
-    os.makedirs(run_dir, exist_ok=True)
-    write_text_atomic(path, new + "\n")
-    return new
+    """The id of this run's wandb run: the run folder's own (``<run_dir>/wandb_run_id``), kept by a resume
+    and by a restart alike (one run folder is one wandb run); a new one for a new folder."""
+    return folder_wandb_id(run_dir, resuming=resuming_own_run)

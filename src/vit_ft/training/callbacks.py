@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vit_ft.errors import ConfigError, RunFault
-from vit_ft.io import write_text_atomic
+from vit_ft.io import SafeCSVWriter, csv_text, write_text_atomic
 
 log = logging.getLogger("vit_ft")
 
@@ -225,7 +225,7 @@ class MetricsHistory(Callback):
             return
         metrics = sorted({k for r in self.rows for k in r} - {"step", "epoch"})
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = SafeCSVWriter(buf, lineterminator="\n")
         w.writerow(["step", "epoch", *metrics])
         for r in self.rows:
             w.writerow([int(r["step"]), int(r["epoch"]), *(format_value(r.get(m)) for m in metrics)])
@@ -246,7 +246,7 @@ def read_history(path: Path) -> list[dict[str, float]]:
                 r = {}
                 for k, v in row.items():
                     try:
-                        r[k] = float(v)
+                        r[csv_text(k)] = float(v)
                     except (TypeError, ValueError):
                         continue
                 if "step" in r and "epoch" in r:

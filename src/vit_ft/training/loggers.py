@@ -1,4 +1,5 @@
-"""Experiment loggers. wandb goes offline by itself when no credentials are found."""
+"""Experiment loggers. wandb goes offline by itself when no credentials are found; one run folder is
+one wandb run (its id kept in ``<run folder>/wandb_run_id``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import netrc
 import os
+import secrets
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,9 +17,38 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from vit_ft.compat import drop_wandb_anonymous
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
+from vit_ft.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def folder_wandb_id(run_dir: str, resuming: bool = False) -> str:
+    """The id of the wandb run of ``run_dir``: the one in ``<run_dir>/wandb_run_id`` when a run there
+    wrote it (a resume, or a restart after a run killed before its first checkpoint: any later run in
+    the folder continues it), else a new one, saved there by rank 0 ("" on other ranks, which log nothing)."""
+    path = os.path.join(run_dir, WANDB_ID_FILE)
+    try:
+        with open(path) as f:
+            saved = f.read().strip()
+    except OSError:
+        saved = ""
+    if saved:
+        if not resuming and is_rank_zero():
+            log.info(
+                "wandb: continuing this run folder's wandb run %s (steps it holds are not logged again)",
+                saved,
+            )
+        return saved
+    if not is_rank_zero():
+        return ""
+    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's form
+    os.makedirs(run_dir, exist_ok=True)
+    write_text_atomic(path, new + "\n")
+    return new
 
 
 def wandb_credentials_present() -> bool:

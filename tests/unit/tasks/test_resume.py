@@ -130,7 +130,7 @@ def test_a_resumed_run_keeps_its_wandb_id(tmp_path):
     first = wandb_run_id(str(tmp_path), resuming_own_run=False)
     assert len(first) == 8 and (tmp_path / "wandb_run_id").read_text().strip() == first
     assert wandb_run_id(str(tmp_path), resuming_own_run=True) == first
-    assert wandb_run_id(str(tmp_path), resuming_own_run=False) != first  # a fresh start: a new run
+    assert wandb_run_id(str(tmp_path), resuming_own_run=False) == first  # a restart: the same run too
 
 
 def write_wandb_file(path, rows, cut: int = 0):
