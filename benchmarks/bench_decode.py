@@ -106,7 +106,8 @@ def _io_resize(size: int, train: bool):
 
 def _device_path(tf, files: list[str], batch: int, min_seconds: float) -> tuple[float, float]:
     """decode_device=cuda on this CPU: (worker-side plans/s, batched decode+resize images/s)."""
-    from vit_ft.data.datamodule import ImageDataModule, PlannedBatch
+    from vit_ft.data.datamodule import ImageDataModule
+    from vit_ft.data.device_decode import PlannedBatch
     from vit_ft.data.transforms import PlanOnly
 
     plan = PlanOnly(tf)

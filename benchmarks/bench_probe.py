@@ -84,7 +84,7 @@ def _datamodule(a: argparse.Namespace, root: str, pre) -> ImageFolderDataModule:
         root=root, batch_size=a.batch_size, num_workers=a.workers, persistent_workers=a.workers > 0
     )
     dm.setup()
-    dm.configure_preprocessing(pre.img_size, pre.interpolation, pre.crop_pct, pre.crop_mode)
+    dm.configure_preprocessing(pre)
     dm.train_with_eval_transform()  # in-loop probe without augmentation
     return dm
 

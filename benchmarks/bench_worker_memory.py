@@ -68,7 +68,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from vit_ft.data.folder import FileIndex
-from vit_ft.data.records import FileRecords, TransformedDataset, seed_worker
+from vit_ft.data.loader_policy import seed_worker
+from vit_ft.data.records import FileRecords, TransformedDataset
 
 KINDS = {
     "none": "no index",

@@ -348,11 +348,12 @@ def tiny_probe_classifier(seed: int = 0):
 
 def probe_datamodule(root, interpolation: str | None = None, clf=None):
     from vit_ft.data import ImageFolderDataModule
+    from vit_ft.preprocessing import Preprocessing
 
     dm = ImageFolderDataModule(root=str(root), batch_size=8, num_workers=0, persistent_workers=False)
     dm.setup()
     pre = (clf or tiny_probe_classifier()).preprocessing
-    dm.configure_preprocessing(pre.img_size, interpolation or pre.interpolation)
+    dm.configure_preprocessing(Preprocessing(pre.img_size, interpolation=interpolation or pre.interpolation))
     return dm
 
 

@@ -1,110 +1,34 @@
 """LightningDataModules: one generic loader/transform layer, one subclass per kind of source.
 
 A source provides, per split, *records*: ``len(records)``, ``records.load(i) -> PIL RGB image`` and
-``records.labels`` (int64 numpy array). The generic layer adds transforms, bad-image handling and
-DataLoaders. ``batch_size`` is the global batch of one optimizer step; the loader batch is
-``batch_size / (devices × nodes × accumulate_grad_batches)`` (set by :meth:`configure_batch`).
+``records.labels`` (int64 numpy array). The generic layer adds transforms, bad-image handling
+(:mod:`vit_ft.data.bad_images`), decoding on the device (:mod:`vit_ft.data.device_decode`) and
+DataLoaders (:mod:`vit_ft.data.loader_policy`). ``batch_size`` is the global batch of one optimizer
+step; the loader batch is ``batch_size / (devices × nodes × accumulate_grad_batches)`` (set by
+:meth:`configure_batch`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import zlib
 from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from vit_ft.data.decode import BadImageError, decode
+from vit_ft.data.bad_images import BadImageLedger
+from vit_ft.data.device_decode import PlannedBatch, check_decode_device, decode_planned, plan_in_workers
 from vit_ft.data.folder import index_image_folder
+from vit_ft.data.loader_policy import LoaderPolicy, loader_batch, per_device_batch
 from vit_ft.data.quickstart import make_quickstart_dataset
-from vit_ft.data.records import (
-    FileRecords,
-    IndexedDataset,
-    TransformedDataset,
-    UnusableImageError,
-    collate_skipping_none,
-    seed_worker,
-    unusable_message,
-)
+from vit_ft.data.records import FileRecords, IndexedDataset, TransformedDataset, collate_skipping_none
 from vit_ft.data.resumable import ResumableOrder
-from vit_ft.data.transforms import (
-    PlannedJpeg,
-    PlanOnly,
-    build_eval_transform,
-    build_train_transform,
-    finish_on_device,
-    parse_eval_crop,
-    supports_device_decode,
-)
+from vit_ft.data.transforms import build_eval_transform, build_train_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
-
-
-class PlannedBatch:
-    """A collated batch whose JPEGs are still encoded (``decode_device=cuda``).
-
-    Built in the DataLoader worker by :func:`collate_planned`: the JPEG bytes of the whole batch in
-    one buffer (one shared-memory segment and one pinned copy per batch, not one per image), the
-    per-image plan (crop box, orientation, flip, interpolation), and the images that were decoded in
-    the worker (non-JPEG files) already at the output size. Lightning moves it with :meth:`to` and
-    :meth:`ImageDataModule.on_after_batch_transfer` decodes it on that device.
-    """
-
-    def __init__(self, items: list[tuple[Any, int]], split: str, size: tuple[int, int]) -> None:
-        self.split, self.size, self.device = split, (int(size[0]), int(size[1])), torch.device("cpu")
-        self.labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
-        planned = [(k, x) for k, (x, _) in enumerate(items) if isinstance(x, PlannedJpeg)]
-        ready = [(k, x) for k, (x, _) in enumerate(items) if not isinstance(x, PlannedJpeg)]
-        self.ready_pos = [k for k, _ in ready]
-        self.ready = torch.stack([x for _, x in ready]) if ready else None
-        self.planned_pos = [k for k, _ in planned]
-        self.data = torch.cat([x.jpeg.data for _, x in planned])
-        lengths = torch.tensor([x.jpeg.data.numel() for _, x in planned], dtype=torch.int64)
-        self.offsets = [0, *torch.cumsum(lengths, 0).tolist()]
-        self.plans = [x._replace(jpeg=x.jpeg._replace(data=None)) for _, x in planned]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def jpeg(self, j: int) -> torch.Tensor:
-        """The bytes of the ``j``-th planned JPEG (a view of the batch buffer)."""
-        return self.data[self.offsets[j] : self.offsets[j + 1]]
-
-    def to(self, device: Any, non_blocking: bool = False, **_: Any) -> PlannedBatch:
-        # The JPEG bytes stay on the host: nvJPEG reads them from (pinned) host memory.
-        self.device = torch.device(device)
-        self.labels = self.labels.to(device, non_blocking=non_blocking)
-        if self.ready is not None:
-            self.ready = self.ready.to(device, non_blocking=non_blocking)
-        return self
-
-    def pin_memory(self, *_: Any) -> PlannedBatch:
-        self.data = self.data.pin_memory()
-        self.labels = self.labels.pin_memory()
-        if self.ready is not None:
-            self.ready = self.ready.pin_memory()
-        return self
-
-    def __repr__(self) -> str:
-        return (
-            f"PlannedBatch({len(self)} images, {len(self.plans)} encoded, {self.data.numel()} bytes, "
-            f"split={self.split!r}, device={self.device})"
-        )
-
-
-def collate_planned(batch: list, split: str = "train", size: tuple[int, int] = (224, 224)) -> Any:
-    """Collate for ``decode_device=cuda``: a :class:`PlannedBatch` when any JPEG is still encoded."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return None
-    if not any(isinstance(x, PlannedJpeg) for x, _ in batch):
-        return default_collate(batch)
-    return PlannedBatch(batch, split, size)
 
 
 class ImageDataModule(ResumableOrder, L.LightningDataModule):
@@ -134,27 +58,17 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
             raise ConfigError(f"data.num_workers={num_workers!r} must be 0 or more")
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction!r} must be in [0, 1), e.g. 0.1")
-        if on_bad_image not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'error' or 'skip'")
-        if decode_device not in ("cpu", "cuda"):
-            raise ConfigError(f"data.decode_device={decode_device!r} must be 'cpu' or 'cuda'")
-        if decode_device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                "data.decode_device=cuda needs a CUDA GPU (nvJPEG through torchvision) and none is "
-                "available here; use data.decode_device=cpu"
-            )
+        self.ledger = BadImageLedger(on_bad_image)  # the bad images met, wherever they were met
+        check_decode_device(decode_device)
         self.decode_device = decode_device
         # Decode JPEGs in batch in the main process, on the device the batch is moved to (not in the
         # workers). On for decode_device=cuda; tests turn it on to run the same code on the CPU.
         self.batch_decode = decode_device == "cuda"
         # Most pixels one batched decode call may hold (decoded, full resolution) at once.
         self.max_decode_pixels = 64 * 2**20
-        self._stream_device_bad: dict[str, int] = {}
-        self._seen_bad: set = set()
         self.batch_size = batch_size
         self.num_workers = int(num_workers)
         self.val_fraction = float(val_fraction)
-        self.on_bad_image = on_bad_image
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.train_scale = tuple(train_scale)
@@ -170,16 +84,28 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         self.loader_batch_size = batch_size
         self.class_names: list[str] | None = None
         self.splits: dict[str, Any] | None = None
-        self._bad_flags: dict[str, torch.Tensor] = {}
 
     # -- configuration from the run -------------------------------------------------------------
-    def configure_preprocessing(
-        self, img_size: int, interpolation: str, crop_pct: float | None = None, crop_mode: str = "center"
-    ) -> None:
-        """The network's input: size, resize filter, and the evaluation crop its weights state."""
-        self.img_size, self.interpolation = int(img_size), str(interpolation)
-        self.crop_pct = None if crop_pct is None else float(crop_pct)
-        self.crop_mode = str(crop_mode or "center")
+    @property
+    def on_bad_image(self) -> str:
+        return self.ledger.on_bad_image
+
+    def configure_preprocessing(self, preprocessing: Preprocessing) -> None:
+        """The network's input: size, resize filter, and the evaluation crop its weights state.
+
+        Called once the model is built, which is after :meth:`setup` (the model needs the classes):
+        records already loaded get the real size too (it is part of the probe's feature-cache key)."""
+        pre = preprocessing
+        self.img_size, self.interpolation = int(pre.img_size), str(pre.interpolation)
+        self.crop_pct = None if pre.crop_pct is None else float(pre.crop_pct)
+        self.crop_mode = str(pre.crop_mode or "center")
+        self._size_records()
+
+    def _size_records(self) -> None:
+        """Let file records decode large JPEGs at a reduced scale no smaller than the input size."""
+        for records in (self.splits or {}).values():
+            if isinstance(records, FileRecords):
+                records.draft_size = self.img_size
 
     @property
     def eval_crop_pct(self) -> float | None:
@@ -196,14 +122,16 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
 
     def configure_batch(self, world_size: int, accumulate_grad_batches: int = 1) -> int:
         """Split the global batch over devices and accumulation steps; return the loader batch."""
-        div = int(world_size) * int(accumulate_grad_batches)
-        if self.batch_size % div != 0:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} does not divide over {world_size} device(s) x "
-                f"{accumulate_grad_batches} accumulation step(s); use a multiple of {div}"
-            )
-        self.loader_batch_size = self.batch_size // div
+        self.loader_batch_size = per_device_batch(self.batch_size, world_size, accumulate_grad_batches)
         return self.loader_batch_size
+
+    def batch_for(self, train: bool, asked: int | None = None) -> int:
+        """The batch of a training loader, or of an evaluation pass (``asked``, else ``eval_batch_size``)."""
+        return loader_batch(self.loader_batch_size, self.eval_batch_size, train=train, asked=asked)
+
+    @property
+    def loader_policy(self) -> LoaderPolicy:
+        return LoaderPolicy(self.num_workers, self.pin_memory, self.persistent_workers, int(self.seed))
 
     # -- sources --------------------------------------------------------------------------------
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:  # pragma: no cover - abstract
@@ -212,6 +140,7 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.class_names, self.splits = self.load_splits()
+            self._size_records()
             sizes = ", ".join(
                 f"{k} {len(v) if hasattr(v, '__len__') else '(streamed)'}" for k, v in self.splits.items()
             )
@@ -251,41 +180,21 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
     def dataset(self, split: str, transform: Any, train: bool) -> Dataset:
         """The torch Dataset of one split with ``transform`` (map-style here; streaming overrides this)."""
         records = self.splits[split]
-        if split not in self._bad_flags:
-            self._bad_flags[split] = torch.zeros(len(records), dtype=torch.uint8).share_memory_()
-        return TransformedDataset(records, transform, self.on_bad_image, self._bad_flags[split])
+        return TransformedDataset(
+            records, transform, self.on_bad_image, self.ledger.record_flags(split, len(records))
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
         if split not in self.splits:
             raise ConfigError(f"this data has no {split!r} split (it has {sorted(self.splits)})")
         transform, collate = self.transform(train), collate_skipping_none
-        if self.batch_decode:
-            if supports_device_decode(transform):
-                transform = PlanOnly(transform)
-                collate = functools.partial(collate_planned, split=split, size=transform.size)
-            else:
-                log.info(
-                    "data.decode_device: %r needs PIL augmentations; decoding its JPEGs on the CPU", transform
-                )
+        if self.batch_decode:  # the workers plan, the batch decodes where it lands
+            transform, collate = plan_in_workers(transform, collate, split)
         ds = self.dataset(split, transform, train)
-        pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
-        bs = self.loader_batch_size if train else (self.eval_batch_size or self.loader_batch_size)
-        iterable = isinstance(ds, IterableDataset)
-        sampler = self.epoch_sampler(ds, bs) if train and not iterable else None
-        return DataLoader(
-            ds,
-            batch_size=bs,
-            sampler=sampler,
-            drop_last=train and not iterable and len(ds) >= 2 * bs,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=collate,
-            worker_init_fn=seed_worker,
-            # Worker seeds come from here, not from torch's global generator (the model's).
-            generator=torch.Generator().manual_seed(int(self.seed)) if train else None,
-        )
+        bs = self.batch_for(train)
+        sampler = self.epoch_sampler(ds, bs) if train and not isinstance(ds, IterableDataset) else None
+        return self.loader_policy.loader(ds, bs, train=train, sampler=sampler, collate_fn=collate)
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:
         """``(record index, image, label)`` batches of ``split`` with the eval transform, in record order,
@@ -297,125 +206,33 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         ds = self.dataset(split, self.transform(False), False)
         if isinstance(ds, IterableDataset):
             return None
-        pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
-        return DataLoader(
-            IndexedDataset(ds),
-            batch_size=int(batch_size or self.eval_batch_size or self.loader_batch_size),
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            collate_fn=collate_skipping_none,
-            worker_init_fn=seed_worker,
+        return self.loader_policy.loader(
+            IndexedDataset(ds), self.batch_for(False, batch_size), collate_fn=collate_skipping_none, once=True
         )
 
+    # -- bad images and decode_device=cuda ---------------------------------------------------------
     @property
     def bad_images(self) -> list[str]:
         """Files left out so far (``on_bad_image=skip``), over all splits and worker processes."""
-        out = []
-        for split, flags in self._bad_flags.items():
-            records = self.splits[split]
-            for i in torch.nonzero(flags).flatten().tolist():
-                out.append(records.name(i) if hasattr(records, "name") else f"{split}[{i}]")
-        return out
+        return self.ledger.files(self.splits or {})
 
     def bad_image_report(self) -> dict:
         """``{"count": n, "by_split": {...}, "files": [...]}`` for metrics.json (files capped at 1000)."""
-        by_split = {k: int(v.sum()) for k, v in self._bad_flags.items()}
-        files = self.bad_images
-        count = len(files)
-        for split, n in self._stream_device_bad.items():  # streamed, found when decoding on the device
-            by_split[split] = by_split.get(split, 0) + n
-            count += n
-        return {"count": count, "by_split": by_split, "files": files[:1000]}
+        return self.ledger.report(self.splits or {})
 
-    # -- decode_device=cuda: batched decoding where the batch lands --------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, PlannedBatch):
             return self.decode_planned(batch)
         return batch
 
-    def decode_planned(self, batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(uint8 [B, 3, H, W], labels)`` on ``batch.device``, as the CPU workers would have made them.
+    def decode_planned(self, batch: PlannedBatch) -> Any:
+        """A batch planned in the workers, decoded on its device (see :func:`decode_planned`)."""
+        records = (self.splits or {}).get(batch.split)
 
-        JPEGs are decoded with ``torchvision.io.decode_jpeg(list, device=...)`` (batched nvJPEG on
-        CUDA), in chunks of at most ``max_decode_pixels`` decoded pixels, then oriented, cropped,
-        resized (antialiased) and flipped one by one. When a chunk fails, its images are decoded one
-        at a time; one that fails on the device is tried with the CPU decoder, and one that fails
-        there too is a bad image (``data.on_bad_image``). ``None`` when every image was bad.
-        """
-        from torchvision.io import ImageReadMode, decode_jpeg
+        def on_bad(plan: Any, reason: str, data: Any) -> None:
+            self.ledger.found_on_device(batch.split, records, plan.index, plan.jpeg.name, reason, data)
 
-        device, (h, w), n = batch.device, batch.size, len(batch)
-        out = torch.empty(n, 3, h, w, dtype=torch.uint8, device=device)
-        keep = torch.ones(n, dtype=torch.bool)
-        if batch.ready is not None:
-            out[torch.tensor(batch.ready_pos, device=device)] = batch.ready
-        for chunk in self._chunks(batch):
-            try:
-                imgs = decode_jpeg([batch.jpeg(j) for j in chunk], mode=ImageReadMode.RGB, device=device)
-                done = [(img, False) for img in imgs]
-            except (RuntimeError, ValueError):
-                done = [self._decode_one(batch, j) for j in chunk]
-            for j, (img, oriented) in zip(chunk, done):
-                k = batch.planned_pos[j]
-                if img is None:
-                    keep[k] = False
-                    continue
-                out[k] = finish_on_device(img, batch.plans[j], (h, w), oriented=oriented)
-        if bool(keep.all()):
-            return out, batch.labels
-        if not bool(keep.any()):
-            return None
-        keep = keep.to(device)
-        return out[keep], batch.labels[keep]
-
-    def _chunks(self, batch: PlannedBatch) -> list[list[int]]:
-        chunks, cur, pixels = [], [], 0
-        for j, plan in enumerate(batch.plans):
-            p = plan.jpeg.size[0] * plan.jpeg.size[1]
-            if cur and pixels + p > self.max_decode_pixels:
-                chunks.append(cur)
-                cur, pixels = [], 0
-            cur.append(j)
-            pixels += p
-        return chunks + [cur] if cur else chunks
-
-    def _decode_one(self, batch: PlannedBatch, j: int) -> tuple[torch.Tensor | None, bool]:
-        """One JPEG on the device; failing that on the CPU (oriented); failing that, a bad image."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        data = batch.jpeg(j)
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=batch.device), False
-        except (RuntimeError, ValueError):
-            pass
-        plan = batch.plans[j]
-        try:
-            return decode(bytes(data.cpu().numpy()), name=plan.jpeg.name).to(batch.device), True
-        except BadImageError as e:
-            self._bad_on_device(batch.split, plan, e.reason, data)
-            return None, False
-
-    def _bad_on_device(self, split: str, plan: PlannedJpeg, reason: str, data: torch.Tensor) -> None:
-        records = (self.splits or {}).get(split)
-        if plan.index >= 0 and hasattr(records, "name"):
-            name = records.name(plan.index)
-        else:
-            name = f"{split} ({plan.jpeg.name})"
-        if self.on_bad_image != "skip":
-            raise UnusableImageError(unusable_message(name, reason))
-        if plan.index >= 0 and split in self._bad_flags:
-            flags = self._bad_flags[split]
-            first = not bool(flags[plan.index])
-            flags[plan.index] = 1  # shared memory: the workers leave it out from now on
-        else:  # streamed: no index; count each file once (by name, or by content for raw bytes)
-            key = (split, plan.jpeg.name if plan.jpeg.name != "<bytes>" else zlib.crc32(data.cpu().numpy()))
-            first = key not in self._seen_bad
-            self._seen_bad.add(key)
-            if first:
-                self._stream_device_bad[split] = self._stream_device_bad.get(split, 0) + 1
-        if first:
-            log.warning("skipping unusable image %s (%s)", name, reason)
+        return decode_planned(batch, max_pixels=self.max_decode_pixels, on_bad=on_bad)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -439,7 +256,7 @@ class ImageFolderDataModule(ImageDataModule):
 
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         class_names, index = index_image_folder(self.root, self.val_fraction, self.seed)
-        return class_names, {k: FileRecords(v, draft_size=self.img_size) for k, v in index.items()}
+        return class_names, {k: FileRecords(v) for k, v in index.items()}
 
 
 class QuickstartDataModule(ImageFolderDataModule):

@@ -23,16 +23,15 @@ import torch
 from torch.utils.data import IterableDataset
 
 from vit_ft.compat import hf_dataset_fingerprint
+from vit_ft.data.bad_images import STREAM_SLOTS, UnusableImageError, unusable_message
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import stratified_split
-from vit_ft.data.records import UnusableImageError, unusable_message
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 VAL_SPLITS = ("validation", "val", "valid")
-MAX_WORKER_SLOTS = 1024
 
 
 def _first_line(e: BaseException) -> str:
@@ -184,7 +183,7 @@ class StreamingRecords(IterableDataset):
         )
         self.shuffle_buffer, self.seed, self.epoch = int(shuffle_buffer), int(seed), 0
         self.bad_counts = (
-            bad_counts if bad_counts is not None else torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64)
+            bad_counts if bad_counts is not None else torch.zeros(STREAM_SLOTS, dtype=torch.int64)
         )
 
     def __iter__(self):
@@ -200,7 +199,7 @@ class StreamingRecords(IterableDataset):
             ds.set_epoch(self.epoch)
         self.epoch += 1
         info = torch.utils.data.get_worker_info()
-        slot = (info.id if info is not None else 0) % MAX_WORKER_SLOTS
+        slot = (info.id if info is not None else 0) % STREAM_SLOTS
         for n, row in enumerate(ds):
             label = self.label_of(row[self.label_column])
             if label < 0:
@@ -271,7 +270,6 @@ class HFDataModule(ImageDataModule):
             int(shuffle_buffer),
             hf_cache_dir,
         )
-        self._stream_bad: dict[str, torch.Tensor] = {}
 
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         dd = load_hf(
@@ -357,8 +355,6 @@ class HFDataModule(ImageDataModule):
     def dataset(self, split: str, transform: Any, train: bool):
         if not self.streaming:
             return super().dataset(split, transform, train)
-        if split not in self._stream_bad:
-            self._stream_bad[split] = torch.zeros(MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         return StreamingRecords(
             self.splits[split],
             self.image_column,
@@ -369,13 +365,5 @@ class HFDataModule(ImageDataModule):
             on_bad_image=self.on_bad_image,
             shuffle_buffer=self.shuffle_buffer if train else 0,
             seed=self.seed,
-            bad_counts=self._stream_bad[split],
+            bad_counts=self.ledger.stream_slots(split),
         )
-
-    def bad_image_report(self) -> dict:
-        report = super().bad_image_report()
-        for split, counts in self._stream_bad.items():
-            n = int(counts.sum())
-            report["by_split"][split] = report["by_split"].get(split, 0) + n
-            report["count"] += n
-        return report

@@ -311,4 +311,4 @@ class ImageNetDataModule(ImageDataModule):
             class_index=self.class_index,
             cache_dir=self.cache_dir,
         )
-        return class_names, {k: FileRecords(v, draft_size=self.img_size) for k, v in index.items()}
+        return class_names, {k: FileRecords(v) for k, v in index.items()}

@@ -3,25 +3,22 @@
 A source provides, per split, *records*: ``len(records)``, ``records.load(i) -> PIL RGB image`` and
 ``records.labels`` (int64 numpy array); :class:`TransformedDataset` adds the transform and the
 handling of bad images, :class:`IndexedDataset` the record index (for passes whose shares of a split
-are merged over ranks), :func:`seed_worker` the per-worker setup.
+are merged over ranks). What a bad image leads to is :mod:`vit_ft.data.bad_images`'s.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import random
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from vit_ft.data.bad_images import UnusableImageError, unusable_message
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import FileIndex
 from vit_ft.data.resumable import sample_rng
 from vit_ft.data.transforms import PlannedJpeg
-from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +43,6 @@ class FileRecords:
 
     def name(self, i: int) -> str:
         return self.index.path(i)
-
-
-class UnusableImageError(ConfigError):
-    """A bad image in ``on_bad_image=error`` mode: one line naming the file and the way out.
-
-    DataLoader workers re-raise an exception in the main process as ``type(msg)`` where ``msg`` holds
-    the worker's whole traceback; this class keeps only the original one-line message.
-    """
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:
-            last = [ln for ln in message.strip().splitlines() if ln.strip()][-1]
-            message = last.split(": ", 1)[1] if last.startswith(("vit_ft.", "UnusableImageError")) else last
-        super().__init__(message)
-
-
-def unusable_message(path: str, reason: str) -> str:
-    return f"unusable image {path}: {reason}; fix or remove it, or set data.on_bad_image=skip"
 
 
 class TransformedDataset(Dataset):
@@ -133,14 +112,3 @@ def collate_skipping_none(batch: list) -> Any:
     if not batch:
         return None
     return default_collate(batch)
-
-
-def seed_worker(worker_id: int) -> None:
-    # A forked worker shares the parent's memory copy-on-write until it writes to it; its first full
-    # garbage collection would write the GC header of every object it inherited (torch, Lightning, the
-    # model: ~140 MiB of pages copied into each worker, benchmarks/bench_worker_memory.py). Frozen
-    # objects are never scanned; the worker's own objects are collected as usual.
-    gc.freeze()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)

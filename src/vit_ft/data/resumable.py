@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DistributedSampler, get_worker_info
 
 from vit_ft.compat import batches_done_in_epoch
+from vit_ft.data.loader_policy import batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,9 @@ class ResumableOrder:
                     {k: order.get(k) for k in layout},
                     layout,
                 )
-            per_rank = -(-len(ds) // world)
-            drop_last = len(ds) >= 2 * batch_size  # as ImageDataModule's training loader
-            n_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
-            if batches >= n_batches:  # saved at the end of the epoch: the next one starts afresh
+            if batches >= batches_per_epoch(
+                len(ds), world, batch_size
+            ):  # saved at the end of the epoch: the next one starts afresh
                 epoch, batches = epoch + 1, 0
             start = batches * batch_size
         elif trainer is None and previous is not None and previous.passes:

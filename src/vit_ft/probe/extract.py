@@ -267,8 +267,8 @@ def split_features(
     def extract_missing(missing: list[tuple[str, str]]) -> None:
         """One pass over the splits ``missing``; their features into ``out`` and the disk cache."""
         t1 = time.perf_counter()
-        bs = settings.extract_batch_size or datamodule.eval_batch_size or datamodule.loader_batch_size
-        loaders = [datamodule.indexed_loader(split, batch_size=int(bs)) for split, _ in missing]
+        bs = datamodule.batch_for(False, settings.extract_batch_size)
+        loaders = [datamodule.indexed_loader(split, batch_size=bs) for split, _ in missing]
         extractor = FeatureExtractor(classifier, settings.features)
         extractor.n_loaders = len(loaders)
         with warnings.catch_warnings():

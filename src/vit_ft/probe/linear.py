@@ -29,6 +29,7 @@ from vit_ft.checkpoint_format import (
     strip_prefix,
 )
 from vit_ft.data.datamodule import ImageDataModule
+from vit_ft.data.loader_policy import LoaderPolicy
 from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
 from vit_ft.models.ema import build_ema
@@ -217,27 +218,17 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         self.bad_image_report = base.bad_image_report
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        f = self.features[split]
-        bs = (
-            self.base.loader_batch_size
-            if train
-            else (self.base.eval_batch_size or self.base.loader_batch_size)
-        )
+        f, bs = self.features[split], self.base.batch_for(train)
         ds = TensorDataset(f.features, f.labels)
-        return DataLoader(
-            ds,
-            batch_size=int(bs),
-            sampler=self.epoch_sampler(ds, int(bs), with_seeds=False) if train else None,
-            drop_last=train and len(f) >= 2 * bs,
-            num_workers=0,
-        )
+        sampler = self.epoch_sampler(ds, bs, with_seeds=False) if train else None
+        return LoaderPolicy().loader(ds, bs, train=train, sampler=sampler)  # in memory: no workers
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on
         the cached features: a probe's predictions need no pass over the images)."""
         f = self.features[split]
-        bs = batch_size or self.base.eval_batch_size or self.base.loader_batch_size
-        return DataLoader(TensorDataset(f.indices, f.features, f.labels), batch_size=int(bs), num_workers=0)
+        ds = TensorDataset(f.indices, f.features, f.labels)
+        return LoaderPolicy().loader(ds, self.base.batch_for(False, batch_size), once=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

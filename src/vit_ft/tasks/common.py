@@ -251,7 +251,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
         _convert_="all",
     )
     pre = model.preprocessing
-    datamodule.configure_preprocessing(pre.img_size, pre.interpolation, pre.crop_pct, pre.crop_mode)
+    datamodule.configure_preprocessing(pre)
 
     loggers = build_loggers(cfg, hydra)
     trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), loggers=loggers)

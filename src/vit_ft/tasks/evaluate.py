@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     if note:
         log.info("classes: %s", note)
     pre = model.preprocessing
-    datamodule.configure_preprocessing(pre.img_size, pre.interpolation, pre.crop_pct, pre.crop_mode)
+    datamodule.configure_preprocessing(pre)
     trainer = build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
     datamodule.configure_batch(trainer.world_size, 1)
     split = "test" if "test" in datamodule.splits else "val"

@@ -19,9 +19,9 @@ from PIL import Image
 
 from tests.helpers import bad_images, exif_rotated_jpeg, jpeg_bytes, photo, quiet_trainer, write
 from vit_ft.data import ImageFolderDataModule
-from vit_ft.data.datamodule import PlannedBatch
+from vit_ft.data.bad_images import UnusableImageError
 from vit_ft.data.decode import decode
-from vit_ft.data.records import UnusableImageError
+from vit_ft.data.device_decode import PlannedBatch
 from vit_ft.data.transforms import (
     PlannedJpeg,
     PlanOnly,
@@ -30,6 +30,7 @@ from vit_ft.data.transforms import (
     resize_uint8,
 )
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 
 SIZE = 32
 
@@ -57,7 +58,7 @@ def _dm(root, batch_decode: bool, **kw) -> ImageFolderDataModule:
     args = dict(batch_size=8, num_workers=0, persistent_workers=False, pin_memory=False)
     args.update(kw)
     dm = ImageFolderDataModule(root=str(root), **args)
-    dm.configure_preprocessing(SIZE, "bilinear")
+    dm.configure_preprocessing(Preprocessing(SIZE))
     dm.batch_decode = batch_decode
     return dm
 

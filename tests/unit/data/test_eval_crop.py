@@ -22,7 +22,7 @@ from timm.data import create_transform, resolve_data_config
 
 from tests.helpers import jpeg_bytes, photo
 from vit_ft.data import ImageFolderDataModule
-from vit_ft.data.datamodule import PlannedBatch
+from vit_ft.data.device_decode import PlannedBatch
 from vit_ft.data.transforms import PlanOnly, build_eval_transform, eval_geometry, parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
@@ -76,7 +76,7 @@ def test_eval_tensors_match_timm_create_transform(folder, family):
     assert (pre.mean, pre.std) == (tuple(cfg["mean"]), tuple(cfg["std"]))
     dm = ImageFolderDataModule(root=str(folder), batch_size=5, num_workers=0, persistent_workers=False)
     dm.setup()
-    dm.configure_preprocessing(pre.img_size, pre.interpolation, pre.crop_pct, pre.crop_mode)
+    dm.configure_preprocessing(pre)
     ours = {}
     for idx, x, _ in dm.indexed_loader("val"):
         ours.update(zip(idx.tolist(), x))
@@ -105,13 +105,14 @@ def test_none_and_fraction_override_the_weights_and_the_seed_keeps_its_plain_res
     assert not torch.equal(half, plain)
     for crop, want in (("none", plain), (None, plain), (0.5, half), ("0.5", half)):
         dm = ImageFolderDataModule(eval_crop=crop, **base)
-        dm.configure_preprocessing(SIZE, "bicubic", 0.875, "center")  # the weights say 0.875
+        weights = Preprocessing(SIZE, interpolation="bicubic", crop_pct=0.875)  # the weights say 0.875
+        dm.configure_preprocessing(weights)
         assert torch.equal(dm.transform(False)(path), want), crop
     # the seed's transformers directory states no crop: auto = the paper's plain resize
     seed = Preprocessing(SIZE, (0.5,) * 3, (0.5,) * 3, "bilinear")
     assert Preprocessing.from_dict(seed.to_dict()) == seed and seed.crop_pct is None
     dm = ImageFolderDataModule(**base)
-    dm.configure_preprocessing(seed.img_size, seed.interpolation, seed.crop_pct, seed.crop_mode)
+    dm.configure_preprocessing(seed)
     assert repr(dm.transform(False)) == "DecodeResize(size=(32, 32), interpolation=bilinear)"
     assert torch.equal(dm.transform(False)(path), build_eval_transform(SIZE)(path))
     # an old checkpoint's preprocessing (no crop keys) reads as no crop

@@ -11,8 +11,9 @@ import torch
 
 from tests.helpers import bad_images, class_folder, unusual_images, write
 from vit_ft.data import ImageFolderDataModule
-from vit_ft.data.records import UnusableImageError
+from vit_ft.data.bad_images import UnusableImageError
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 
 
 def _messy(root: str) -> int:
@@ -34,7 +35,7 @@ def _dm(root, **kw) -> ImageFolderDataModule:
     args = dict(batch_size=4, num_workers=0, persistent_workers=False, pin_memory=False)
     args.update(kw)
     dm = ImageFolderDataModule(root=str(root), **args)
-    dm.configure_preprocessing(32, "bilinear")
+    dm.configure_preprocessing(Preprocessing(32))
     return dm
 
 

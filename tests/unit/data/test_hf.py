@@ -11,6 +11,7 @@ import torch
 from tests.helpers import HF_NAMES, hf_dataset, hf_rows
 from vit_ft.data import HFDataModule
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def _dm(tmp_path, name, **kw) -> HFDataModule:
     args = dict(batch_size=4, num_workers=0, persistent_workers=False, hf_cache_dir=str(tmp_path / "hfc"))
     args.update(kw)
     dm = HFDataModule(name=name, **args)
-    dm.configure_preprocessing(32, "bilinear")
+    dm.configure_preprocessing(Preprocessing(32))
     dm.setup()
     return dm
 

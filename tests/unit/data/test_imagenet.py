@@ -12,6 +12,7 @@ from tests.helpers import IMAGENET_WNIDS, class_folder, make_imagenet, photo
 from vit_ft.data import ImageNetDataModule
 from vit_ft.data import imagenet as inet
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 
 
 def _labels_by_wnid(index) -> dict[str, int]:
@@ -83,7 +84,7 @@ def test_datamodule_batches(tmp_path):
     dm = ImageNetDataModule(
         root=root, cache_dir=str(tmp_path / "c"), batch_size=4, num_workers=0, persistent_workers=False
     )
-    dm.configure_preprocessing(32, "bicubic")
+    dm.configure_preprocessing(Preprocessing(32, interpolation="bicubic"))
     dm.setup()
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from tests.helpers import make_image_folder, probe_datamodule, tiny_probe_classifier
+from vit_ft.data import ImageFolderDataModule
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier
+from vit_ft.preprocessing import Preprocessing
 from vit_ft.probe.extract import FeatureExtractor, split_features
-from vit_ft.probe.features import clear_memory_cache
+from vit_ft.probe.features import clear_memory_cache, records_fingerprint
 from vit_ft.probe.settings import LinearProbeSettings
 
 SPLITS = ["train", "val"]
@@ -103,3 +105,34 @@ def test_gather_drops_padded_duplicates_and_sorts_by_index():
     feats, labels, idx = ex.result[0]
     assert idx.tolist() == [0, 1, 2, 3] and labels.tolist() == [0, 0, 1, 1]
     assert torch.equal(feats[:, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+
+
+def _configured_first(root, pre: Preprocessing) -> ImageFolderDataModule:
+    dm = ImageFolderDataModule(root=str(root), batch_size=8, num_workers=0, persistent_workers=False)
+    dm.configure_preprocessing(pre)
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("size", [32, 384])
+def test_records_in_the_cache_key_have_the_configured_size_not_the_default(image_folder, size):
+    """The tasks set the data up before the model (it needs the classes), so the model's size comes
+    after the records exist: they must take it, not keep the default 224, whatever the order."""
+    late = ImageFolderDataModule(root=str(image_folder), batch_size=8, num_workers=0)
+    late.setup()
+    late.configure_preprocessing(Preprocessing(size))
+    early = _configured_first(image_folder, Preprocessing(size))
+    for split in SPLITS:
+        assert late.splits[split].draft_size == early.splits[split].draft_size == size
+        assert records_fingerprint(late.splits[split]) == records_fingerprint(early.splits[split])
+
+
+def test_the_cache_key_of_a_32px_model_does_not_depend_on_when_the_data_was_set_up(image_folder, settings):
+    clf = tiny_probe_classifier()  # 32 px
+    _, after = split_features(clf, probe_datamodule(image_folder), SPLITS, settings)  # setup, then size
+    pre = Preprocessing(clf.preprocessing.img_size, interpolation=clf.preprocessing.interpolation)
+    calls = count_forwards(clf)
+    _, before = split_features(clf, _configured_first(image_folder, pre), SPLITS, settings)
+    assert calls[0] == 0 and {s: r["key"] for s, r in before.items()} == {
+        s: r["key"] for s, r in after.items()
+    }

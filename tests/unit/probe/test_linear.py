@@ -9,6 +9,7 @@ import torch
 from tests.helpers import make_image_folder, probe_datamodule, quiet_trainer, tiny_probe_classifier
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.errors import ConfigError
+from vit_ft.preprocessing import Preprocessing
 from vit_ft.probe.extract import split_features
 from vit_ft.probe.linear import FeatureDataModule, LinearProbe, fold_batchnorm, prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
@@ -65,7 +66,7 @@ def test_nothing_to_train_is_one_clear_error(tmp_path):
         p.write_bytes(b"broken")
     dm = ImageFolderDataModule(root=str(root), batch_size=8, num_workers=0, on_bad_image="skip")
     dm.setup()
-    dm.configure_preprocessing(32, "bicubic")
+    dm.configure_preprocessing(Preprocessing(32, interpolation="bicubic"))
     settings = LinearProbeSettings.from_dict({"cache_dir": None})
     with pytest.raises(
         ConfigError, match="the probe has nothing to train: the train split has no usable image"

@@ -13,6 +13,7 @@ from tests.helpers import make_image_folder, quiet_trainer
 from vit_ft.data import ImageFolderDataModule
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import ViTClassifier
+from vit_ft.preprocessing import Preprocessing
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.checkpointing import StepCheckpoint
 
@@ -60,7 +61,7 @@ def build(
         scheduler={"warmup_steps": 2},
         **model_kw,
     )
-    dm.configure_preprocessing(32, "bilinear")
+    dm.configure_preprocessing(Preprocessing(32))
     ckpt = StepCheckpoint(
         dirpath=str(ckpt_dir), filename="last", monitor=None, every_n_steps=every_n_steps, every_minutes=None
     )
