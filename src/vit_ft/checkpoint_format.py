@@ -18,7 +18,7 @@ as version 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -69,6 +69,32 @@ def add_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 def has_prefix(state: Mapping[str, Any], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in state)
+
+
+def check_hyper_parameters(hp: Any, allowed: Collection[str], where: str) -> None:
+    """Refuse, in one line naming the key, ``hyper_parameters`` that hold anything a vit-ft module's
+    constructor does not take (``_instantiator``, ``_class_path``, ... would make Lightning import code),
+    or class names that are not strings."""
+    from vit_ft.errors import ConfigError
+
+    if not isinstance(hp, Mapping):
+        raise ConfigError(
+            f"{where}: hyper_parameters={type(hp).__name__} is not a mapping; the file is damaged"
+        )
+    extra = sorted(str(k) for k in hp if k not in allowed)
+    if extra:
+        raise ConfigError(
+            f"{where}: hyper_parameters has the key {extra[0]!r}, which vit-ft never writes; refusing the file "
+            "(re-export it from the run that wrote it)"
+        )
+    names = hp.get("class_names")
+    if names is not None and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    ):
+        raise ConfigError(f"{where}: hyper_parameters.class_names must be a list of strings")
+    k = hp.get("num_classes")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ConfigError(f"{where}: hyper_parameters.num_classes={k!r} must be an integer >= 0")
 
 
 def ema_chosen(ema_cfg: Any, purpose: str) -> bool:

@@ -14,12 +14,16 @@ import timm
 import torch
 from torch import nn
 
+from vit_ft.errors import ConfigError
+
 # PIL's resampling filter codes (what transformers' ``preprocessor_config.json`` stores as ``resample``)
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 PIL_FILTER_CODES = {name: code for code, name in PIL_FILTERS.items()}
 
 
 CROP_MODES = ("center", "squash")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
+PREPROCESSING_KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 @dataclass
@@ -49,15 +53,43 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """From :meth:`to_dict`'s form (a checkpoint's, an export's): only these keys, only these types;
+        anything else is one :class:`~vit_ft.errors.ConfigError` line naming the key."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"preprocessing={d!r} is not a mapping of img_size, mean, std, ...; the file is damaged"
+            )
+        extra = sorted(set(d) - set(PREPROCESSING_KEYS))
+        if extra:
+            raise ConfigError(
+                f"preprocessing has the key {extra[0]!r}, which vit-ft never writes (allowed: {', '.join(PREPROCESSING_KEYS)})"
+            )
         crop = d.get("crop_pct")
-        return cls(
-            img_size=int(d["img_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            interpolation=str(d.get("interpolation", "bilinear")),
-            crop_pct=None if crop is None else float(crop),
-            crop_mode=str(d.get("crop_mode") or "center"),
-        )
+        try:
+            pre = cls(
+                img_size=int(d["img_size"]),
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+                interpolation=str(d.get("interpolation", "bilinear")),
+                crop_pct=None if crop is None else float(crop),
+                crop_mode=str(d.get("crop_mode") or "center"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"preprocessing={d!r} is not valid ({type(e).__name__}: {e}); the file is damaged"
+            ) from None
+        if len(pre.mean) != 3 or len(pre.std) != 3 or not all(v > 0 for v in pre.std):
+            raise ConfigError(
+                f"preprocessing mean={list(pre.mean)} std={list(pre.std)} must be 3 numbers each, std > 0"
+            )
+        if pre.interpolation not in INTERPOLATIONS or pre.crop_mode not in CROP_MODES:
+            raise ConfigError(
+                f"preprocessing interpolation={pre.interpolation!r} / crop_mode={pre.crop_mode!r} must be one of "
+                f"{', '.join(INTERPOLATIONS)} / {', '.join(CROP_MODES)}"
+            )
+        if pre.crop_pct is not None and not 0 < pre.crop_pct <= 1:
+            raise ConfigError(f"preprocessing crop_pct={pre.crop_pct} must be in (0, 1] or null")
+        return pre
 
     def with_size(self, img_size: int) -> Preprocessing:
         return Preprocessing(

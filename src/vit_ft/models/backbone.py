@@ -119,7 +119,12 @@ def build_network(
         kwargs["drop_path_rate"] = float(drop_path_rate)
     if arch is not None and not (lora_spec is not None and weights):
         bb = Backbone(
-            create_from_arch(arch), arch, Preprocessing.from_dict(preprocessing), class_names, True, None
+            create_from_arch(arch, where="the checkpoint's hyper_parameters.arch"),
+            arch,
+            Preprocessing.from_dict(preprocessing),
+            class_names,
+            True,
+            None,
         )
     else:
         bb = build_backbone(

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vit_ft.checkpoint_format import MODEL_PREFIX, RECORD, build_record, ema_chosen, strip_prefix
+from vit_ft.checkpoint_format import (
+    MODEL_PREFIX,
+    RECORD,
+    build_record,
+    check_hyper_parameters,
+    ema_chosen,
+    strip_prefix,
+)
 from vit_ft.errors import ConfigError
 from vit_ft.models.augment import DeviceAugment, soft_target_loss
 from vit_ft.models.backbone import build_network
@@ -213,6 +220,7 @@ class ViTClassifier(ClassifierSteps):
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
+    import inspect
     import os
 
     if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
@@ -223,12 +231,19 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTC
     if not os.path.isfile(path):
         raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
     try:
+        # The stored hyper-parameters reach the constructor: an allow-list first (mmap: no tensor is read).
+        hp = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+        check_hyper_parameters(
+            hp, inspect.signature(ViTClassifier.__init__).parameters, f"ckpt_path={path!r}"
+        )
         model = ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
         if ema_chosen(model.hparams.get("ema"), "eval") and model.use_ema_weights():
             log.info("weights: the checkpoint's EMA weights (model.ema.use_for=eval)")
         return model
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        if path in str(e):
+            raise
+        raise ConfigError(f"ckpt_path={path!r}: {e}") from None
     except Exception as e:  # truncated or foreign file
         raise ConfigError(
             f"ckpt_path={path!r} is not a readable vit-ft checkpoint ({type(e).__name__}: {e})"

@@ -35,6 +35,7 @@ from vit_ft.weights.arch import (
     HF_LAYER_NORM_EPS,
     arch_from_npz,
     backbone_note,
+    check_arch,
     create_from_arch,
     head_classes,
     merge_timm_kwargs,
@@ -221,11 +222,8 @@ def read_vit_ft_ckpt(
     EMA ``state_dict['model_ema.*']`` when :func:`ema_chosen` says so for ``purpose``
     (an arch without img_size takes timm's default from a build on the meta device: no weights)."""
     hp = ckpt["hyper_parameters"]
+    check_arch(hp.get("arch"), str(path))  # an allow-list: nothing else reaches timm
     arch = copy.deepcopy(dict(hp["arch"]))
-    if not isinstance(arch.get("kwargs"), dict) or "name" not in arch:
-        raise ConfigError(
-            f"{path}: hyper_parameters.arch={arch!r} is not a vit-ft arch; the checkpoint is damaged"
-        )
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise ConfigError(f"{path} has no state_dict; it is not a complete vit-ft checkpoint")
