@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from vit_ft.errors import ConfigError
+from vit_ft.training.steps import is_step_boundary
 
 log = logging.getLogger("vit_ft")
 
@@ -163,18 +164,10 @@ class Preemption(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.uninstall()
 
-    # the step boundary
-    @staticmethod
-    def at_step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
-        """Whether the batch that just ended completed an optimizer step (not between micro-batches)."""
-        n = trainer.num_training_batches
-        last = isinstance(n, int) and batch_idx + 1 >= n
-        return last or (batch_idx + 1) % max(1, int(trainer.accumulate_grad_batches)) == 0
-
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._pending is not None or not self.at_step_boundary(trainer, batch_idx):
+        if self._pending is not None or not is_step_boundary(trainer, batch_idx):
             return
         local = self.received is not None
         stop = (
