@@ -61,6 +61,8 @@ class NonFiniteLossGuard(Callback):
     save stops the run instead). ``every_n_steps`` > 1 checks only every n-th step in stop mode.
     """
 
+    FREE_ON_RESUME = ("",)  # a config entry of its own (older sweep configs): how often it checks
+
     def __init__(self, every_n_steps: int = 1, action: str = "stop", max_skips: int = 10) -> None:
         if action not in NONFINITE_ACTIONS:
             raise ConfigError(f"trainer.on_nonfinite={action!r} must be one of {list(NONFINITE_ACTIONS)}")
@@ -265,6 +267,8 @@ class RunReport(Callback):
     time since it (the first always draws; ``max_share=None``: every validation draws). The task draws
     the final report when the run ends. A failure is logged once as a warning and never stops training;
     ``seconds`` adds up the time spent drawing, ``skipped`` counts the validations left out."""
+
+    FREE_ON_RESUME = ("",)  # its whole config may change when a run resumes (see tasks/resume.py)
 
     def __init__(
         self,

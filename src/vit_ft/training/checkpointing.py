@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +31,15 @@ from vit_ft.errors import ConfigError
 from vit_ft.training.steps import is_last_batch, is_step_boundary
 
 log = logging.getLogger("vit_ft")
+
+# The latest state of a run, which ``ckpt_path=auto`` resumes from: ``<checkpoint dir>/last.ckpt``.
+# conf/callbacks/default.yaml names it once (callbacks.last_checkpoint; the preemption entry follows it).
+LAST_CHECKPOINT_NAME = "last"
+
+
+def last_checkpoint_file(dirpath: str, name: str | None = None) -> str:
+    """``<dirpath>/<name>.ckpt`` (``name`` defaults to :data:`LAST_CHECKPOINT_NAME`)."""
+    return os.path.join(dirpath, (name or LAST_CHECKPOINT_NAME) + ModelCheckpoint.FILE_EXTENSION)
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -77,6 +87,14 @@ class StepCheckpoint(ModelCheckpoint):
         self.clock = clock  # seconds; a test passes its own
         self.last_save_time = clock()
         self.step_saves = 0
+
+    # Keys of its config that may change when a run resumes (how often it saves): see tasks/resume.py.
+    FREE_ON_RESUME = ("every_n_steps", "every_minutes")
+
+    @staticmethod
+    def resume_file(dirpath: str, filename: str | None) -> str:
+        """The file this callback keeps rewriting (``filename`` without its extension)."""
+        return last_checkpoint_file(dirpath, filename)
 
     @property
     def state_key(self) -> str:

@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from vit_ft.errors import ConfigError
+from vit_ft.training.checkpointing import last_checkpoint_file
 from vit_ft.training.steps import is_step_boundary
 
 log = logging.getLogger("vit_ft")
@@ -112,11 +113,12 @@ class Preemption(Callback):
     def __init__(
         self,
         dirpath: str,
-        filename: str = "last.ckpt",
+        filename: str | None = None,
         signals: Sequence[str] = ("SIGTERM", "SIGUSR1"),
         requeue: bool = True,
     ) -> None:
-        self.dirpath, self.filename, self.requeue = str(dirpath), filename, bool(requeue)
+        self.dirpath, self.requeue = str(dirpath), bool(requeue)
+        self.filename = os.path.basename(self.resume_file(self.dirpath, filename))
         self.signals = [str(s) if str(s).startswith("SIG") else f"SIG{s}" for s in signals]
         for name in self.signals:
             if not hasattr(signal, name):
@@ -127,6 +129,13 @@ class Preemption(Callback):
         self._previous: dict[int, Any] = {}
         self._installed = False
         self._pending: Preempted | None = None
+
+    FREE_ON_RESUME = ("",)  # its whole config may change when a run resumes (see tasks/resume.py)
+
+    @staticmethod
+    def resume_file(dirpath: str, filename: str | None) -> str:
+        """``<dirpath>/<filename>``, by default the step checkpoints' ``last.ckpt``."""
+        return os.path.join(dirpath, filename) if filename else last_checkpoint_file(dirpath)
 
     # signal handling
     def _signals(self) -> list[int]:

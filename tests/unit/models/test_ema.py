@@ -10,13 +10,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from tests.unit.models.test_classifier import fit, loader, tiny
+from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import load_classifier
 from vit_ft.models.ema import check_ema_config
 from vit_ft.probe.linear import LinearProbe
-from vit_ft.tasks.common import follow_ema
+from vit_ft.tasks.plan import follow_ema
 from vit_ft.weights import load_weights
-from vit_ft.checkpoint_format import ema_chosen
 
 KEY = "blocks.0.attn.qkv.weight"
 

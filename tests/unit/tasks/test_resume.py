@@ -25,6 +25,14 @@ def config(run_dir, **changes):
         "trainer": {"max_epochs": 3, "max_steps": -1, "enable_progress_bar": True},
         "paths": {"output_dir": str(run_dir), "cache_dir": "/somewhere"},
         "logger": {"wandb": {"mode": "auto"}},
+        "callbacks": {
+            "last_checkpoint": {
+                "_target_": "vit_ft.training.checkpointing.StepCheckpoint",
+                "dirpath": f"{run_dir}/checkpoints",
+                "filename": "last",
+                "every_n_steps": None,
+            },
+        },
     }
     for key, value in changes.items():
         node = cfg
