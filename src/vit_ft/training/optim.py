@@ -25,7 +25,8 @@ _TIMM_NAMES = {"sgd": "momentum", "nesterov": "nesterov"}
 def build_optimizer(
     model: nn.Module,
     name: str = "sgd",
-    lr: float = 0.03,
+    *,
+    lr: float,  # no default here: conf/optimizer/*.yaml holds it
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     layer_decay: float | None = None,
@@ -75,7 +76,8 @@ def warmup_decay_factor(
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
-    warmup_steps: int = 500,
+    *,
+    warmup_steps: int,  # no default here: conf/scheduler/cosine.yaml holds it
     decay: str = "cosine",
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
