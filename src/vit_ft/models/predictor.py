@@ -30,6 +30,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import head_labels
 from vit_ft.models.features import FeatureHeadNet, head_features
 from vit_ft.preprocessing import Normalize
+from vit_ft.training.precision import autocast_dtype
 from vit_ft.weights import load_weights
 
 
@@ -72,21 +73,7 @@ class Predictor:
         self.preprocessing = preprocessing
         self.model = model.eval().to(self.device)
         self.normalizer = Normalize(preprocessing).to(self.device)
-        self.autocast_dtype = self._autocast(str(precision))
-
-    def _autocast(self, precision: str) -> torch.dtype | None:
-        if precision in ("32", "32-true", "fp32"):
-            return None
-        cuda = self.device.type == "cuda"
-        if precision == "auto":
-            return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-        if precision in ("bf16", "bf16-mixed"):
-            return torch.bfloat16
-        if precision in ("16", "16-mixed", "fp16"):
-            if not cuda:
-                raise ConfigError("precision=16 needs a CUDA device; use precision=32 or bf16 on the CPU")
-            return torch.float16
-        raise ConfigError(f"precision={precision!r} must be auto, 32, bf16 or 16")
+        self.autocast_dtype = autocast_dtype(precision, self.device.type)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

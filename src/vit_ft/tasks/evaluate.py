@@ -12,8 +12,9 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
 from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.classifier import ViTClassifier, load_classifier
-from vit_ft.tasks.common import build_datamodule, build_trainer, overridden, prepare_run
+from vit_ft.tasks.common import build_datamodule, build_trainer
 from vit_ft.tasks.outputs import predictions_and_analysis, to_float, write_metrics, write_report
+from vit_ft.tasks.plan import make_plan, overridden
 
 log = logging.getLogger("vit_ft")
 
@@ -34,7 +35,7 @@ def load_model(cfg: DictConfig) -> ViTClassifier:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float | None]:
-    prepare_run(cfg)
+    plan = make_plan(cfg, resume=False)
     write_csv = cfg.get("predictions", True)
     if not isinstance(write_csv, bool):
         raise ConfigError(f"predictions={write_csv!r} must be true or false (false: one pass, no CSV)")
@@ -45,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         log.info("classes: %s", note)
     pre = model.preprocessing
     datamodule.configure_preprocessing(pre)
-    trainer = build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
+    trainer = build_trainer(plan, callbacks=[], loggers=[], enable_checkpointing=False)
     datamodule.configure_batch(trainer.world_size, 1)
     split = "test" if "test" in datamodule.splits else "val"
     if split == "test":

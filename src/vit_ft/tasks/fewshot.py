@@ -18,6 +18,7 @@ from vit_ft.probe.ridge import fewshot_evaluation
 from vit_ft.probe.settings import FewshotSettings
 from vit_ft.tasks.common import build
 from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
+from vit_ft.tasks.plan import make_plan
 
 log = logging.getLogger("vit_ft")
 
@@ -30,7 +31,7 @@ def fewshot(cfg: DictConfig) -> float | None:
     shots, n_seeds, l2_cfg, eval_split = settings.shots, settings.seeds, settings.l2_reg, settings.eval_split
     loggers: list = []
     try:
-        datamodule, model, trainer, loggers = build(cfg)
+        datamodule, model, trainer, loggers = build(make_plan(cfg, resume=False))
         splits = datamodule.splits
         eval_split = held_out_split(eval_split, splits)
         need = ["train", eval_split]

@@ -23,6 +23,7 @@ from vit_ft.probe.knn import effective_ks, knn_evaluate, knn_metrics
 from vit_ft.probe.settings import KnnSettings
 from vit_ft.tasks.common import build
 from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
+from vit_ft.tasks.plan import make_plan
 
 log = logging.getLogger("vit_ft")
 
@@ -33,7 +34,7 @@ def knn(cfg: DictConfig) -> float | None:
     settings = KnnSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
     loggers: list = []
     try:
-        datamodule, model, trainer, loggers = build(cfg)
+        datamodule, model, trainer, loggers = build(make_plan(cfg, resume=False))
         eval_split = held_out_split(settings.eval_split, datamodule.splits)
         use_feature_type(model, settings.features, head=False)
         t0 = time.perf_counter()

@@ -23,16 +23,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
+from vit_ft.training.checkpointing import StepCheckpoint
 from vit_ft.training.loggers import folder_wandb_id
+from vit_ft.training.preemption import Preemption
 
 log = logging.getLogger("vit_ft")
 
 # Keys that may change between the interrupted run and its resumption: how long it runs, what it shows,
-# where it logs (a key and everything under it); everything else is compared.
+# where it logs (a key and everything under it); everything else is compared. A callback's own such
+# keys are named by its class (``FREE_ON_RESUME``), see :func:`callback_free_keys`.
 IGNORED_KEYS = (
     "ckpt_path",
     "trainer.max_epochs",
@@ -45,15 +49,10 @@ IGNORED_KEYS = (
     "test",
     "paths",
     "logger",
-    "callbacks.last_checkpoint.every_n_steps",
-    "callbacks.last_checkpoint.every_minutes",
-    "callbacks.run_report",
-    "callbacks.preemption",
     "resolved_preprocessing",
     "class_names",
 )
 LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
-LAST = os.path.join("checkpoints", "last.ckpt")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -63,6 +62,39 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}{k}."))
         return out or {prefix[:-1]: {}}
     return {prefix[:-1]: d}
+
+
+def configured_callbacks(callbacks: Any) -> Iterator[tuple[str, type, Any]]:
+    """``(name, class, config)`` of each ``callbacks.<name>`` entry whose ``_target_`` is a class."""
+    for name, node in (callbacks or {}).items():
+        target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+        try:
+            cls = get_class(str(target)) if target else None
+        except Exception:  # noqa: BLE001 - a target that does not import: nothing to read from it
+            cls = None
+        if isinstance(cls, type):
+            yield str(name), cls, node
+
+
+def callback_free_keys(*callbacks: Any) -> tuple[str, ...]:
+    """``callbacks.<name>[.<key>]`` that may change on resume, as each entry's class says
+    (``FREE_ON_RESUME``: its keys, ``""`` for the whole entry), over every config given."""
+    out: list[str] = []
+    for cbs in callbacks:
+        for name, cls, _ in configured_callbacks(cbs):
+            out += [f"callbacks.{name}" + (f".{k}" if k else "") for k in getattr(cls, "FREE_ON_RESUME", ())]
+    return tuple(out)
+
+
+def own_last_checkpoint(cfg: DictConfig) -> str | None:
+    """The ``last.ckpt`` this config's runs write and resume from: its :class:`StepCheckpoint`'s file
+    (the one without a metric), else its :class:`Preemption`'s; None when it writes none."""
+    entries = list(configured_callbacks(cfg.get("callbacks")))
+    for kind in (StepCheckpoint, Preemption):
+        for _, cls, node in entries:
+            if issubclass(cls, kind) and node.get("dirpath") and node.get("monitor") is None:
+                return kind.resume_file(str(node.dirpath), node.get("filename"))
+    return None
 
 
 def ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
@@ -115,13 +147,13 @@ def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumeP
     differently on the machine a requeued job lands on; not compared."""
     run_dir = str(cfg.paths.output_dir)
     ckpt = cfg.get("ckpt_path")
-    own = os.path.join(run_dir, LAST)
+    own = own_last_checkpoint(cfg)
     if ckpt in (None, ""):
         return ResumePlan(None, False)
     if str(ckpt) != "auto":
-        same = os.path.isfile(own) and os.path.samefile(str(ckpt), own)
+        same = own is not None and os.path.isfile(own) and os.path.samefile(str(ckpt), own)
         return ResumePlan(str(ckpt), same)
-    if not os.path.isfile(own):
+    if own is None or not os.path.isfile(own):
         return ResumePlan(None, False)
     saved = _read_yaml(os.path.join(run_dir, "config_resolved.yaml"))
     if saved is None:
@@ -130,7 +162,8 @@ def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumeP
             "unreadable; pass ckpt_path=<that file> to resume from it anyway, or use another hydra.run.dir"
         )
     current = OmegaConf.to_container(cfg, resolve=True)
-    diffs = config_differences(saved, current, auto_resolved)  # type: ignore[arg-type]
+    free = auto_resolved + callback_free_keys(saved.get("callbacks"), cfg.get("callbacks"))
+    diffs = config_differences(saved, current, free)  # type: ignore[arg-type]
     if diffs:
         raise ConfigError(
             f"ckpt_path=auto: {run_dir} holds a run with another config ({'; '.join(diffs)}); run the same "

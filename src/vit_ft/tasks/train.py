@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
-from vit_ft.tasks.common import build, prepare_run, record_run_failure
+from vit_ft.tasks.common import build, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.knn import knn
 from vit_ft.tasks.outputs import (
@@ -26,10 +26,10 @@ from vit_ft.tasks.outputs import (
     write_report,
     write_resolved_config,
 )
-from vit_ft.tasks.resume import ResumePlan, plan_resume, run_dir_lock, wandb_run_id
+from vit_ft.tasks.plan import RunPlan, make_plan
+from vit_ft.tasks.resume import run_dir_lock, wandb_run_id
 from vit_ft.training.callbacks import nonfinite_summary
 from vit_ft.training.preemption import Preempted
-from vit_ft.weights.io import check_checkpoint_file
 
 log = logging.getLogger("vit_ft")
 
@@ -53,19 +53,14 @@ def train(cfg: DictConfig) -> float | None:
         return _train(cfg)
 
 
-def settle_resume(cfg: DictConfig) -> ResumePlan:
-    """``ckpt_path=auto`` → a file or None (in ``cfg``); the wandb run id to log to (in ``cfg``)."""
-    auto = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
-    prepare_run(cfg)  # the config as it will be saved (precision resolved), to compare with the saved one
-    plan = plan_resume(cfg, auto_resolved=auto)
-    if plan.ckpt_path and str(cfg.get("ckpt_path")) == "auto":  # found in the run folder: checked as if given
-        check_checkpoint_file(str(plan.ckpt_path), "ckpt_path", lightning=True, resume=True)
+def plan_training(cfg: DictConfig) -> RunPlan:
+    """The run plan of ``train.py`` (see tasks/plan.py); the wandb run id to log to (in ``cfg``)."""
+    plan = make_plan(cfg, resume=True)
     with open_dict(cfg):
-        cfg.ckpt_path = plan.ckpt_path
         wandb_cfg = (cfg.get("logger") or {}).get("wandb")
         if plan.finished is None and wandb_cfg is not None and "_target_" in wandb_cfg:
             if wandb_cfg.get("id") is None:
-                wandb_cfg.id = wandb_run_id(str(cfg.paths.output_dir), plan.resuming_own_run) or None
+                wandb_cfg.id = wandb_run_id(plan.run_dir, plan.resuming_own_run) or None
     if plan.ckpt_path and plan.finished is None:
         log.info("resuming from %s", plan.ckpt_path)
     return plan
@@ -74,7 +69,7 @@ def settle_resume(cfg: DictConfig) -> ResumePlan:
 def _train(cfg: DictConfig) -> float | None:
     loggers: list = []
     trainer = None
-    plan = settle_resume(cfg)
+    plan = plan_training(cfg)
     if plan.finished is not None:
         m = plan.finished
         print(
@@ -86,7 +81,7 @@ def _train(cfg: DictConfig) -> float | None:
         value = to_float(m.get("value"))
         return value if value is not None and math.isfinite(value) else None
     try:
-        datamodule, model, trainer, loggers = build(cfg)
+        datamodule, model, trainer, loggers = build(plan)
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
             settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
             model, datamodule = prepare_linear_probe(

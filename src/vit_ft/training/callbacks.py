@@ -61,6 +61,8 @@ class NonFiniteLossGuard(Callback):
     save stops the run instead). ``every_n_steps`` > 1 checks only every n-th step in stop mode.
     """
 
+    FREE_ON_RESUME = ("",)  # a config entry of its own (older sweep configs): how often it checks
+
     def __init__(self, every_n_steps: int = 1, action: str = "stop", max_skips: int = 10) -> None:
         if action not in NONFINITE_ACTIONS:
             raise ConfigError(f"trainer.on_nonfinite={action!r} must be one of {list(NONFINITE_ACTIONS)}")
@@ -266,13 +268,17 @@ class RunReport(Callback):
     the final report when the run ends. A failure is logged once as a warning and never stops training;
     ``seconds`` adds up the time spent drawing, ``skipped`` counts the validations left out."""
 
+    FREE_ON_RESUME = ("",)  # its whole config may change when a run resumes (see tasks/resume.py)
+
     def __init__(
         self,
         dirpath: str | os.PathLike,
         draw: Callable[[str, Any], Any],
         max_share: float | None = 0.05,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.dirpath = str(dirpath)
+        self.clock = clock  # seconds; a test passes its own
         self.draw = draw
         self.max_share = max_share
         self.seconds = 0.0
@@ -284,7 +290,7 @@ class RunReport(Callback):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        start = time.perf_counter()
+        start = self.clock()
         if self.max_share is not None and self.last_cost is not None:
             if self.last_cost > self.max_share * (start - self.last_end):
                 self.skipped += 1
@@ -296,6 +302,6 @@ class RunReport(Callback):
                 log.warning("run report not redrawn: %s: %s", type(e).__name__, e)
                 self.warned = True
         finally:
-            self.last_end = time.perf_counter()
+            self.last_end = self.clock()
             self.last_cost = self.last_end - start
             self.seconds += self.last_cost

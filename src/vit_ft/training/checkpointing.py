@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_ft.compat import model_checkpoint_save_now
 from vit_ft.errors import ConfigError
+from vit_ft.training.steps import is_last_batch, is_step_boundary
 
 log = logging.getLogger("vit_ft")
 
+# The latest state of a run, which ``ckpt_path=auto`` resumes from: ``<checkpoint dir>/last.ckpt``.
+# conf/callbacks/default.yaml names it once (callbacks.last_checkpoint; the preemption entry follows it).
+LAST_CHECKPOINT_NAME = "last"
 
-def at_step_boundary(trainer: Any, batch_idx: int) -> bool:
-    """Whether the training batch ``batch_idx`` (in ``on_train_batch_end``) ended an optimizer step:
-    with ``accumulate_grad_batches = k`` every k-th batch of an epoch, and its last batch."""
-    k = max(1, int(trainer.accumulate_grad_batches))
-    last = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-    return k == 1 or (batch_idx + 1) % k == 0 or last
+
+def last_checkpoint_file(dirpath: str, name: str | None = None) -> str:
+    """``<dirpath>/<name>.ckpt`` (``name`` defaults to :data:`LAST_CHECKPOINT_NAME`)."""
+    return os.path.join(dirpath, (name or LAST_CHECKPOINT_NAME) + ModelCheckpoint.FILE_EXTENSION)
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -47,6 +51,7 @@ class StepCheckpoint(ModelCheckpoint):
         every_n_steps: int | None = None,
         every_minutes: float | None = None,
         check_every: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
         if every_n_steps is not None and (
@@ -71,8 +76,17 @@ class StepCheckpoint(ModelCheckpoint):
         self.every_n_steps = every_n_steps
         self.every_minutes = None if every_minutes is None else float(every_minutes)
         self.check_every = check_every
-        self.last_save_time = time.monotonic()
+        self.clock = clock  # seconds; a test passes its own
+        self.last_save_time = clock()
         self.step_saves = 0
+
+    # Keys of its config that may change when a run resumes (how often it saves): see tasks/resume.py.
+    FREE_ON_RESUME = ("every_n_steps", "every_minutes")
+
+    @staticmethod
+    def resume_file(dirpath: str, filename: str | None) -> str:
+        """The file this callback keeps rewriting (``filename`` without its extension)."""
+        return last_checkpoint_file(dirpath, filename)
 
     @property
     def state_key(self) -> str:
@@ -81,11 +95,11 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)
-        self.last_save_time = time.monotonic()
+        self.last_save_time = self.clock()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Any checkpoint of the run (this one's, the best one's, a preemption's) restarts the clock.
-        self.last_save_time = time.monotonic()
+        self.last_save_time = self.clock()
 
     def _time_due(self, trainer: Any) -> bool:
         if self.every_minutes is None:
@@ -94,16 +108,13 @@ class StepCheckpoint(ModelCheckpoint):
         every = self.check_every or (1 if world == 1 else 10)
         if trainer.global_step % every:
             return False
-        due = time.monotonic() - self.last_save_time >= 60.0 * self.every_minutes
+        due = self.clock() - self.last_save_time >= 60.0 * self.every_minutes
         return bool(trainer.strategy.broadcast(due)) if world > 1 else due
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (
-            not at_step_boundary(trainer, batch_idx)
-            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        ):
+        if not is_step_boundary(trainer, batch_idx) or is_last_batch(trainer):
             return
         step = trainer.global_step
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0

@@ -75,7 +75,8 @@ def warmup_decay_factor(
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
-    warmup_steps: int = 500,
+    *,
+    warmup_steps: int,  # no default here: conf/scheduler/cosine.yaml holds it
     decay: str = "cosine",
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:

@@ -26,6 +26,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from vit_ft.errors import ConfigError
+from vit_ft.training.checkpointing import last_checkpoint_file
+from vit_ft.training.steps import is_step_boundary
 
 log = logging.getLogger("vit_ft")
 
@@ -111,11 +113,12 @@ class Preemption(Callback):
     def __init__(
         self,
         dirpath: str,
-        filename: str = "last.ckpt",
+        filename: str | None = None,
         signals: Sequence[str] = ("SIGTERM", "SIGUSR1"),
         requeue: bool = True,
     ) -> None:
-        self.dirpath, self.filename, self.requeue = str(dirpath), filename, bool(requeue)
+        self.dirpath, self.requeue = str(dirpath), bool(requeue)
+        self.filename = os.path.basename(self.resume_file(self.dirpath, filename))
         self.signals = [str(s) if str(s).startswith("SIG") else f"SIG{s}" for s in signals]
         for name in self.signals:
             if not hasattr(signal, name):
@@ -126,6 +129,13 @@ class Preemption(Callback):
         self._previous: dict[int, Any] = {}
         self._installed = False
         self._pending: Preempted | None = None
+
+    FREE_ON_RESUME = ("",)  # its whole config may change when a run resumes (see tasks/resume.py)
+
+    @staticmethod
+    def resume_file(dirpath: str, filename: str | None) -> str:
+        """``<dirpath>/<filename>``, by default the step checkpoints' ``last.ckpt``."""
+        return os.path.join(dirpath, filename) if filename else last_checkpoint_file(dirpath)
 
     # signal handling
     def _signals(self) -> list[int]:
@@ -163,18 +173,10 @@ class Preemption(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.uninstall()
 
-    # the step boundary
-    @staticmethod
-    def at_step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
-        """Whether the batch that just ended completed an optimizer step (not between micro-batches)."""
-        n = trainer.num_training_batches
-        last = isinstance(n, int) and batch_idx + 1 >= n
-        return last or (batch_idx + 1) % max(1, int(trainer.accumulate_grad_batches)) == 0
-
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._pending is not None or not self.at_step_boundary(trainer, batch_idx):
+        if self._pending is not None or not is_step_boundary(trainer, batch_idx):
             return
         local = self.received is not None
         stop = (

@@ -16,7 +16,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.models.classifier import load_classifier
 from vit_ft.models.ema import EmaWeights, check_ema_config, restore_ema
 from vit_ft.probe.linear import LinearProbe
-from vit_ft.tasks.common import follow_ema
+from vit_ft.tasks.plan import follow_ema
 from vit_ft.weights import load_weights
 
 KEY = "blocks.0.attn.qkv.weight"

@@ -10,7 +10,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from tests.helpers import ROOT
-from vit_ft.tasks.common import validate_config
+from vit_ft.tasks.plan import check_config
 
 # name: (data target, steps, warmup, expected accuracy in the header comment, HF hub id or None)
 RECIPES = {
@@ -53,7 +53,7 @@ def test_experiment_composes_to_the_papers_recipe(name):
     assert 512 % t.accumulate_grad_batches == 0
     assert (m.img_size, m.reset_head) == (384, True) and "in21k" in m.weights
     assert cfg.task_name == name
-    validate_config(cfg)
+    check_config(cfg)
     # every data key is an argument of the data module (hf.yaml/imagenet.yaml belong to another module)
     data = OmegaConf.to_container(cfg.data, resolve=False)
     cls = get_class(data.pop("_target_"))
@@ -71,7 +71,9 @@ def test_lr_grids_are_ready_multiruns():
         ["experiment=vit_b32_imagenet_384", "hparams_search=vit_b32_lr_grid", "data.root=/x"], hydra=True
     )
     assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.003,0.01,0.03,0.06"
-    assert "nonfinite_loss" in cfg.callbacks
+    assert (
+        "nonfinite_loss" not in cfg.callbacks and cfg.trainer.on_nonfinite == "stop"
+    )  # the guard's one home
     cfg = _compose(["experiment=vit_b32_cifar10", "hparams_search=vit_b32_transfer_lr_grid"], hydra=True)
     assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.001,0.003,0.01,0.03"
 
@@ -110,7 +112,7 @@ def test_big_vit_presets_compose():
     )
     assert (m.lora.rank, m.lora.alpha, list(m.lora.targets), m.grad_checkpointing) == (8, 16, ["qkv"], True)
     assert m.freeze_backbone is False and cfg.optimizer.name == "adamw"
-    validate_config(cfg)
+    check_config(cfg)
 
     header = (ROOT / "conf" / "experiment" / "deit_style_finetune.yaml").read_text().splitlines()[:10]
     assert any("python train.py experiment=deit_style_finetune" in ln for ln in header)
@@ -121,7 +123,7 @@ def test_big_vit_presets_compose():
     assert (m.mixup.mixup_alpha, m.mixup.cutmix_alpha, m.label_smoothing) == (0.8, 1.0, 0.1)
     assert (m.drop_path_rate, m.random_erasing, m.lora.rank) == (0.1, 0.25, None)
     assert m.ema.decay == 0.9999 and m.ema.use_for == "eval"
-    validate_config(cfg)
+    check_config(cfg)
 
 
 @pytest.mark.parametrize("name", ["vit_l16_lora", "deit_style_finetune"])

@@ -12,7 +12,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from vit_ft.errors import ConfigError
-from vit_ft.tasks.resume import config_differences, plan_resume, run_dir_lock, wandb_run_id
+from vit_ft.tasks.resume import (
+    config_differences,
+    own_last_checkpoint,
+    plan_resume,
+    run_dir_lock,
+    wandb_run_id,
+)
 from vit_ft.training import loggers as loggers_mod
 from vit_ft.training.loggers import ResumableWandbLogger
 
@@ -25,6 +31,14 @@ def config(run_dir, **changes):
         "trainer": {"max_epochs": 3, "max_steps": -1, "enable_progress_bar": True},
         "paths": {"output_dir": str(run_dir), "cache_dir": "/somewhere"},
         "logger": {"wandb": {"mode": "auto"}},
+        "callbacks": {
+            "last_checkpoint": {
+                "_target_": "vit_ft.training.checkpointing.StepCheckpoint",
+                "dirpath": f"{run_dir}/checkpoints",
+                "filename": "last",
+                "every_n_steps": None,
+            },
+        },
     }
     for key, value in changes.items():
         node = cfg
@@ -170,3 +184,32 @@ def test_replayed_steps_are_not_logged_twice(tmp_path, monkeypatch):
     other = ResumableWandbLogger(id="new00000", save_dir=str(tmp_path), offline=True)
     other.log_metrics({"train/loss": 3.0}, 0)  # another wandb run: logs from the start
     assert sent == [(0, {"train/loss": 3.0})]
+
+
+def test_callback_settings_their_class_frees_may_change_on_resume(tmp_path):
+    """How often checkpoints are written, the preemption and report settings and an older sweep
+    config's non-finite-guard entry may differ (each class says which of its keys); the rest compares."""
+    last = interrupted_run(tmp_path / "run")
+    saved_path = tmp_path / "run" / "config_resolved.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    saved["callbacks"]["nonfinite_loss"] = {
+        "_target_": "vit_ft.training.callbacks.NonFiniteLossGuard",
+        "every_n_steps": 10,
+    }
+    saved_path.write_text(OmegaConf.to_yaml(saved))
+    now = config(tmp_path / "run")
+    now.callbacks.last_checkpoint.every_n_steps = 50
+    now.callbacks.preemption = {"_target_": "vit_ft.training.preemption.Preemption", "requeue": False}
+    assert plan_resume(now).ckpt_path == last
+    now.callbacks.last_checkpoint.save_top_k = 3
+    with pytest.raises(ConfigError, match="callbacks.last_checkpoint.save_top_k: '<unset>' -> 3"):
+        plan_resume(now)
+
+
+def test_the_own_checkpoint_is_the_configs_last_checkpoint(tmp_path):
+    cfg = config(tmp_path / "run")
+    assert own_last_checkpoint(cfg) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    cfg.callbacks.last_checkpoint.filename = "latest"
+    assert own_last_checkpoint(cfg) == str(tmp_path / "run" / "checkpoints" / "latest.ckpt")
+    del cfg.callbacks["last_checkpoint"]
+    assert own_last_checkpoint(cfg) is None  # no writer of a last checkpoint: nothing to resume

@@ -4,6 +4,8 @@ step checkpoint's settings. (DataLoader workers, a kill mid-save and DDP: tests/
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import pytest
 import torch
@@ -148,6 +150,8 @@ def test_time_interval_saves_mid_epoch_only_at_optimizer_step_boundaries(folder,
 
     dm, model, trainer = build(folder, tmp_path, accumulate=2, callbacks=[Record()], max_epochs=1)
     ckpt = trainer.checkpoint_callback
-    ckpt.every_minutes, ckpt.check_every = 1e-9, 1
+    ticks = itertools.count()
+    ckpt.clock = lambda: 60.0 * next(ticks)  # a minute passes between any two readings
+    ckpt.every_minutes, ckpt.check_every = 1, 1
     trainer.fit(model, datamodule=dm)
     assert steps == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]  # 4 mid-epoch + the end-of-epoch save

@@ -1,0 +1,190 @@
+"""The run plan: what a task decides from its composed config before building anything, decided once.
+
+:func:`make_plan` checks the config (:func:`check_config`, the one place config checks run), settles
+what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_for=eval`` follows),
+reads the checkpoint to resume from once (one :func:`check_checkpoint_file`, one
+``torch.load(weights_only=True)``), decides the resume (``ckpt_path`` auto/explicit/none, a finished
+run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vit_ft.checkpoint_format import ema_chosen
+from vit_ft.errors import ConfigError
+from vit_ft.tasks.cli import hydra_info
+from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
+from vit_ft.training.callbacks import NonFiniteLossGuard
+from vit_ft.training.precision import resolve_precision
+from vit_ft.weights.io import check_checkpoint_file
+from vit_ft.weights.sources import looks_like_path
+
+log = logging.getLogger("vit_ft")
+
+_MISSING_HINTS = {
+    "data.root": "data.root=/path/to/images (class folders inside), or experiment=quickstart to try it out",
+    "data.name": "data.name=<hub id or local folder>, e.g. data.name=uoft-cs/cifar10",
+}
+# trainer.* keys of vit-ft's own (the non-finite guard's), not Lightning Trainer arguments
+GUARD_TRAINER_KEYS = {"on_nonfinite": "action", "max_nonfinite_skips": "max_skips"}
+FREEZE_HINT = (
+    "model.freeze_backbone=true is replaced by the linear probe: use experiment=linear_probe "
+    "(probe.mode=linear; probe.cache=false trains in the loop)"
+)
+
+
+@dataclass
+class RunPlan:
+    """A checked config and what follows from it (``cfg`` is settled in place: precision, EMA
+    metrics, ``ckpt_path`` a file or None)."""
+
+    cfg: DictConfig
+    run_dir: str
+    last_checkpoint: str | None  # the last.ckpt this run writes (and ckpt_path=auto resumes from)
+    ckpt_path: str | None  # what trainer.fit resumes from (or what eval.py loads)
+    guard: NonFiniteLossGuard  # built once, from trainer.on_nonfinite / trainer.max_nonfinite_skips
+    checkpoint_hparams: dict[str, Any] | None = None  # ckpt_path's hyper_parameters, read once
+    resuming_own_run: bool = False  # ckpt_path is this run folder's own last.ckpt (same wandb run)
+    finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
+
+
+# -- checks that end a run before it starts ---------------------------------------------------------
+def check_config(cfg: DictConfig) -> NonFiniteLossGuard:
+    """Every check of the composed config (one ``ConfigError`` line each); the non-finite guard it
+    describes."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is not set; pass {_MISSING_HINTS.get(key, f'{key}=<value>')}")
+
+    def positive_int(key: str, value: Any, allow: tuple = ()) -> None:
+        if value in allow:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+    positive_int("data.batch_size", cfg.data.get("batch_size"))
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+        raise ConfigError(f"optimizer.lr={lr!r} must be a positive number (the paper sweeps 0.003-0.06)")
+    t = cfg.trainer
+    max_steps, max_epochs = t.get("max_steps", -1), t.get("max_epochs", None)
+    if max_steps in (None, -1) and max_epochs in (None, -1):
+        raise ConfigError(
+            "neither trainer.max_steps nor trainer.max_epochs is set; set one (e.g. trainer.max_epochs=10)"
+        )
+    if max_steps not in (None, -1):
+        positive_int("trainer.max_steps", max_steps)
+    if max_epochs not in (None, -1):
+        positive_int("trainer.max_epochs", max_epochs)
+    positive_int("trainer.accumulate_grad_batches", t.get("accumulate_grad_batches", 1))
+    clip = t.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip!r} must be a positive number or null (no clipping)"
+        )
+    if cfg.model.get("img_size") is not None:
+        positive_int("model.img_size", cfg.model.img_size)
+    if cfg.model.get("freeze_backbone") and (cfg.get("probe") or {}).get("mode") != "linear":
+        raise ConfigError(FREEZE_HINT)
+    return nonfinite_guard(cfg)
+
+
+def nonfinite_guard(cfg: DictConfig) -> NonFiniteLossGuard:
+    """The run's :class:`NonFiniteLossGuard`, from ``trainer.on_nonfinite`` and
+    ``trainer.max_nonfinite_skips`` (a ``callbacks.<name>`` entry of that class, as older sweep configs
+    have, gives only how often it checks)."""
+    given = {arg: cfg.trainer[key] for key, arg in GUARD_TRAINER_KEYS.items() if key in cfg.trainer}
+    for _, cls, node in configured_callbacks(cfg.get("callbacks")):
+        if issubclass(cls, NonFiniteLossGuard) and node.get("every_n_steps") is not None:
+            given["every_n_steps"] = node.every_n_steps
+    return NonFiniteLossGuard(**given)
+
+
+def check_weights_file(cfg: DictConfig) -> None:
+    """A local ``model.weights`` file is complete, of the right kind and loads without running code."""
+    weights = (cfg.get("model") or {}).get("weights")
+    if weights and looks_like_path(str(weights)) and os.path.isfile(os.path.expanduser(str(weights))):
+        check_checkpoint_file(str(weights), "model.weights", lightning=False)
+
+
+def follow_ema(cfg: DictConfig) -> None:
+    """With ``model.ema.use_for=eval`` the EMA weights are the model's: the best checkpoint, early
+    stopping and ``optimized_metric`` follow ``val_ema/*`` instead of ``val/*`` (unless set on the
+    command line)."""
+    ema = cfg.get("model", {}).get("ema") if "model" in cfg else None
+    ema = OmegaConf.to_container(ema, resolve=True) if ema is not None else None
+    strategy = cfg.get("trainer", {}).get("strategy") if "trainer" in cfg else None
+    if isinstance(ema, dict) and ema.get("decay") is not None and "fsdp" in str(strategy).lower():
+        raise ConfigError(
+            f"model.ema.decay={ema['decay']} does not work with a sharded model (trainer.strategy={strategy}); "
+            "use trainer=ddp, or model.ema.decay=null"
+        )
+    if not ema_chosen(ema, "eval"):
+        return
+    keys = [("optimized_metric", cfg)] + [
+        (f"callbacks.{n}.monitor", cb)
+        for n, cb in (cfg.get("callbacks") or {}).items()
+        if cb is not None and isinstance(cb.get("monitor"), str)
+    ]
+    with open_dict(cfg):
+        for key, node in keys:
+            leaf = key.rsplit(".", 1)[-1]
+            value = node.get(leaf)
+            if isinstance(value, str) and value.startswith("val/") and not overridden(key):
+                node[leaf] = "val_ema/" + value[len("val/") :]
+                log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
+
+
+def overridden(key: str) -> bool:
+    """Whether ``key`` was set on the command line (not only by the config files)."""
+    return any(o.lstrip("+~").startswith(f"{key}=") for o in hydra_info().get("overrides", []))
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
+    """Check and settle ``cfg`` and decide what ``ckpt_path`` means.
+
+    ``resume``: ``train.py`` fitting a model: ``ckpt_path=auto`` looks for this run folder's own
+    ``last.ckpt`` (see tasks/resume.py) and the checkpoint must hold a training state. Otherwise
+    (evaluation, k-NN, few-shot) a given ``ckpt_path`` file is checked and ``auto`` means none."""
+    auto_resolved = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
+    guard = check_config(cfg)
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(
+            cfg.trainer.get("precision"), str(cfg.trainer.get("accelerator"))
+        )
+    follow_ema(cfg)
+    check_weights_file(cfg)
+    given = cfg.get("ckpt_path")
+    given = None if given in (None, "") else str(given)
+    explicit = given if given != "auto" else None
+    hparams = None
+    if explicit is not None:  # checked before anything else reads it
+        hparams = check_checkpoint_file(explicit, "ckpt_path", lightning=True, resume=resume)
+    plan = RunPlan(
+        cfg=cfg,
+        run_dir=str(cfg.paths.output_dir),
+        last_checkpoint=own_last_checkpoint(cfg),
+        ckpt_path=explicit,
+        guard=guard,
+        checkpoint_hparams=hparams,
+    )
+    if resume:
+        decided = plan_resume(cfg, auto_resolved=auto_resolved)
+        plan.ckpt_path, plan.resuming_own_run = decided.ckpt_path, decided.resuming_own_run
+        plan.finished = decided.finished
+        if plan.ckpt_path and explicit is None:  # found in the run folder: checked as if given
+            plan.checkpoint_hparams = check_checkpoint_file(
+                plan.ckpt_path, "ckpt_path", lightning=True, resume=True
+            )
+        with open_dict(cfg):
+            cfg.ckpt_path = plan.ckpt_path
+    return plan
