@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from vit_ft.errors import ConfigError
+
 FORMAT_VERSION = 1
 RECORD = "vit_ft"  # checkpoint["vit_ft"]: vit-ft's own record
 RNG_KEY = "rng_states"  # checkpoint["rng_states"]: one dict of generator states per rank
@@ -75,8 +77,6 @@ def check_hyper_parameters(hp: Any, allowed: Collection[str], where: str) -> Non
     """Refuse, in one line naming the key, ``hyper_parameters`` that hold anything a vit-ft module's
     constructor does not take (``_instantiator``, ``_class_path``, ... would make Lightning import code),
     or class names that are not strings."""
-    from vit_ft.errors import ConfigError
-
     if not isinstance(hp, Mapping):
         raise ConfigError(
             f"{where}: hyper_parameters={type(hp).__name__} is not a mapping; the file is damaged"
