@@ -21,6 +21,7 @@ from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
+from vit_ft.settings_ranges import check_ranges
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
@@ -73,6 +74,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.model.get("img_size") is not None:
         positive_int("model.img_size", cfg.model.img_size)
     NonFiniteLossGuard(action=t.get("on_nonfinite", "stop"), max_skips=t.get("max_nonfinite_skips", 10))
+    check_ranges(cfg)  # every other numeric and enum key (vit_ft/settings_ranges.py)
     check_user_files(cfg)
 
 
