@@ -60,8 +60,8 @@ class Range:
         raise NotImplementedError
 
 
-def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
-    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+def _num(x: float, integer: bool) -> str:
+    return str(int(x)) if integer else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,13 @@ class Num(Range):
     def phrase(self) -> str:
         kind = "an integer" if self.integer else "a number"
         lo, hi = math.isfinite(self.lo), math.isfinite(self.hi)
+        a, b = _num(self.lo, self.integer) if lo else "", _num(self.hi, self.integer) if hi else ""
         if lo and hi:
-            text = f"{kind} in {_interval(self.lo, self.hi, self.lo_open, self.hi_open)}"
+            text = f"{kind} in {'(' if self.lo_open else '['}{a}, {b}{')' if self.hi_open else ']'}"
         elif lo:
-            text = f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+            text = f"{kind} {'>' if self.lo_open else '>='} {a}"
         elif hi:
-            text = f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+            text = f"{kind} {'<' if self.hi_open else '<='} {b}"
         else:
             text = kind
         if not self.integer:
@@ -144,7 +145,9 @@ class OneOf(Range):
         return member(v, self.allowed())
 
     def phrase(self) -> str:
-        return self.text or "one of " + ", ".join(str(v) for v in self.values)
+        if self.text or len(self.values) == 1:
+            return self.text or str(self.values[0])
+        return "one of " + ", ".join(str(v) for v in self.values)
 
     def value_samples(self) -> list[Sample]:
         good = self.values or tuple(sorted(self.allowed(), key=str)[:2])
@@ -176,7 +179,7 @@ class ListOf(Range):
     def phrase(self) -> str:
         n = f"{self.length} values" if self.length else "values"
         text = f"a list of {n}, each {self.each.describe()}"
-        return text + (", in increasing order" if self.ordered else "")
+        return text + (", none smaller than the one before" if self.ordered else "")
 
     def value_samples(self) -> list[Sample]:
         n = self.length or 1
@@ -238,7 +241,10 @@ class AnyOf(Range):
         return any(o.accepts(v) for o in self.options)
 
     def phrase(self) -> str:
-        return " or ".join(o.describe() for o in self.options)
+        return ", or ".join(o.describe() for o in self.options)
+
+    def describe(self) -> str:
+        return self.phrase() + (", or null" if self.null else "")
 
     def value_samples(self) -> list[Sample]:
         out: list[Sample] = []

@@ -132,6 +132,7 @@ RANGES: dict[str, Range] = {
     "trainer.precision": OneOf(
         ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true", 32, 64, "auto"),
         null=True,
+        text="one of 32, 32-true, 64, 64-true, bf16-mixed, 16-mixed, bf16-true, 16-true, auto",
     ),
     "trainer.max_epochs": Num(lo=1, integer=True, also=(-1,), null=True),  # -1/null: counted in steps
     "trainer.max_steps": Num(lo=1, integer=True, also=(-1,), null=True),
