@@ -15,6 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vit_ft.compat import optuna_sqlite_stamp_fix
+from vit_ft.errors import ConfigError
+from vit_ft.settings_ranges import check_ranges
 
 
 def fail(message: str) -> None:
@@ -69,7 +71,10 @@ def check_sweep(cfg: Any) -> None:
     if not swept:
         return
     try:
-        GlobalHydra.instance().config_loader().load_sweep_config(cfg, overrides)
+        job = GlobalHydra.instance().config_loader().load_sweep_config(cfg, overrides)
+        check_ranges(job, skip=swept)  # what every job shares; a swept value fails its own job
+    except ConfigError as e:
+        fail(str(e))
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         detail = " ".join(ln for ln in lines[:3] if not ln.startswith(("full_key", "object_type")))

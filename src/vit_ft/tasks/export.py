@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from vit_ft.errors import ConfigError
 from vit_ft.progress import heartbeat
+from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
@@ -42,6 +43,7 @@ TIMM_FILE = "timm_model.safetensors"  # beside the transformers files with forma
 
 
 def export(cfg: DictConfig) -> list[Path]:
+    check_ranges(cfg)
     ckpt, weights = cfg.get("ckpt_path"), cfg.get("weights")
     if ckpt and weights and str(ckpt) != str(weights):
         raise ConfigError(

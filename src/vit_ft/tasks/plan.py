@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
+from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
 from vit_ft.training.callbacks import NonFiniteLossGuard
@@ -94,7 +95,9 @@ def check_config(cfg: DictConfig) -> NonFiniteLossGuard:
         positive_int("model.img_size", cfg.model.img_size)
     if cfg.model.get("freeze_backbone") and (cfg.get("probe") or {}).get("mode") != "linear":
         raise ConfigError(FREEZE_HINT)
-    return nonfinite_guard(cfg)
+    guard = nonfinite_guard(cfg)
+    check_ranges(cfg)  # every other numeric and enum key (vit_ft/settings_ranges.py)
+    return guard
 
 
 def nonfinite_guard(cfg: DictConfig) -> NonFiniteLossGuard:

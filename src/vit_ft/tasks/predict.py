@@ -29,6 +29,7 @@ from vit_ft.data.transforms import parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
+from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.weights.io import check_weights_source
 
@@ -52,6 +53,7 @@ class PredictConfig(NoRunDirConfig):
 
 
 def predict(cfg: DictConfig) -> int:
+    check_ranges(cfg)
     images = cfg.images
     if OmegaConf.is_list(images):
         images = [str(i) for i in OmegaConf.to_container(images)]

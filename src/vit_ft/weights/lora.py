@@ -27,6 +27,7 @@ from torch import nn
 
 from vit_ft.checkpoint_format import LORA_RECORD, MODEL_PREFIX, feature_record
 from vit_ft.errors import ConfigError
+from vit_ft.settings import out_of_range
 from vit_ft.weights.arch import create_from_arch
 from vit_ft.weights.families import HEAD_NAMES, head_names
 
@@ -95,12 +96,17 @@ def inject_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     blocks = getattr(model, "blocks", None)
     if blocks is None or not len(blocks):
         raise ConfigError(f"model.lora needs a ViT with transformer blocks; {type(model).__name__} has none")
+    widths = {}
     for t in spec.targets:
         layer = blocks[0].get_submodule(t) if _has(blocks[0], t) else None
         if not isinstance(layer, nn.Linear):
             raise ConfigError(
                 f"model.lora.targets has {t!r} but this {type(model).__name__}'s blocks have no such linear layer"
             )
+        widths[t] = min(layer.in_features, layer.out_features)
+    t = min(widths, key=widths.get)
+    if spec.rank > widths[t]:  # a rank above the width adds parameters, not capacity
+        raise out_of_range("model.lora.rank", spec.rank, f"an integer in [1, {widths[t]}] (the width of {t})")
     pattern = r"blocks\.\d+\.(" + "|".join(t.replace(".", r"\.") for t in spec.targets) + ")"
     config = LoraConfig(
         r=spec.rank,

@@ -21,15 +21,17 @@ from vit_ft.tasks.train import train
 
 def test_nan_loss_fails_the_run_with_one_line(image_folder, tmp_path, capsys):
     cfg = compose_cfg(
-        [*TINY, "logger=none", f"data.root={image_folder}", "optimizer.lr=1e38"], tmp_path / "run"
+        [*TINY, "logger=none", f"data.root={image_folder}", "optimizer.lr=10", "optimizer.weight_decay=10"]
+        + ["trainer.gradient_clip_val=null"],  # the largest lr and decay in range: diverges in a few steps
+        tmp_path / "run",
     )
     with pytest.raises(SystemExit) as e:
         run_in_process(train, cfg)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: non-finite training loss nan at optimizer step 2 (epoch 0)")
+    assert err[-1].startswith("error: non-finite ") and "at optimizer step" in err[-1]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["status"] == "failed" and m["error_type"] == "RunFault" and m["global_step"] == 1
+    assert m["status"] == "failed" and m["error_type"] == "RunFault" and m["global_step"] >= 1
     assert m["nonfinite"] == {"on_nonfinite": "stop", "skipped_steps": 0} and m["value"] is None
     assert not list((tmp_path / "run").rglob("*.ckpt"))  # nothing non-finite published
 
