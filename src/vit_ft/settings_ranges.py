@@ -160,7 +160,6 @@ RANGES: dict[str, Range] = {
     "callbacks.preemption.signals": ListOf(
         OneOf(lazy=_signals, text="a signal name such as SIGTERM or SIGUSR1"), scalar=True
     ),
-    "callbacks.nonfinite_loss.every_n_steps": COUNT,
     # -- conf/logger/*.yaml ---------------------------------------------------------------------------
     "logger.wandb.mode": OneOf(("auto", "online", "offline", "disabled"), null=True),
     "logger.wandb.log_model": OneOf((True, False, "all")),

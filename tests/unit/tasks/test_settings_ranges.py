@@ -119,6 +119,11 @@ def yaml_keys() -> set[str]:
     for path in sorted(CONF.rglob("*.yaml")):
         text = path.read_text()
         parts = path.relative_to(CONF).parts[:-1]
+        # A sub-group merged into its parent (``- loader@_here_: default``) lands in the parent's package.
+        if len(parts) > 1 and any(
+            f"- {parts[-1]}@_here_:" in p.read_text() for p in CONF.joinpath(*parts[:-1]).glob("*.yaml")
+        ):
+            parts = parts[:-1]
         package = "" if "# @package _global_" in text else ".".join(parts)
         walk(yaml.safe_load(text) or {}, package)
     for cls in (PredictConfig, ExportConfig):
