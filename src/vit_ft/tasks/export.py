@@ -23,6 +23,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.progress import heartbeat
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
+from vit_ft.tasks.resume import refuse_live_run
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
 from vit_ft.weights.writers import check_plain_head
@@ -55,6 +56,7 @@ def export(cfg: DictConfig) -> list[Path]:
             f"ckpt_path={source!r} and out={cfg.out!r} are both required; "
             "e.g. python export.py ckpt_path=<run>/checkpoints/last.ckpt out=exported/my-vit"
         )
+    refuse_live_run(str(cfg.out), "out")
     if cfg.format not in ("both", "hf", "timm"):
         raise ConfigError(f"format={cfg.format!r} is not supported; use format=both, hf or timm")
     check_weights_source(str(source), "ckpt_path" if ckpt else "weights")

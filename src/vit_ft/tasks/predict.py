@@ -31,6 +31,7 @@ from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
+from vit_ft.tasks.resume import refuse_live_run
 from vit_ft.weights.io import check_weights_source
 
 
@@ -54,6 +55,8 @@ class PredictConfig(NoRunDirConfig):
 
 def predict(cfg: DictConfig) -> int:
     check_ranges(cfg)
+    if cfg.out:
+        refuse_live_run(os.path.dirname(os.path.abspath(str(cfg.out))), "out")
     images = cfg.images
     if OmegaConf.is_list(images):
         images = [str(i) for i in OmegaConf.to_container(images)]

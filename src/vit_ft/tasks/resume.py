@@ -17,12 +17,14 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -116,6 +118,20 @@ def config_differences(
     return diffs
 
 
+def relocated(node: Any, old: Any, new: str) -> Any:
+    """``node`` with every string under the folder ``old`` moved to the same place under ``new``."""
+    if not isinstance(old, str) or not old or os.path.abspath(old) == os.path.abspath(new):
+        return node
+    old = old.rstrip(os.sep)
+    if isinstance(node, dict):
+        return {k: relocated(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [relocated(v, old, new) for v in node]
+    if isinstance(node, str) and (node == old or node.startswith(old + os.sep)):
+        return new.rstrip(os.sep) + node[len(old) :]
+    return node
+
+
 @dataclass
 class ResumePlan:
     ckpt_path: str | None  # what trainer.fit resumes from
@@ -162,6 +178,8 @@ def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumeP
             "unreadable; pass ckpt_path=<that file> to resume from it anyway, or use another hydra.run.dir"
         )
     current = OmegaConf.to_container(cfg, resolve=True)
+    # A moved or copied run folder: paths derived from the folder are not settings.
+    saved = relocated(saved, (saved.get("paths") or {}).get("output_dir"), run_dir)
     free = auto_resolved + callback_free_keys(saved.get("callbacks"), cfg.get("callbacks"))
     diffs = config_differences(saved, current, free)  # type: ignore[arg-type]
     if diffs:
@@ -179,6 +197,69 @@ def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumeP
 
 
 # -- the lock ----------------------------------------------------------------------------------------------
+def held_lock(folder: str) -> str | None:
+    """The lock file of the live run that holds ``folder`` or one of the folders above it (``None``: no
+    live run). Probes each ``.lock`` without creating one; an unheld lock is released at once."""
+    import fcntl
+
+    here = os.path.abspath(folder)
+    while True:
+        path = os.path.join(here, ".lock")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return path
+            except OSError:
+                pass  # no flock on this file system: nothing to learn
+            finally:
+                os.close(fd)  # drops our shared lock, if we got it
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def refuse_live_run(folder: str, key: str) -> None:
+    """eval/predict/export never write into a folder a live training run holds: one line naming it."""
+    lock = held_lock(folder)
+    if lock is not None:
+        run_dir = os.path.dirname(lock)
+        raise ConfigError(
+            f"{key}={folder!r} is inside run directory {run_dir}, in use by another run ({_holder(lock)}); "
+            "write somewhere else (leave it out for a folder of its own) or wait for that run to end"
+        )
+
+
+def refuse_training_run_dir(run_dir: str) -> None:
+    """eval.py's own folder (``hydra.run.dir``) must not be a training run's: Hydra would rewrite its
+    ``.hydra/`` and eval its ``metrics.json``, predictions and report. One line, before Hydra writes."""
+    refuse_live_run(run_dir, "hydra.run.dir")
+    saved = _read_yaml(os.path.join(run_dir, ".hydra", "config.yaml")) or {}
+    task = saved.get("task_name")
+    if task not in (None, "eval") or os.path.isfile(os.path.join(run_dir, "config_resolved.yaml")):
+        raise ConfigError(
+            f"hydra.run.dir={run_dir!r} holds a training run ({task or 'train'}); eval.py writes a folder of its "
+            f"own: leave hydra.run.dir out, or give a new folder (e.g. hydra.run.dir={os.path.join(run_dir, 'eval')})"
+        )
+
+
+class RunFolderGuard(Callback):
+    """A Hydra callback (conf/eval.yaml): refuse a training run's folder as eval.py's before Hydra writes
+    ``.hydra/`` into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            refuse_training_run_dir(str(config.hydra.run.dir))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
 def _holder(path: str) -> str:
     info = _read_json(path) or {}
     if not info:

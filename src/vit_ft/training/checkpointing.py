@@ -34,6 +34,31 @@ def last_checkpoint_file(dirpath: str, name: str | None = None) -> str:
     return os.path.join(dirpath, (name or LAST_CHECKPOINT_NAME) + ModelCheckpoint.FILE_EXTENSION)
 
 
+def _moved(path: Any, old: str, new: str) -> Any:
+    if isinstance(path, str) and (path == old or path.startswith(old.rstrip(os.sep) + os.sep)):
+        return new + path[len(old.rstrip(os.sep)) :] if path != old else new
+    return path
+
+
+def relocate_checkpoint_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
+    """A run folder that was moved or copied (``mv RUN RUN2``) and resumed there: each
+    ``ModelCheckpoint`` state in ``checkpoint`` names files under the old folder. Rewrite them to the
+    same files under this run's ``dirpath``, so Lightning restores the best score and paths (it drops
+    them when ``dirpath`` differs) and the best checkpoint is found where it now is."""
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.checkpoint_callbacks:
+        state = states.get(cb.state_key)
+        old, new = (state or {}).get("dirpath"), cb.dirpath
+        if not isinstance(old, str) or not new or os.path.abspath(old) == os.path.abspath(new):
+            continue
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = _moved(state.get(key), old, new)
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {_moved(k, old, new): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = new
+        log.info("checkpoints: the run folder moved (%s -> %s); its checkpoint records follow", old, new)
+
+
 class StepCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` plus mid-epoch saves: every ``every_n_steps`` optimizer steps and/or when
     ``every_minutes`` have passed since the last save (``None`` turns either off), and at the end of
@@ -96,6 +121,10 @@ class StepCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)
         self.last_save_time = self.clock()
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Before any callback loads its state: a moved or copied run folder keeps its best checkpoints.
+        relocate_checkpoint_states(trainer, checkpoint)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # Any checkpoint of the run (this one's, the best one's, a preemption's) restarts the clock.
