@@ -32,6 +32,14 @@ HEAD_PREFIX = "head."  # the timm classifier head inside the network (see weight
 LORA_RECORD = "lora"  # checkpoint["vit_ft"]["lora"]: the adapters' spec and where the base comes from
 PROBE_RECORD = "probe"  # checkpoint["vit_ft"]["probe"]: a linear probe's resume state
 EMA_USES = ("eval", "export", "none")  # model.ema.use_for
+# checkpoint["hyper_parameters"]: the keyword arguments of vit_ft.models.classifier.ViTClassifier (a test
+# keeps the two equal); Lightning passes them to the constructor, so nothing else is accepted from a file.
+HPARAM_KEYS = (
+    "backbone", "weights", "img_size", "num_classes", "class_names", "freeze_backbone", "reset_head",
+    "label_smoothing", "drop_path_rate", "timm_kwargs", "preprocessing_override", "optimizer", "scheduler",
+    "mixup", "random_erasing", "ema", "compile", "compile_mode", "arch", "preprocessing",
+    "grad_checkpointing", "lora",
+)  # fmt: skip
 
 
 def build_record(total_steps: int, **features: Any) -> dict[str, Any]:

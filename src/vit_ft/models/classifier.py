@@ -22,7 +22,6 @@ from vit_ft.checkpoint_format import (
     MODEL_PREFIX,
     RECORD,
     build_record,
-    check_hyper_parameters,
     ema_chosen,
     strip_prefix,
 )
@@ -34,6 +33,7 @@ from vit_ft.models.ema import build_ema
 from vit_ft.models.features import network_logits, pre_logits
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
+from vit_ft.weights.arch import check_checkpoint_hparams
 from vit_ft.weights.assemble import head_modules
 from vit_ft.weights.lora import restore_lora_entries, save_lora_entries
 
@@ -220,7 +220,6 @@ class ViTClassifier(ClassifierSteps):
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
-    import inspect
     import os
 
     if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
@@ -233,9 +232,7 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTC
     try:
         # The stored hyper-parameters reach the constructor: an allow-list first (mmap: no tensor is read).
         hp = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
-        check_hyper_parameters(
-            hp, inspect.signature(ViTClassifier.__init__).parameters, f"ckpt_path={path!r}"
-        )
+        check_checkpoint_hparams(hp, f"ckpt_path={path!r}")
         model = ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
         if ema_chosen(model.hparams.get("ema"), "eval") and model.use_ema_weights():
             log.info("weights: the checkpoint's EMA weights (model.ema.use_for=eval)")

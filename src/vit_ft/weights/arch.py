@@ -66,7 +66,6 @@ def check_arch(arch: Any, where: str) -> None:
     unknown keys, a name that is not a registered timm model, constructor arguments outside the
     allow-list, or values that are not plain numbers/strings. ``where`` names the source (a checkpoint
     file, ``model.timm_kwargs``). Nothing from an arch reaches an import, a file open or ``instantiate``."""
-    global _ALLOWED_KWARGS
     if (
         not isinstance(arch, dict)
         or not isinstance(arch.get("name"), str)
@@ -91,9 +90,18 @@ def check_arch(arch: Any, where: str) -> None:
     feats = arch.get("features")
     if feats is not None and feats not in HEAD_FEATURE_WIDTH:
         raise ConfigError(f"{where}: arch features={feats!r} must be one of {', '.join(HEAD_FEATURE_WIDTH)}")
+    check_timm_kwargs(arch["kwargs"], where)
+
+
+def check_timm_kwargs(kwargs: Any, where: str) -> None:
+    """Each key a ViT constructor argument (not a loading argument such as ``checkpoint_path``), each
+    value plain: one line naming the first that is not."""
+    global _ALLOWED_KWARGS
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: timm arguments {kwargs!r} are not a mapping")
     if _ALLOWED_KWARGS is None:
         _ALLOWED_KWARGS = _constructor_args()
-    for key, value in arch["kwargs"].items():
+    for key, value in kwargs.items():
         if key not in _ALLOWED_KWARGS:
             raise ConfigError(
                 f"{where}: timm argument {key!r} is not one vit-ft passes to a ViT (a network argument such as "
@@ -103,6 +111,25 @@ def check_arch(arch: Any, where: str) -> None:
             raise ConfigError(
                 f"{where}: timm argument {key}={value!r} must be a plain number, string or list of numbers"
             )
+
+
+def check_checkpoint_hparams(hp: Any, where: str) -> None:
+    """A vit-ft checkpoint's ``hyper_parameters`` through allow-lists before anything uses them: only
+    the classifier's constructor keys, a checked ``arch``, plain ``timm_kwargs``, a valid
+    ``preprocessing``. ``where`` names the file (one ConfigError line naming the key otherwise)."""
+    from vit_ft.checkpoint_format import HPARAM_KEYS, check_hyper_parameters
+    from vit_ft.preprocessing import Preprocessing
+
+    check_hyper_parameters(hp, HPARAM_KEYS, where)
+    if hp.get("arch") is not None:
+        check_arch(hp["arch"], where)
+    if hp.get("timm_kwargs"):
+        check_timm_kwargs(hp["timm_kwargs"], f"{where}: hyper_parameters.timm_kwargs")
+    if hp.get("preprocessing") is not None:
+        try:
+            Preprocessing.from_dict(hp["preprocessing"])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def create_from_arch(arch: dict[str, Any], where: str = "model.timm_kwargs") -> nn.Module:

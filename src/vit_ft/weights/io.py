@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vit_ft.checkpoint_format import RECORD
 from vit_ft.errors import ConfigError
 
 # safetensors metadata key under which vit_ft.weights.writers.save_timm_safetensors stores the
@@ -216,6 +217,10 @@ def check_checkpoint_file(
             f"training cannot resume from it; start from its weights with model.weights={path}"
         )
     hp = obj.get("hyper_parameters")
+    if hp is not None and RECORD in obj:  # a vit-ft checkpoint: what it carries, through allow-lists
+        from vit_ft.weights.arch import check_checkpoint_hparams
+
+        check_checkpoint_hparams(hp, label)
     return dict(hp) if isinstance(hp, dict) else {}
 
 

@@ -35,7 +35,7 @@ from vit_ft.weights.arch import (
     HF_LAYER_NORM_EPS,
     arch_from_npz,
     backbone_note,
-    check_arch,
+    check_checkpoint_hparams,
     create_from_arch,
     head_classes,
     merge_timm_kwargs,
@@ -222,7 +222,7 @@ def read_vit_ft_ckpt(
     EMA ``state_dict['model_ema.*']`` when :func:`ema_chosen` says so for ``purpose``
     (an arch without img_size takes timm's default from a build on the meta device: no weights)."""
     hp = ckpt["hyper_parameters"]
-    check_arch(hp.get("arch"), str(path))  # an allow-list: nothing else reaches timm
+    check_checkpoint_hparams(hp, str(path))  # allow-lists: nothing else reaches timm
     arch = copy.deepcopy(dict(hp["arch"]))
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
