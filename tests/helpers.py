@@ -386,3 +386,16 @@ def uint8_loader(n: int = 32, k: int = 5, seed: int = 0, batch_size: int = 8, si
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, k, (n,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+# Callback and fault tests (unit/training): a 4-feature toy problem for a tiny linear LightningModule.
+def vector_loader(n: int = 16, batch_size: int = 4, random_labels: bool = False):
+    """``n`` standard-normal 4-vectors (seed 0) with labels ``i % 2`` (or random 0/1 from the same
+    generator), in batches of ``batch_size``."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = torch.randint(0, 2, (n,), generator=g) if random_labels else torch.arange(n) % 2
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)

@@ -7,9 +7,8 @@ import csv
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, vector_loader
 from vit_ft.training.callbacks import MetricsHistory, RunReport
 
 
@@ -40,8 +39,7 @@ class Tiny(L.LightningModule):
 
 
 def loader():
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(16, 4, generator=g), torch.arange(16) % 2), batch_size=4)
+    return vector_loader(16, batch_size=4)
 
 
 def test_history_has_a_row_per_logged_step_and_per_validation_and_the_report_is_redrawn(tmp_path):

@@ -12,9 +12,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, vector_loader
 from vit_ft.errors import RunFault
 from vit_ft.training import checkpoint_io
 from vit_ft.training.callbacks import NonFiniteLossGuard
@@ -51,8 +50,7 @@ class Poisoned(L.LightningModule):
 
 
 def loader(n: int = 32):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 2), batch_size=4)
+    return vector_loader(n, batch_size=4)
 
 
 def same(a, b) -> bool:

@@ -11,9 +11,9 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, vector_loader
 from vit_ft.training import preemption
 from vit_ft.training.preemption import (
     RESUMABLE_EXIT,
@@ -46,8 +46,7 @@ class Tiny(L.LightningModule):
 
 
 def loader(n: int = 12) -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 2, (n,), generator=g)))
+    return vector_loader(n, batch_size=1, random_labels=True)
 
 
 @pytest.fixture
