@@ -18,7 +18,7 @@ as version 0.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from vit_ft.errors import ConfigError
@@ -81,19 +81,20 @@ def has_prefix(state: Mapping[str, Any], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in state)
 
 
-def check_hyper_parameters(hp: Any, allowed: Collection[str], where: str) -> None:
-    """Refuse, in one line naming the key, ``hyper_parameters`` that hold anything a vit-ft module's
-    constructor does not take (``_instantiator``, ``_class_path``, ... would make Lightning import code),
-    or class names that are not strings."""
+def check_hyper_parameters(hp: Any, where: str) -> None:
+    """Refuse, in one line naming the key, ``hyper_parameters`` that would make Lightning import code
+    (``_instantiator``, ``_class_path``: any ``_``-key or non-string key), or class names that are not
+    strings. Other keys outside :data:`HPARAM_KEYS` never reach the constructor (Lightning passes only its
+    arguments); the values vit-ft reads are checked where they are read (``arch``, ``preprocessing``)."""
     if not isinstance(hp, Mapping):
         raise ConfigError(
             f"{where}: hyper_parameters={type(hp).__name__} is not a mapping; the file is damaged"
         )
-    extra = sorted(str(k) for k in hp if k not in allowed)
-    if extra:
+    bad = sorted(repr(k) for k in hp if not isinstance(k, str) or k.startswith("_"))
+    if bad:
         raise ConfigError(
-            f"{where}: hyper_parameters has the key {extra[0]!r}, which vit-ft never writes; refusing the file "
-            "(re-export it from the run that wrote it)"
+            f"{where}: hyper_parameters has the key {bad[0]}, which vit-ft never writes (it would make Lightning "
+            "import code); refusing the file"
         )
     names = hp.get("class_names")
     if names is not None and not (

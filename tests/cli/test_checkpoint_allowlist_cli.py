@@ -34,9 +34,7 @@ def edited(tmp_path_factory):
         "instantiator": write(
             "inst.ckpt", lambda hp: hp.update(_instantiator="lightning.pytorch.cli.instantiate_module")
         ),
-        "timm_kwargs": write(
-            "kw.ckpt", lambda hp: hp.update(timm_kwargs={"pretrained_cfg_overlay": {"file": str(bait)}})
-        ),
+        "timm_kwargs": write("kw.ckpt", lambda hp: hp.update(timm_kwargs={"checkpoint_path": str(bait)})),
     }
     return tmp, data, files
 
@@ -78,7 +76,7 @@ def test_each_entry_point_refuses_an_edited_checkpoint(edited, entry, tmp_path):
             tmp_path=tmp_path,
             check=False,
         )
-        refused(proc, "'pretrained_cfg_overlay'")
+        refused(proc, "'checkpoint_path'")
     elif entry == "eval":
         proc = run_cli(
             "eval.py",

@@ -33,7 +33,7 @@ from vit_ft.models.ema import build_ema
 from vit_ft.models.features import network_logits, pre_logits
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
-from vit_ft.weights.arch import check_checkpoint_hparams
+from vit_ft.weights.allowlist import check_checkpoint_hparams
 from vit_ft.weights.assemble import head_modules
 from vit_ft.weights.lora import restore_lora_entries, save_lora_entries
 

@@ -218,7 +218,7 @@ def check_checkpoint_file(
         )
     hp = obj.get("hyper_parameters")
     if hp is not None and RECORD in obj:  # a vit-ft checkpoint: what it carries, through allow-lists
-        from vit_ft.weights.arch import check_checkpoint_hparams
+        from vit_ft.weights.allowlist import check_checkpoint_hparams
 
         check_checkpoint_hparams(hp, label)
     return dict(hp) if isinstance(hp, dict) else {}

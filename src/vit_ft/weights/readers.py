@@ -31,11 +31,11 @@ from vit_ft.checkpoint_format import (
 from vit_ft.compat import load_vit_npz
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Preprocessing
+from vit_ft.weights.allowlist import check_checkpoint_hparams
 from vit_ft.weights.arch import (
     HF_LAYER_NORM_EPS,
     arch_from_npz,
     backbone_note,
-    check_checkpoint_hparams,
     create_from_arch,
     head_classes,
     merge_timm_kwargs,

@@ -11,7 +11,8 @@ import torch
 
 from vit_ft.checkpoint_format import HPARAM_KEYS
 from vit_ft.errors import ConfigError
-from vit_ft.weights.arch import check_arch, check_checkpoint_hparams, create_from_arch
+from vit_ft.weights.allowlist import check_arch, check_checkpoint_hparams
+from vit_ft.weights.arch import create_from_arch
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "old_format" / "ema.ckpt"
 
@@ -29,6 +30,13 @@ def test_the_allowed_hyper_parameters_are_the_classifier_s_arguments():
 
 def test_what_vit_ft_writes_passes(hparams):
     check_checkpoint_hparams(hparams, "ckpt")
+    # model.timm_kwargs as users set them (timm's local-weights overlay) and keys of older versions pass
+    hp = {
+        **copy.deepcopy(hparams),
+        "lr": 0.01,
+        "timm_kwargs": {"pretrained_cfg_overlay": {"file": "/w.safetensors", "num_classes": 0}},
+    }
+    check_checkpoint_hparams(hp, "ckpt")
     create_from_arch(hparams["arch"], "ckpt")
 
 
@@ -55,6 +63,10 @@ EDITS = {
     "preprocessing key": (lambda hp: hp["preprocessing"].update(_target_="x"), "'_target_'"),
     "preprocessing type": (lambda hp: hp["preprocessing"].update(mean=["a", "b", "c"]), "preprocessing"),
     "class names": (lambda hp: hp.update(class_names=[1, 2, 3, 4]), "class_names"),
+    "overlay field": (
+        lambda hp: hp.update(timm_kwargs={"pretrained_cfg_overlay": {"loader": "pickle"}}),
+        "pretrained-config field",
+    ),
 }
 
 
