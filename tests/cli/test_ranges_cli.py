@@ -15,15 +15,12 @@ def refused(proc, line: str) -> None:
     assert proc.stderr.strip().splitlines()[-1] == f"error: {line}"
 
 
+# data.hflip=2 and optimizer.layer_decay=0 (the other values seen) go through the same checker: the
+# table-driven test in tests/unit/tasks/test_settings_ranges.py tries each bound of each on a composed config.
 @pytest.mark.parametrize(
     "override, line",
     [
         ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10]"),
-        ("data.hflip=2", "data.hflip=2 is out of range: must be a number in [0, 1]"),
-        (
-            "optimizer.layer_decay=0",
-            "optimizer.layer_decay=0 is out of range: must be a number in (0, 1] or null",
-        ),
         (
             "optimizer.layer_decay=2",
             "optimizer.layer_decay=2 is out of range: must be a number in (0, 1] or null",
