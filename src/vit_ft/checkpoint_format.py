@@ -32,14 +32,6 @@ HEAD_PREFIX = "head."  # the timm classifier head inside the network (see weight
 LORA_RECORD = "lora"  # checkpoint["vit_ft"]["lora"]: the adapters' spec and where the base comes from
 PROBE_RECORD = "probe"  # checkpoint["vit_ft"]["probe"]: a linear probe's resume state
 EMA_USES = ("eval", "export", "none")  # model.ema.use_for
-# checkpoint["hyper_parameters"]: the keyword arguments of vit_ft.models.classifier.ViTClassifier (a test
-# keeps the two equal); Lightning passes them to the constructor, so nothing else is accepted from a file.
-HPARAM_KEYS = (
-    "backbone", "weights", "img_size", "num_classes", "class_names", "freeze_backbone", "reset_head",
-    "label_smoothing", "drop_path_rate", "timm_kwargs", "preprocessing_override", "optimizer", "scheduler",
-    "mixup", "random_erasing", "ema", "compile", "compile_mode", "arch", "preprocessing",
-    "grad_checkpointing", "lora",
-)  # fmt: skip
 
 
 def build_record(total_steps: int, **features: Any) -> dict[str, Any]:
@@ -84,7 +76,7 @@ def has_prefix(state: Mapping[str, Any], prefix: str) -> bool:
 def check_hyper_parameters(hp: Any, where: str) -> None:
     """Refuse, in one line naming the key, ``hyper_parameters`` that would make Lightning import code
     (``_instantiator``, ``_class_path``: any ``_``-key or non-string key), or class names that are not
-    strings. Other keys outside :data:`HPARAM_KEYS` never reach the constructor (Lightning passes only its
+    strings. Other keys never reach the constructor (Lightning passes only its
     arguments); the values vit-ft reads are checked where they are read (``arch``, ``preprocessing``)."""
     if not isinstance(hp, Mapping):
         raise ConfigError(

@@ -45,64 +45,37 @@ def refused(proc, key):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize(
-    "entry",
-    ["train_weights", "train_resume", "eval", "predict", "export"],
-)
+# entry point -> (script, its arguments given the edited file and the data, the edit, the key the line names)
+ENTRIES = {
+    "train_weights": (
+        "train.py",
+        lambda f, d: ["model=vit_tiny", f"model.weights={f}", f"data.root={d}"],
+        "file",
+        "'checkpoint_path'",
+    ),
+    "train_resume": (
+        "train.py",
+        lambda f, d: ["model=vit_tiny", f"ckpt_path={f}", f"data.root={d}"],
+        "timm_kwargs",
+        "'checkpoint_path'",
+    ),
+    "eval": ("eval.py", lambda f, d: [f"ckpt_path={f}", f"data.root={d}"], "instantiator", "'_instantiator'"),
+    "predict": ("predict.py", lambda f, d: [f"weights={f}", f"images={d / 'val'}"], "target", "'_target_'"),
+    "export": ("export.py", lambda f, d: [f"ckpt_path={f}"], "target", "'_target_'"),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
 def test_each_entry_point_refuses_an_edited_checkpoint(edited, entry, tmp_path):
     tmp, data, files = edited
-    if entry == "train_weights":
-        proc = run_cli(
-            "train.py",
-            "model=vit_tiny",
-            f"model.weights={files['file']}",
-            f"data.root={data}",
-            "logger=none",
-            "trainer=cpu",
-            f"hydra.run.dir={tmp_path / 'r'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
-        refused(proc, "'checkpoint_path'")
-    elif entry == "train_resume":
-        proc = run_cli(
-            "train.py",
-            "model=vit_tiny",
-            f"ckpt_path={files['timm_kwargs']}",
-            f"data.root={data}",
-            "logger=none",
-            "trainer=cpu",
-            f"hydra.run.dir={tmp_path / 'r'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
-        refused(proc, "'checkpoint_path'")
-    elif entry == "eval":
-        proc = run_cli(
-            "eval.py",
-            f"ckpt_path={files['instantiator']}",
-            f"data.root={data}",
-            f"hydra.run.dir={tmp_path / 'r'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
-        refused(proc, "'_instantiator'")
-    elif entry == "predict":
-        proc = run_cli(
-            "predict.py",
-            f"weights={files['target']}",
-            f"images={data / 'val'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
-        refused(proc, "'_target_'")
-    else:
-        proc = run_cli(
-            "export.py",
-            f"ckpt_path={files['target']}",
-            f"out={tmp_path / 'out'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
-        refused(proc, "'_target_'")
-        assert not (tmp_path / "out").exists()
+    script, args, edit, key = ENTRIES[entry]
+    extra = {"train.py": ["logger=none", "trainer=cpu"], "eval.py": [], "predict.py": [], "export.py": []}[
+        script
+    ]
+    if script in ("train.py", "eval.py"):
+        extra.append(f"hydra.run.dir={tmp_path / 'r'}")
+    if script == "export.py":
+        extra.append(f"out={tmp_path / 'out'}")
+    proc = run_cli(script, *args(files[edit], data), *extra, tmp_path=tmp_path, check=False)
+    refused(proc, key)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r" / "checkpoints").exists()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 
 import pytest
 import torch
 
-from vit_ft.checkpoint_format import HPARAM_KEYS
 from vit_ft.errors import ConfigError
 from vit_ft.weights.allowlist import check_arch, check_checkpoint_hparams
 from vit_ft.weights.arch import create_from_arch
@@ -20,12 +18,6 @@ FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "old_format" / "ema
 @pytest.fixture(scope="module")
 def hparams():
     return torch.load(FIXTURE, map_location="cpu", weights_only=True)["hyper_parameters"]
-
-
-def test_the_allowed_hyper_parameters_are_the_classifier_s_arguments():
-    from vit_ft.models.classifier import ViTClassifier
-
-    assert list(HPARAM_KEYS) == list(inspect.signature(ViTClassifier.__init__).parameters)[1:]
 
 
 def test_what_vit_ft_writes_passes(hparams):
