@@ -43,7 +43,9 @@ MARK = "<!-- model card written by vit-ft export.py; the next export into this f
 SINGLE_FILE_SUFFIXES = (".safetensors", ".onnx")
 ALL_CLASSES_UP_TO = 20  # more classes: the 10 best and the 10 worst
 TOP_BOTTOM = 10
-LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+\-]*$")  # the Hub's license ids: apache-2.0, mit, cc-by-4.0, other
+LICENSE_ID = re.compile(
+    r"^[a-z0-9][a-z0-9.+\-]*$"
+)  # the Hub's license ids: apache-2.0, mit, cc-by-4.0, other
 KEEP_PATH_KEYS = ("data.root", "data.name")  # the data the user gave stays in the reproduce command
 ABS_PATH = re.compile(r"(^|[\s,\[{(='\"])(~|/|[A-Za-z]:[\\/])")
 STREAMS = {"val": "validation", "test": "test"}  # metric prefix -> dataset split (val_ema -> validation)
@@ -139,7 +141,7 @@ def hub_id(weights: str | None) -> str | None:
     w = str(weights).strip()
     if w.startswith("hf-hub:"):
         return w[len("hf-hub:") :].split("@")[0] or None
-    if looks_like_path(w) or Path(w).expanduser().exists():
+    if looks_like_path(w.split("@")[0]) or Path(w).expanduser().exists():
         return None
     tag = timm_tag(w)
     if tag is not None:
@@ -147,7 +149,8 @@ def hub_id(weights: str | None) -> str | None:
 
         cfg = timm.models.get_pretrained_cfg(tag)
         return getattr(cfg, "hf_hub_id", None) or None
-    return w.split("@")[0] if w.count("/") == 1 else None
+    base = w.split("@")[0]
+    return base if base.count("/") == 1 else None
 
 
 # -- the run's data, results and command -------------------------------------------------------------
@@ -247,8 +250,13 @@ def results(origin: Origin) -> list[dict[str, Any]]:
     if is_best(origin) and number(best.get("score")) is not None:
         stream, _, metric = str(best.get("metric")).partition("/")
         rows.append(
-            {"name": name, "type": kind, "stream": stream, "values": {metric: float(best["score"])},
-             "what": "this checkpoint (the best by " + str(best.get("metric")) + ")"}
+            {
+                "name": name,
+                "type": kind,
+                "stream": stream,
+                "values": {metric: float(best["score"])},
+                "what": "this checkpoint (the best by " + str(best.get("metric")) + ")",
+            }
         )
     for section, what in (("final", "at the end of training"), ("test", "test split, after training")):
         for stream, values in stream_results(m.get(section) or {}).items():
@@ -256,7 +264,9 @@ def results(origin: Origin) -> list[dict[str, Any]]:
     for ev_cfg, ev in extra_evaluations(origin):
         _, ev_name, ev_kind = dataset_of(ev_cfg)
         for stream, values in stream_results(ev.get("metrics") or {}).items():
-            rows.append({"name": ev_name, "type": ev_kind, "stream": stream, "values": values, "what": "eval.py"})
+            rows.append(
+                {"name": ev_name, "type": ev_kind, "stream": stream, "values": values, "what": "eval.py"}
+            )
     return rows
 
 
@@ -307,8 +317,7 @@ def reproduce(run_dir: Path) -> tuple[str | None, list[str]]:
                 dropped.append(bare)
             continue
         kept.append(o)
-    script = "train.py"
-    return " ".join(["python", script, *(shlex.quote(o) if not o.endswith(">") else f"'{o}'" for o in kept)]), dropped
+    return " ".join(["python", "train.py", *map(shlex.quote, kept)]), dropped
 
 
 # -- the card -------------------------------------------------------------------------------------------
@@ -350,7 +359,7 @@ def transformers_snippet(where: str, classes: int) -> list[str]:
             f"model = AutoModelForImageClassification.from_pretrained({where!r}).eval()",
         ]
         tail = [
-            "    probs = model(**processor(images=image, return_tensors=\"pt\")).logits.softmax(-1)[0]",
+            '    probs = model(**processor(images=image, return_tensors="pt")).logits.softmax(-1)[0]',
             "print(model.config.id2label[probs.argmax().item()], round(probs.max().item(), 4))",
         ]
     else:
@@ -361,7 +370,7 @@ def transformers_snippet(where: str, classes: int) -> list[str]:
             f"model = AutoModel.from_pretrained({where!r}).eval()",
         ]
         tail = [
-            "    features = model(**processor(images=image, return_tensors=\"pt\")).last_hidden_state",
+            '    features = model(**processor(images=image, return_tensors="pt")).last_hidden_state',
             "print(features.shape)",
         ]
     return [
@@ -389,7 +398,11 @@ def timm_snippet(file_line: list[str], arch: dict[str, Any], pre: Preprocessing,
         "num_classes": classes,
     }
     eps = arch.get("layer_norm_eps")
-    norm = [f"    norm_layer=functools.partial(torch.nn.LayerNorm, eps={float(eps)!r}),"] if eps is not None else []
+    norm = (
+        [f"    norm_layer=functools.partial(torch.nn.LayerNorm, eps={float(eps)!r}),"]
+        if eps is not None
+        else []
+    )
     lines = [
         "```python",
         *(["import functools", ""] if norm else []),
@@ -416,8 +429,8 @@ def timm_snippet(file_line: list[str], arch: dict[str, Any], pre: Preprocessing,
     ]
     if classes:
         lines += [
-            "with safe_open(file, \"pt\") as f:  # the class names travel in the file",
-            f"    labels = json.loads(f.metadata()[{METADATA_KEY!r}])[\"class_names\"]",
+            'with safe_open(file, "pt") as f:  # the class names travel in the file',
+            f'    labels = json.loads(f.metadata()[{METADATA_KEY!r}])["class_names"]',
             "probs = out.softmax(-1)[0]",
             "print(labels[probs.argmax().item()], round(probs.max().item(), 4))",
         ]
@@ -427,7 +440,12 @@ def timm_snippet(file_line: list[str], arch: dict[str, Any], pre: Preprocessing,
 
 
 def usage_section(
-    exported: Exported, folder: Path, where: str, repo_id: str | None, arch: dict[str, Any], pre: Preprocessing,
+    exported: Exported,
+    folder: Path,
+    where: str,
+    repo_id: str | None,
+    arch: dict[str, Any],
+    pre: Preprocessing,
     classes: int,
 ) -> list[str]:
     out = ["## How to use", ""]
@@ -480,7 +498,10 @@ def classes_table(analysis: Analysis) -> list[str]:
     ranked = analysis.worst()
     best = list(reversed(ranked[-TOP_BOTTOM:]))
     worst = ranked[:TOP_BOTTOM]
-    out = [f"{len(classes)} classes; the {TOP_BOTTOM} best and the {TOP_BOTTOM} worst on {analysis.split}:", ""]
+    out = [
+        f"{len(classes)} classes; the {TOP_BOTTOM} best and the {TOP_BOTTOM} worst on {analysis.split}:",
+        "",
+    ]
     out += [f"**Best {TOP_BOTTOM}**", ""] + table(header, [row(c) for c in best])
     out += [f"**Worst {TOP_BOTTOM}**", ""] + table(header, [row(c) for c in worst])
     return out
@@ -511,7 +532,9 @@ def summary_rows(origin: Origin) -> list[list[str]]:
         rows.append(["EMA", f"decay {ema['decay']}, used for {ema.get('use_for')}"])
     lora = (cfg.get("model") or {}).get("lora") or {}
     if lora.get("rank"):
-        rows.append(["LoRA", f"rank {lora['rank']}, alpha {lora.get('alpha')} (merged into the exported weights)"])
+        rows.append(
+            ["LoRA", f"rank {lora['rank']}, alpha {lora.get('alpha')} (merged into the exported weights)"]
+        )
     return rows
 
 
@@ -560,7 +583,11 @@ def render(
     facts += f", {classes} classes." if classes else "."
     if origin.checkpoint is not None:
         start = origin.starting_weights
-        started = f"[{base}](https://huggingface.co/{base})" if base else (f"`{Path(start).name}`" if start else "random initialisation")
+        started = (
+            f"[{base}](https://huggingface.co/{base})"
+            if base
+            else (f"`{Path(start).name}`" if start else "random initialisation")
+        )
         out += [f"{facts} Fine-tuned with vit-ft from {started}."]
         if run is None:
             out += [
@@ -573,7 +600,11 @@ def render(
             f"{facts} Exported by vit-ft from `{origin.source}`, which is not a vit-ft training run: this card "
             "has no training summary, results or reproduce command.",
         ]
-    crop = f"resize to {size / pre.crop_pct:.0f} and central {size}×{size} crop" if pre.crop_pct else f"resize to {size}×{size}"
+    crop = (
+        f"resize to {size / pre.crop_pct:.0f} and central {size}×{size} crop"
+        if pre.crop_pct
+        else f"resize to {size}×{size}"
+    )
     out += [
         "",
         f"Preprocessing: {crop} ({pre.interpolation}), pixels in [0, 1] normalised with mean "

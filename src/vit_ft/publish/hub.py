@@ -55,7 +55,9 @@ def push_folder(
 
     folder = Path(folder)
     if hub_offline():
-        raise RunFault(f"push_to_hub={repo_id}: the Hub is offline (HF_HUB_OFFLINE=1), nothing uploaded; {later(repo_id, folder, revision)}")
+        raise RunFault(
+            f"push_to_hub={repo_id}: the Hub is offline (HF_HUB_OFFLINE=1), nothing uploaded; {later(repo_id, folder, revision)}"
+        )
     if api is None:
         if huggingface_hub.get_token() is None:
             raise RunFault(
@@ -77,14 +79,20 @@ def push_folder(
         )
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
-        what = {401: "not authorised (log in again: hf auth login, or set HF_TOKEN)",
-                403: "refused: the token may not write to this repository"}.get(status)
+        what = {
+            401: "not authorised (log in again: hf auth login, or set HF_TOKEN)",
+            403: "refused: the token may not write to this repository",
+        }.get(status)
         what = what or " ".join(str(e).split())[:200]
         raise RunFault(f"push_to_hub={repo_id}: {what}; {later(repo_id, folder, revision)}") from None
     except (OSError, ValueError) as e:  # no network (httpx's errors are OSError-like only in part)
-        raise RunFault(f"push_to_hub={repo_id}: {type(e).__name__}: {' '.join(str(e).split())[:200]}; {later(repo_id, folder, revision)}") from None
+        raise RunFault(
+            f"push_to_hub={repo_id}: {type(e).__name__}: {' '.join(str(e).split())[:200]}; {later(repo_id, folder, revision)}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - httpx.TransportError and the like: the network, not a bug
         if type(e).__module__.split(".")[0] not in ("httpx", "httpcore", "requests", "urllib3"):
             raise
-        raise RunFault(f"push_to_hub={repo_id}: cannot reach the Hub ({type(e).__name__}: {' '.join(str(e).split())[:160]}); {later(repo_id, folder, revision)}") from None
+        raise RunFault(
+            f"push_to_hub={repo_id}: cannot reach the Hub ({type(e).__name__}: {' '.join(str(e).split())[:160]}); {later(repo_id, folder, revision)}"
+        ) from None
     return str(getattr(info, "commit_url", None) or info)

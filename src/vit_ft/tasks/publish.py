@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from vit_ft.errors import ConfigError
-from vit_ft.publish import CARD, IMAGES_DIR, card_folder, check_card_folder, check_repo_id, push_folder, write_card
+from vit_ft.publish import (
+    CARD,
+    IMAGES_DIR,
+    card_folder,
+    check_card_folder,
+    check_repo_id,
+    push_folder,
+    write_card,
+)
 
 
 @dataclass
@@ -26,10 +34,6 @@ def check_publish(cfg: Any) -> None:
     card = cfg.get("card", True)
     if not isinstance(card, bool):
         raise ConfigError(f"card={card!r} must be true or false")
-    if repo and not card:
-        raise ConfigError(
-            f"push_to_hub={repo} needs the model card (card=false was given); drop card=false"
-        )
     if card:
         check_card_folder(str(cfg.out), cfg.get("license"))
 
