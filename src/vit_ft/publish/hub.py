@@ -33,6 +33,14 @@ def check_repo_id(repo_id: str) -> None:
         ) from None
 
 
+NETWORK_MODULES = ("httpx", "httpcore", "requests", "urllib3")  # and httpx2, httpcore2: what the client uses
+
+
+def network_error(e: BaseException) -> bool:
+    """An error of the HTTP client's transport (no network, refused connection, timeout)."""
+    return any(c.__module__.split(".")[0].startswith(NETWORK_MODULES) for c in type(e).__mro__)
+
+
 def later(repo_id: str, folder: Path, revision: str | None) -> str:
     rev = f" --revision {revision}" if revision else ""
     return f"the export is kept in {folder}; upload it later with: hf upload {repo_id} {folder}{rev}"
@@ -90,7 +98,7 @@ def push_folder(
             f"push_to_hub={repo_id}: {type(e).__name__}: {' '.join(str(e).split())[:200]}; {later(repo_id, folder, revision)}"
         ) from None
     except Exception as e:  # noqa: BLE001 - httpx.TransportError and the like: the network, not a bug
-        if type(e).__module__.split(".")[0] not in ("httpx", "httpcore", "requests", "urllib3"):
+        if not network_error(e):
             raise
         raise RunFault(
             f"push_to_hub={repo_id}: cannot reach the Hub ({type(e).__name__}: {' '.join(str(e).split())[:160]}); {later(repo_id, folder, revision)}"
