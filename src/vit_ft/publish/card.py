@@ -204,9 +204,12 @@ def wall_time(run: RunFiles) -> str | None:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def is_best(origin: Origin) -> bool:
-    best = ((origin.run.metrics or {}).get("best") or {}) if origin.run else {}
-    ckpt = best.get("checkpoint")
+def is_checkpoint(origin: Origin, which: str) -> bool:
+    """Whether the exported checkpoint is the run's ``best`` or ``last`` one (``metrics.json``'s ``checkpoints``)."""
+    m = (origin.run.metrics or {}) if origin.run else {}
+    ckpt = (m.get("checkpoints") or {}).get(which) or (
+        (m.get("best") or {}).get("checkpoint") if which == "best" else None
+    )
     return bool(ckpt and origin.checkpoint and Path(str(ckpt)).name == origin.checkpoint.name)
 
 
@@ -247,25 +250,40 @@ def results(origin: Origin) -> list[dict[str, Any]]:
     _, name, kind = dataset_of(cfg)
     rows = []
     best = m.get("best") or {}
-    if is_best(origin) and number(best.get("score")) is not None:
-        stream, _, metric = str(best.get("metric")).partition("/")
-        rows.append(
-            {
-                "name": name,
-                "type": kind,
-                "stream": stream,
-                "values": {metric: float(best["score"])},
-                "what": "this checkpoint (the best by " + str(best.get("metric")) + ")",
-            }
-        )
-    for section, what in (("final", "at the end of training"), ("test", "test split, after training")):
-        for stream, values in stream_results(m.get(section) or {}).items():
-            rows.append({"name": name, "type": kind, "stream": stream, "values": values, "what": what})
+    is_best, is_last = is_checkpoint(origin, "best"), is_checkpoint(origin, "last")
+
+    def add(values: dict[str, Any], what: str, ours: bool) -> None:
+        for stream, vals in stream_results(values).items():
+            rows.append(
+                {"name": name, "type": kind, "stream": stream, "values": vals, "what": what, "ours": ours}
+            )
+
+    if is_best and number(best.get("score")) is not None:
+        add({best.get("metric"): best["score"]}, f"this checkpoint (the best by {best.get('metric')})", True)
+    # final: the weights at the end of training; test: the best checkpoint's (train.py tests it)
+    add(
+        m.get("final") or {},
+        "at the end of training" + ("" if is_last else " (not this checkpoint)"),
+        is_last,
+    )
+    test_ours = is_best or (is_last and not best.get("checkpoint"))
+    add(
+        m.get("test") or {},
+        "the best checkpoint" + ("" if test_ours else " (not this checkpoint)"),
+        test_ours,
+    )
     for ev_cfg, ev in extra_evaluations(origin):
         _, ev_name, ev_kind = dataset_of(ev_cfg)
         for stream, values in stream_results(ev.get("metrics") or {}).items():
             rows.append(
-                {"name": ev_name, "type": ev_kind, "stream": stream, "values": values, "what": "eval.py"}
+                {
+                    "name": ev_name,
+                    "type": ev_kind,
+                    "stream": stream,
+                    "values": values,
+                    "what": "eval.py",
+                    "ours": True,
+                }
             )
     return rows
 
@@ -274,7 +292,7 @@ def eval_results(rows: list[dict[str, Any]]) -> list[Any]:
     from huggingface_hub import EvalResult
 
     out = []
-    for r in rows:
+    for r in (r for r in rows if r["ours"]):  # model-index: this model's results only
         split = STREAMS[r["stream"].split("_")[0]]
         ema = " (EMA weights)" if "_ema" in r["stream"] else ""
         for key, mtype, mname in METRICS:

@@ -127,25 +127,45 @@ def _card(origin: Origin, **kw) -> str:
     return render(**{**args, **kw})
 
 
-def test_model_index_holds_the_best_final_test_and_eval_results(tmp_path):
-    run, best = _fake_run(tmp_path)
-    origin = Origin(str(best), best, {"weights": "google/vit-base-patch32-384"}, {}, read_run(run))
+def _results(tmp_path: Path, origin: Origin) -> tuple[set, str]:
     (tmp_path / "README.md").write_text(_card(origin))
-    meta = metadata_load(tmp_path / "README.md")
-    assert meta["base_model"] == "google/vit-base-patch32-384" and meta["datasets"] == ["uoft-cs/cifar10"]
-    assert meta["license"] == "mit" and meta["pipeline_tag"] == "image-classification"
     card = ModelCard.load(tmp_path / "README.md")
     got = {
         (r.dataset_type, r.dataset_split, r.metric_name.split(",")[0], r.metric_value)
         for r in card.data.eval_results
     }
-    assert ("uoft-cs/cifar10", "validation", "Top-1 accuracy", 0.9123) in got  # the best checkpoint
-    assert ("uoft-cs/cifar10", "validation", "Top-5 accuracy", 0.99) in got  # final
-    assert ("uoft-cs/cifar10", "validation", "Top-1 accuracy (EMA weights)", 0.905) in got
-    assert ("uoft-cs/cifar10", "test", "Top-1 accuracy", 0.88) in got
-    assert ("imagenet-1k", "validation", "Top-1 accuracy", 0.7) in got  # eval.py of this checkpoint
-    assert 0.987 not in {r.metric_value for r in card.data.eval_results}  # train/* is no evaluation
-    assert "Classes: a, b\\|c, d." in card.text
+    return got, card.text
+
+
+def test_model_index_holds_this_checkpoints_results_only(tmp_path):
+    run, best = _fake_run(tmp_path)
+    origin = Origin(str(best), best, {"weights": "google/vit-base-patch32-384"}, {}, read_run(run))
+    got, text = _results(tmp_path, origin)
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["base_model"] == "google/vit-base-patch32-384" and meta["datasets"] == ["uoft-cs/cifar10"]
+    assert meta["license"] == "mit" and meta["pipeline_tag"] == "image-classification"
+    assert got == {
+        ("uoft-cs/cifar10", "validation", "Top-1 accuracy", 0.9123),  # the best checkpoint's score
+        ("uoft-cs/cifar10", "test", "Top-1 accuracy", 0.88),  # train.py tests the best checkpoint
+        ("imagenet-1k", "validation", "Top-1 accuracy", 0.7),  # eval.py of this checkpoint
+    }
+    assert (
+        "| uoft-cs/cifar10 | validation | at the end of training (not this checkpoint) | 90.0% | 99.0% |"
+        in text
+    )
+    assert "Classes: a, b\\|c, d." in text
+
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["checkpoints"] = {"best": str(best), "last": str(last)}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    got, _ = _results(tmp_path, Origin(str(last), last, {}, {}, read_run(run)))
+    assert got == {
+        ("uoft-cs/cifar10", "validation", "Top-1 accuracy", 0.9),
+        ("uoft-cs/cifar10", "validation", "Top-5 accuracy", 0.99),
+        ("uoft-cs/cifar10", "validation", "Top-1 accuracy (EMA weights)", 0.905),
+    }  # train/* is no evaluation; test and eval.py were of the best checkpoint
 
 
 def test_a_source_that_is_no_vit_ft_run_says_so_and_has_no_run_sections(tmp_path):
