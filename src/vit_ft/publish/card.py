@@ -597,7 +597,8 @@ def render(
     size = int(pre.img_size)
     what = f"A {arch['name']} image classifier" if classes else f"A {arch['name']} image encoder (no head)"
     out = [MARK, "", f"# {model_name}", "", "## What it is", ""]
-    facts = f"{what}: {params / 1e6:.1f}M parameters, {size}×{size} RGB input"
+    count = f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+    facts = f"{what}: {count} parameters, {size}×{size} RGB input"
     facts += f", {classes} classes." if classes else "."
     if origin.checkpoint is not None:
         start = origin.starting_weights
