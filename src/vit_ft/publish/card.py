@@ -684,16 +684,10 @@ def render(
     return text
 
 
-def copy_pictures(run: RunFiles, folder: Path) -> list[tuple[str, str]]:
-    """The run report's pictures copied into ``folder/images``: ``(title, relative path)``."""
-    out = []
-    for name, title in PICTURES:
-        src = run.run_dir / REPORT_DIR / name
-        if src.is_file():
-            (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, folder / IMAGES_DIR / name)
-            out.append((title, f"{IMAGES_DIR}/{name}"))
-    return out
+def report_pictures(run: RunFiles) -> list[tuple[str, Path, str]]:
+    """The run report's pictures that exist: ``(title, file, path beside the card)``."""
+    found = [(title, run.run_dir / REPORT_DIR / name, f"{IMAGES_DIR}/{name}") for name, title in PICTURES]
+    return [p for p in found if p[1].is_file()]
 
 
 def write_card(
@@ -718,7 +712,7 @@ def write_card(
     origin = read_origin(source)
     single = Path(out).suffix in SINGLE_FILE_SUFFIXES
     where = repo_id or (str(Path(out_text).parent) if single else out_text)
-    pictures = copy_pictures(origin.run, folder) if origin.run is not None else []
+    pictures = report_pictures(origin.run) if origin.run is not None else []
     model_name = repo_id.split("/")[-1] if repo_id else (Path(out).stem if single else Path(out).name)
     text = render(
         origin=origin,
@@ -732,8 +726,11 @@ def write_card(
         class_names=list(class_names or []),
         params=params,
         license=license,
-        pictures=pictures,
+        pictures=[(title, rel) for title, _, rel in pictures],
         version=__version__,
-    )
+    )  # rendered (and parsed back) before anything is written
+    for _, src, rel in pictures:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, folder / rel)
     write_text_atomic(folder / CARD, text)
-    return [folder / CARD, *(folder / rel for _, rel in pictures)]
+    return [folder / CARD, *(folder / rel for _, _, rel in pictures)]
