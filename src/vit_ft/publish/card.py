@@ -676,6 +676,12 @@ def render(
             ]
             if dropped:
                 out += [f"Left out (paths on the training machine): {', '.join(sorted(set(dropped)))}.", ""]
+            ckpt = origin.checkpoint.name if origin.checkpoint else "last.ckpt"
+            out += [
+                f"then `python export.py ckpt_path=<run folder>/checkpoints/{ckpt} out={model_name}` "
+                "writes these files and this card.",
+                "",
+            ]
         else:
             out += ["The run folder has no `.hydra/overrides.yaml`; see its `config_resolved.yaml`.", ""]
     out += ["---", "", f"Card written by vit-ft {version} (`export.py`).", ""]
