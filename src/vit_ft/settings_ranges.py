@@ -308,6 +308,10 @@ NOT_RANGED: dict[str, str] = {
     "backbone": "a timm model name (predict.py, export.py)",
     "timm_kwargs": "a mapping passed to timm.create_model (predict.py)",
     "quiet": _BOOL + " (predict.py)",
+    "card": _BOOL + " (export.py: README.md model card beside the export)",
+    "license": "a Hub license id (apache-2.0, mit, ...), checked by vit_ft.publish.card (export.py)",
+    "push_to_hub": "a Hub repository id org/name, checked by vit_ft.publish.hub (export.py)",
+    "hub": "export.py's push settings: hub.private (a boolean), hub.revision (a branch name or null)",
 }
 
 _ABSENT = object()

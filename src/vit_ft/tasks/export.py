@@ -14,7 +14,7 @@ Hydra output folder).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -23,6 +23,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.progress import heartbeat
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
+from vit_ft.tasks.publish import HubConfig, check_publish, finish_export
 from vit_ft.tasks.resume import refuse_live_run
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.io import check_weights_source
@@ -38,6 +39,10 @@ class ExportConfig(NoRunDirConfig):
     backbone: str | None = None
     img_size: int | None = None
     num_classes: int | None = None
+    card: bool = True  # README.md (model card) beside the export: vit_ft.publish.card
+    license: str | None = None  # the card's license (a Hub license id: apache-2.0, mit, ...)
+    push_to_hub: str | None = None  # org/name: upload the export (and its card) to the Hub
+    hub: HubConfig = field(default_factory=HubConfig)  # hub.private, hub.revision
 
 
 TIMM_FILE = "timm_model.safetensors"  # beside the transformers files with format=both
@@ -60,6 +65,7 @@ def export(cfg: DictConfig) -> list[Path]:
     if cfg.format not in ("both", "hf", "timm"):
         raise ConfigError(f"format={cfg.format!r} is not supported; use format=both, hf or timm")
     check_weights_source(str(source), "ckpt_path" if ckpt else "weights")
+    check_publish(cfg)  # card and Hub options: refuse before reading or writing anything
     with heartbeat(f"export: reading {source}"):
         bb = load_weights(
             str(source),
@@ -100,4 +106,5 @@ def export(cfg: DictConfig) -> list[Path]:
         print(f"exported {source} -> {paths[0]} (transformers: {hf_class}.from_pretrained)")
     if cfg.format in ("both", "timm"):
         print(f"exported {source} -> {paths[-1]} (timm safetensors)")
+    finish_export(cfg, out, str(source), bb, paths)  # the model card, the Hub push
     return paths
