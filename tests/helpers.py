@@ -13,10 +13,13 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.forkserver import fork_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,12 +98,31 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(script: str, *overrides: str, tmp_path: Path, check: bool = True, timeout: int = 300):
-    """Run ``python <script> overrides...`` from the repo root, as a user would."""
+_SERVER_HOME: Path | None = None
+
+
+def server_env() -> dict[str, str]:
+    """The fork server's environment: the shape of :func:`clean_env`, under a folder of its own."""
+    global _SERVER_HOME
+    if _SERVER_HOME is None:
+        _SERVER_HOME = Path(tempfile.mkdtemp(prefix="vit-ft-cli-server-"))
+    return clean_env(_SERVER_HOME)
+
+
+def run_cli(
+    script: str, *overrides: str, tmp_path: Path, check: bool = True, timeout: int = 300, fresh: bool = False
+):
+    """Run ``python <script> overrides...`` from the repo root, as a user would.
+
+    The command runs in its own process, forked from a server that has torch, Lightning and timm imported
+    (tests/forkserver.py); ``fresh=True`` (or ``VIT_FT_TEST_FRESH=1``) starts a new interpreter instead,
+    for tests about what happens while importing (warnings printed by an import)."""
     cmd = [sys.executable, str(ROOT / script), *overrides]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True, timeout=timeout
-    )
+    env = clean_env(tmp_path)
+    if fresh or os.environ.get("VIT_FT_TEST_FRESH") == "1":
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = fork_run(cmd, tmp_path, env, server_env(), timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
