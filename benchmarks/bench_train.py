@@ -53,7 +53,9 @@ def make_data(args: argparse.Namespace, n_batches: int) -> DataLoader:
     n = args.batch * n_batches
     x = torch.randint(0, 256, (n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, args.classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=False)
+    # pinned batches (gpu_report on CUDA): the host-to-device copy overlaps the step, as in vit-ft's loaders
+    pin = bool(getattr(args, "pin_memory", False))
+    return DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=False, pin_memory=pin)
 
 
 DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # else fp32

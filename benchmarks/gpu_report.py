@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+T_START = time.monotonic()  # the budget counts from here (before torch's import)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(ROOT, "src")
@@ -230,9 +231,10 @@ def deadline(seconds: float | None) -> Iterator[None]:
 class Report:
     """Rows, the time budget, and the markdown file rewritten after every section."""
 
-    def __init__(self, out: str, budget_s: float, title: str, clock: Callable[[], float] = time.monotonic):
-        self.out, self.budget_s, self.title, self.clock = out, float(budget_s), title, clock
-        self.t0 = clock()
+    def __init__(self, out: str, budget_s: float, title: str, t0: float | None = None) -> None:
+        """``t0``: when the budget started (``time.monotonic``), by default now."""
+        self.out, self.budget_s, self.title, self.clock = out, float(budget_s), title, time.monotonic
+        self.t0 = self.clock() if t0 is None else t0
         self.rows: list[Row] = []
         self.logs = os.path.splitext(out)[0] + ".logs"
 
@@ -353,6 +355,7 @@ class Context:
             warmup=s.warmup,
             device=self.device,
             compile_mode="default",
+            pin_memory=self.cuda,
         )
 
 
@@ -577,6 +580,7 @@ def loader_rate(ctx: Context, planned: bool) -> tuple[float, int]:
     """Images/s of the training loader over the generated JPEGs (one untimed epoch first), and the
     number timed. ``planned``: the ``decode_device=cuda`` path (on the CPU in a dry run without CUDA)."""
     from vit_ft.data.datamodule import ImageFolderDataModule
+    from vit_ft.data.device_decode import PlannedBatch
     from vit_ft.preprocessing import Preprocessing
 
     s = ctx.sizes
@@ -596,7 +600,7 @@ def loader_rate(ctx: Context, planned: bool) -> tuple[float, int]:
         if epoch == 1:
             t0 = time.perf_counter()
         for batch in loader:
-            if planned:
+            if isinstance(batch, PlannedBatch):
                 batch = dm.on_after_batch_transfer(batch.to(device, non_blocking=True), 0)
             x = batch[0]
             if epoch >= 1:
@@ -753,9 +757,8 @@ def run_report(args: argparse.Namespace) -> Report:
     if args.compile_backend is None:
         args.compile_backend = "eager" if args.dry_run and not torch.cuda.is_available() else "inductor"
     mode = "dry run (tiny sizes)" if args.dry_run else "full"
-    report = Report(
-        args.out, args.budget_s, f"vit-ft GPU report ({mode}), {time.strftime('%Y-%m-%d %H:%M %Z')}"
-    )
+    title = f"vit-ft GPU report ({mode}), {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    report = Report(args.out, args.budget_s, title, t0=T_START)
     est = sizes.estimates
     skip = set(args.skip)
     with tempfile.TemporaryDirectory(prefix="gpu_report_") as tmp:
