@@ -393,8 +393,10 @@ def _git_commit() -> str:
         head = subprocess.run(
             ["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
         )
-        if head.returncode != 0:
-            return "unknown (not a git checkout)"
+        if head.returncode != 0:  # a copy without .git: the commit may come from the environment
+            return (
+                os.environ.get("VIT_FT_GIT_COMMIT") or "unknown (not a git checkout; set VIT_FT_GIT_COMMIT)"
+            )
         dirty = subprocess.run(
             ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, run_cli
 
@@ -143,3 +144,11 @@ def test_budget_skips_what_does_not_fit_and_stops_what_overruns(tmp_path):
 )
 def test_known_device_peaks(name, table):
     assert _module().known_peak(name) == table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the full report")
+def test_full_report_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    assert _module().main(["--out", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no CUDA GPU here") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.md").exists()
