@@ -17,8 +17,8 @@ Sections (one or more table rows each), in this order:
 * fsdp: ``train.py trainer=fsdp`` for 5 steps (saving last.ckpt), the same command resumed to step 7,
   then ``export.py`` of its checkpoint; each a subprocess, as a user runs them.
 
-Each section is guarded: one that fails records its one-line error (the traceback goes to
-``<out>.logs/``) and the report goes on. ``--budget-s`` (default 480) bounds the whole run: a section whose
+Each section is guarded: one that fails records its one-line error (its traceback, and the output of
+the fsdp commands, go to ``<out>.logs/``) and the report goes on. ``--budget-s`` (default 480) bounds the whole run: a section whose
 estimate does not fit in what is left is skipped (marked), and one that overruns is stopped. The table is
 rewritten after every section, so an interrupted run still leaves what it measured.
 

@@ -39,7 +39,9 @@ def dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_report")
     out = tmp / "report.md"
     t0 = time.monotonic()
-    proc = run_cli("benchmarks/gpu_report.py", "--dry-run", "--out", str(out), tmp_path=tmp, timeout=900)
+    # a budget above the default: a busy test machine must not make the report skip sections
+    args = ("--dry-run", "--out", str(out), "--budget-s", "600")
+    proc = run_cli("benchmarks/gpu_report.py", *args, tmp_path=tmp, timeout=900)
     return proc, out.read_text(), time.monotonic() - t0
 
 
