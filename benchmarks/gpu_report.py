@@ -758,7 +758,7 @@ def run_report(args: argparse.Namespace) -> Report:
         args.workers = 2 if args.dry_run else min(16, os.cpu_count() or 1)
     if args.compile_backend is None:
         args.compile_backend = "eager" if args.dry_run and not torch.cuda.is_available() else "inductor"
-    mode = "dry run (tiny sizes)" if args.dry_run else "full"
+    mode = "dry run, tiny sizes" if args.dry_run else "full"
     title = f"vit-ft GPU report ({mode}), {time.strftime('%Y-%m-%d %H:%M %Z')}"
     report = Report(args.out, args.budget_s, title, t0=T_START)
     est = sizes.estimates
