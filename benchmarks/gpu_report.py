@@ -245,8 +245,9 @@ class Report:
         self.rows.extend(rows)
 
     def section(self, name: str, case: str, estimate: float, fn: Callable[[], list[Row]]) -> bool:
-        """Run ``fn`` (which returns its rows) guarded: skipped when ``estimate`` seconds do not fit in
-        the budget left, one FAILED row with the one-line error when it raises. True when it ran."""
+        """Run ``fn`` (which returns its rows, or adds them as it goes) guarded: skipped when ``estimate``
+        seconds do not fit in the budget left, one FAILED row with the one-line error when it raises.
+        True when it ran."""
         left = self.left()
         if estimate > left:
             self.add(
@@ -696,8 +697,10 @@ def _global_step(ckpt: str) -> int:
 
 
 def section_fsdp(ctx: Context, report: Report) -> list[Row]:
-    """5 steps + save, resume to step 7, export: three subprocesses into one run folder."""
-    run = os.path.join(ctx.tmp, "fsdp_run")
+    """5 steps + save, resume to step 7, export: three subprocesses into one run folder. Rows are added
+    as each command ends (a later failure keeps them). On CUDA, when the first command fails with the
+    defaults, it is tried once more with ``trainer.gradient_clip_val=null`` (Lightning's FSDP precision
+    plugin refuses clipping by norm), so that the save / resume / export rows still get measured."""
     exported = os.path.join(ctx.tmp, "fsdp_exported")
     os.makedirs(report.logs, exist_ok=True)
     log = os.path.join(report.logs, "fsdp.log")
@@ -707,42 +710,54 @@ def section_fsdp(ctx: Context, report: Report) -> list[Row]:
     else:
         strategy = ["trainer=cpu", "trainer.precision=32"]
         sec, how = "fsdp (dry run: strategy auto)", "trainer=cpu, strategy auto: torch's FSDP needs CUDA"
-    common = [
-        "data=imagefolder",
-        f"data.root={ctx.jpegs()}",
-        *ctx.sizes.fsdp_overrides,
-        *strategy,
-        "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0",
-        "callbacks.last_checkpoint.every_n_steps=5",
-        "scheduler.warmup_steps=2",
-        "logger=none",
-        "test=false",
-        f"hydra.run.dir={run}",
-    ]
+
+    def command(run: str, *extra: str) -> list[str]:
+        return [
+            "data=imagefolder",
+            f"data.root={ctx.jpegs()}",
+            *ctx.sizes.fsdp_overrides,
+            *strategy,
+            "trainer.enable_progress_bar=false",
+            "trainer.num_sanity_val_steps=0",
+            "callbacks.last_checkpoint.every_n_steps=5",
+            "scheduler.warmup_steps=2",
+            "logger=none",
+            "test=false",
+            *extra,
+            f"hydra.run.dir={run}",
+        ]
+
+    run, extra = os.path.join(ctx.tmp, "fsdp_run"), []
+    try:
+        s1, _ = _cli("train.py", [*command(run), "trainer.max_steps=5"], ctx.tmp, report.left(), log)
+    except RuntimeError as e:
+        if not ctx.cuda:
+            raise
+        report.add(Row(sec, "train.py: 5 steps + save, defaults", "FAILED", notes=one_line(e)))
+        run, extra = os.path.join(ctx.tmp, "fsdp_run_noclip"), ["trainer.gradient_clip_val=null"]
+        how += ", again with trainer.gradient_clip_val=null"
+        s1, _ = _cli("train.py", [*command(run, *extra), "trainer.max_steps=5"], ctx.tmp, report.left(), log)
     ckpt = os.path.join(run, "checkpoints", "last.ckpt")
-    rows = []
-    s1, _ = _cli("train.py", [*common, "trainer.max_steps=5"], ctx.tmp, report.left(), log)
     step = _global_step(ckpt)
     if step != 5:
         raise RuntimeError(f"last.ckpt after 5 steps is at step {step}")
     mb = os.path.getsize(ckpt) / 1e6
-    rows.append(
+    report.add(
         Row(sec, "train.py: 5 steps + save", f"{s1:.1f} s", notes=f"{how}; last.ckpt {mb:.0f} MB, step 5")
     )
-    s2, out = _cli("train.py", [*common, "trainer.max_steps=7"], ctx.tmp, report.left(), log)
+    s2, out = _cli("train.py", [*command(run, *extra), "trainer.max_steps=7"], ctx.tmp, report.left(), log)
     step = _global_step(ckpt)
     if step != 7 or "Restored all states" not in out:
         raise RuntimeError(f"the same command with trainer.max_steps=7 did not resume to step 7 (at {step})")
-    rows.append(
+    report.add(
         Row(sec, "train.py again: resume to step 7", f"{s2:.1f} s", notes="restored last.ckpt, step 5 -> 7")
     )
     s3, _ = _cli("export.py", [f"ckpt_path={ckpt}", f"out={exported}"], ctx.tmp, report.left(), log)
     files = sorted(os.listdir(exported))
     if not files:
         raise RuntimeError(f"export.py wrote nothing into {exported}")
-    rows.append(Row(sec, "export.py of the resumed last.ckpt", f"{s3:.1f} s", notes=", ".join(files)))
-    return rows
+    report.add(Row(sec, "export.py of the resumed last.ckpt", f"{s3:.1f} s", notes=", ".join(files)))
+    return []
 
 
 # -- main -------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ on), the time budget (skipped, or stopped), and the table of known devices' peak
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.util
+import os
 import re
 import sys
 import time
@@ -154,3 +156,50 @@ def test_full_report_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no CUDA GPU here") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.md").exists()
+
+
+def test_fsdp_on_cuda_retries_without_clipping_and_keeps_rows_done(tmp_path, monkeypatch):
+    """The CUDA-only branch, with the three commands faked: the defaults fail (Lightning's FSDP refuses
+    clipping by norm), the retry without clipping saves, resumes and exports; rows come as each ends."""
+    gr = _module()
+    calls = []
+
+    def fake_cli(script, args, cwd, timeout, log):
+        calls.append((script, args))
+        if script == "export.py":
+            out = next(a for a in args if a.startswith("out=")).split("=", 1)[1]
+            os.makedirs(out)
+            open(os.path.join(out, "model.safetensors"), "w").close()
+            return 1.0, ""
+        if "trainer.gradient_clip_val=null" not in args:
+            raise RuntimeError("train.py exited 1: MisconfigurationException: clipping by norm")
+        run = next(a for a in args if a.startswith("hydra.run.dir=")).split("=", 1)[1]
+        steps = int(next(a for a in args if a.startswith("trainer.max_steps=")).split("=")[1])
+        os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+        torch.save({"global_step": steps}, os.path.join(run, "checkpoints", "last.ckpt"))
+        return 2.0, "Restored all states from the checkpoint" if steps == 7 else ""
+
+    monkeypatch.setattr(gr, "_cli", fake_cli)
+    report = gr.Report(str(tmp_path / "r.md"), budget_s=60, title="t")
+    ctx = gr.Context(argparse.Namespace(), gr.DRY, str(tmp_path))
+    ctx.cuda, ctx._jpegs = True, str(tmp_path / "jpegs")
+    assert report.section("fsdp", "all", 1, lambda: gr.section_fsdp(ctx, report))
+    rows = _rows(report.markdown())
+    assert [(r["case"], r["result"]) for r in rows] == [
+        ("train.py: 5 steps + save, defaults", "FAILED"),
+        ("train.py: 5 steps + save", "2.0 s"),
+        ("train.py again: resume to step 7", "2.0 s"),
+        ("export.py of the resumed last.ckpt", "1.0 s"),
+    ]
+    assert "clipping by norm" in rows[0]["notes"] and "gradient_clip_val=null" in rows[1]["notes"]
+    assert [s for s, _ in calls] == ["train.py", "train.py", "train.py", "export.py"]
+    assert "trainer=fsdp" in calls[0][1] and all("trainer.gradient_clip_val=null" in a for _, a in calls[1:3])
+
+    # a later failure keeps the rows already done, then its own FAILED row
+    monkeypatch.setattr(
+        gr, "_cli", lambda script, *a: fake_cli(script, *a) if script != "export.py" else 1 / 0
+    )
+    report = gr.Report(str(tmp_path / "r2.md"), budget_s=60, title="t")
+    ctx.tmp = str(tmp_path / "again")
+    assert not report.section("fsdp", "all", 1, lambda: gr.section_fsdp(ctx, report))
+    assert [r["result"] for r in _rows(report.markdown())] == ["FAILED", "2.0 s", "2.0 s", "FAILED"]
