@@ -302,6 +302,14 @@ class Report:
         os.replace(tmp, self.out)
 
 
+def _native_bf16() -> bool:
+    """bf16 tensor cores (Ampere and later); V100 and T4 only emulate bf16: fp16 there."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch without the argument
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -319,7 +327,7 @@ class Context:
         self.cuda = torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
         if self.cuda:
-            self.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+            self.precision = "bf16-mixed" if _native_bf16() else "16-mixed"
         else:
             self.precision = "32-true"  # the dry run on CPU: fp32 (bf16 on most CPUs is emulated, slow)
         self.peak: float | None = None
