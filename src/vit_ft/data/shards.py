@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import re
 import sys
+import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -183,7 +184,7 @@ def _write_shard(task: tuple[str, int, int, int, str]) -> dict:
     path, tmp = os.path.join(out, name), os.path.join(out, name + ".tmp")
     labels, bad = [], []
     try:
-        with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
+        with open(tmp, "wb") as f, wds.TarWriter(f, format=tarfile.GNU_FORMAT) as sink:
             for i in range(start, end):
                 data, ext = _record_bytes(records, i)
                 if check:
