@@ -101,10 +101,15 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         index = write_shards(str(folder), str(tmp / "shards"), shard_size=args.shard_size, workers=2)
         n_shards = len(index["splits"]["train"]["shards"])
-        print(f"{args.images} images of {args.size} px -> {n_shards} shards in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"{args.images} images of {args.size} px -> {n_shards} shards in {time.perf_counter() - t0:.1f}s"
+        )
         f, s = modules(folder, tmp / "shards", index, args.img_size)
         print(f"\n{'one loader worker':<34}{'folder':>10}{'shards':>10}{'ratio':>8}")
-        for label, latency in (("images/s, local disk", 0.0), (f"images/s, +{args.latency * 1e3:g} ms per open", args.latency)):
+        for label, latency in (
+            ("images/s, local disk", 0.0),
+            (f"images/s, +{args.latency * 1e3:g} ms per open", args.latency),
+        ):
             if latency:
                 builtins.open = SlowOpen(str(tmp), latency)
             try:
@@ -119,8 +124,10 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         members = sum(1 for u in urls for _ in iter_members(u))
         dt = time.perf_counter() - t0
-        print(f"\nfast-forward (tar headers only): {dt / args.images * 1e4:.3f} s per 10,000 samples "
-              f"({members} members of {n_shards} shards read in {dt:.2f}s)")
+        print(
+            f"\nfast-forward (tar headers only): {dt / args.images * 1e4:.3f} s per 10,000 samples "
+            f"({members} members of {n_shards} shards read in {dt:.2f}s)"
+        )
 
         print(f"\n{'worker state per sample':<34}{'folder':>10}{'shards':>10}")
         a = len(pickle.dumps(f.splits["train"].index)) / args.images  # paths: grows with each name

@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import re
 import sys
-import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -184,7 +183,7 @@ def _write_shard(task: tuple[str, int, int, int, str]) -> dict:
     path, tmp = os.path.join(out, name), os.path.join(out, name + ".tmp")
     labels, bad = [], []
     try:
-        with open(tmp, "wb") as f, wds.TarWriter(f, format=tarfile.GNU_FORMAT) as sink:
+        with open(tmp, "wb") as f, wds.TarWriter(f) as sink:
             for i in range(start, end):
                 data, ext = _record_bytes(records, i)
                 if check:
@@ -242,8 +241,12 @@ def write_shards(
         sizes = np.array([_record_size(records, i) for i in range(len(records))], dtype=np.int64)
         plans[split] = plan_shards(sizes, target)
         for n, (a, b) in enumerate(plans[split]):
-            digest = _digest(check, on_bad_image, *(_stat_key(records, i) for i in range(a, b)),
-                             np.asarray(records.labels[a:b], np.int64).tobytes())
+            digest = _digest(
+                check,
+                on_bad_image,
+                *(_stat_key(records, i) for i in range(a, b)),
+                np.asarray(records.labels[a:b], np.int64).tobytes(),
+            )
             part = _finished(out, shard_name(split, n), digest)
             if part is not None:
                 done[shard_name(split, n)] = part
@@ -293,7 +296,9 @@ def write_shards(
         from vit_ft.data.scan import write_report
 
         bad = [(b["path"], b["reason"]) for b in index["bad_images"]]
-        write_report(os.path.join(out, "bad_images.csv"), bad, sum(len(r) for r in dm.splits.values()), source)
+        write_report(
+            os.path.join(out, "bad_images.csv"), bad, sum(len(r) for r in dm.splits.values()), source
+        )
     index["_written"], index["_skipped"] = len(results), skipped
     return index
 
@@ -329,13 +334,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dt = time.perf_counter() - t0
     for split, s in index["splits"].items():
-        print(f"{split}: {s['total']} images in {len(s['shards'])} shards: {os.path.join(args.out, s['pattern'])}")
+        print(
+            f"{split}: {s['total']} images in {len(s['shards'])} shards: {os.path.join(args.out, s['pattern'])}"
+        )
     print(
         f"{index['_written']} shards written, {index['_skipped']} already complete, in {dt:.1f}s; "
         f"index: {os.path.join(args.out, INDEX_NAME)}"
     )
     if index["bad_images"]:
-        print(f"{len(index['bad_images'])} unusable images left out; report: {os.path.join(args.out, 'bad_images.csv')}")
+        print(
+            f"{len(index['bad_images'])} unusable images left out; report: {os.path.join(args.out, 'bad_images.csv')}"
+        )
         for b in index["bad_images"][:20]:
             print(f"  {b['path']}: {b['reason']}")
     return 0

@@ -193,13 +193,17 @@ def load_split(spec: Any, split: str, index_url: str | None, key: str) -> tuple[
             counts.append(int(e["count"]))
             labels.extend(e["labels"])
     else:
-        log.warning("%s: no shard index (%s); reading every shard's headers to count its samples", key, index_url)
+        log.warning(
+            "%s: no shard index (%s); reading every shard's headers to count its samples", key, index_url
+        )
         for u in urls:
             got = scan_shard(u)
             counts.append(len(got))
             labels.extend(got)
         if any(c < 0 for c in labels):
-            raise ConfigError(f"{key}: a sample has no .cls label; write shards with python -m vit_ft.data.shards")
+            raise ConfigError(
+                f"{key}: a sample has no .cls label; write shards with python -m vit_ft.data.shards"
+            )
     return ShardSplit(urls, counts, np.asarray(labels, np.int64), split), index
 
 
@@ -306,7 +310,9 @@ class ShardReader:
                     if len(self.kept) < self.MAX_KEPT:
                         self.kept[idx] = (data, ext)
             if idx > j:
-                raise BadImageError(self.split.name(int(self.split.offsets[s]) + j), "no image file in the sample")
+                raise BadImageError(
+                    self.split.name(int(self.split.offsets[s]) + j), "no image file in the sample"
+                )
         raise ConfigError(
             f"shard {self.split.urls[s]} ends before sample {j}: it holds fewer samples than its index says; "
             "write the index again with the shards (python -m vit_ft.data.shards)"
@@ -471,7 +477,9 @@ class WebDatasetDataModule(ImageDataModule):
             world = self.trainer.world_size if self.trainer is not None else 1
             size = len(records) // world * world
             if size == 0:
-                raise ConfigError(f"the train shards hold {len(records)} samples, fewer than the {world} ranks")
+                raise ConfigError(
+                    f"the train shards hold {len(records)} samples, fewer than the {world} ranks"
+                )
         return ShardDataset(
             records,
             transform,

@@ -48,7 +48,7 @@ def _dm(train, *, rank=0, world=1, workers=0, crc=True, **kw) -> WebDatasetDataM
     dm.setup()
     dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
     if crc:  # each sample becomes the CRC of its stored bytes: which sample it is, exactly
-        dm.transform = lambda train: (lambda data: torch.tensor(zlib.crc32(data), dtype=torch.int64))
+        dm.transform = lambda train: lambda data: torch.tensor(zlib.crc32(data), dtype=torch.int64)
     return dm
 
 
@@ -78,7 +78,10 @@ def test_writer_stores_the_bytes_with_an_index_and_skips_finished_shards(folder,
     gone.unlink()
     (out / (gone.name + ".tmp")).write_bytes(b"partial")
     again = write_shards(str(folder), str(out), shard_size="19k", workers=1)
-    assert (again["_written"], again["_skipped"]) == (1, len(counts) + len(index["splits"]["val"]["shards"]) - 1)
+    assert (again["_written"], again["_skipped"]) == (
+        1,
+        len(counts) + len(index["splits"]["val"]["shards"]) - 1,
+    )
     assert gone.exists() and not (out / (gone.name + ".tmp")).exists()
     assert again["splits"] == index["splits"]
 
@@ -123,8 +126,9 @@ def test_epoch_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(shard
     assert not all(torch.equal(a, b) for a, b in zip(plain, other))  # reshuffled each epoch
     # a resumed epoch: the checkpoint says 5 batches of epoch 1 were trained on
     dm = _dm(train, workers=2)
-    dm.load_state_dict({"train_order": {"epoch": 1, "batches": 5, "seed": 0, "size": 60, "num_replicas": 1,
-                                        "batch_size": 4}})
+    dm.load_state_dict(
+        {"train_order": {"epoch": 1, "batches": 5, "seed": 0, "size": 60, "num_replicas": 1, "batch_size": 4}}
+    )
     rest = [b[0] for b in dm.train_dataloader()]
     assert len(rest) == len(plain) - 5 and all(torch.equal(a, b) for a, b in zip(plain[5:], rest))
 
@@ -134,8 +138,9 @@ def test_augmentation_draws_from_the_sample_position(shards):
     train = _train_pattern(out, index)
     full = _epoch(_dm(train, crc=False), 0)
     dm = _dm(train, crc=False, workers=2)
-    dm.load_state_dict({"train_order": {"epoch": 0, "batches": 7, "seed": 0, "size": 60, "num_replicas": 1,
-                                        "batch_size": 4}})
+    dm.load_state_dict(
+        {"train_order": {"epoch": 0, "batches": 7, "seed": 0, "size": 60, "num_replicas": 1, "batch_size": 4}}
+    )
     rest = [b[0] for b in dm.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(full[7:], rest)) and len(rest) == len(full) - 7
 
