@@ -147,8 +147,10 @@ def scan_shard(url: str) -> list[int]:
 class ShardSplit:
     """The records of one split of shards: ``len``, ``labels`` (index order: shard by shard), names."""
 
-    def __init__(self, urls: list[str], counts: list[int], labels: np.ndarray, split: str) -> None:
-        self.urls, self.split = list(urls), split
+    def __init__(
+        self, urls: list[str], counts: list[int], labels: np.ndarray, split: str, source: str | None = None
+    ) -> None:
+        self.urls, self.split, self.source = list(urls), split, source  # source: the index's fingerprint
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -168,7 +170,7 @@ class ShardSplit:
         return f"{self.urls[s]} (sample {j})"
 
     def fingerprint(self) -> str:
-        return json.dumps([self.urls, self.counts.tolist()])
+        return json.dumps([self.urls, self.counts.tolist(), self.source])
 
 
 def load_split(spec: Any, split: str, index_url: str | None, key: str) -> tuple[ShardSplit, dict | None]:
@@ -204,7 +206,8 @@ def load_split(spec: Any, split: str, index_url: str | None, key: str) -> tuple[
             raise ConfigError(
                 f"{key}: a sample has no .cls label; write shards with python -m vit_ft.data.shards"
             )
-    return ShardSplit(urls, counts, np.asarray(labels, np.int64), split), index
+    source = ((index or {}).get("source") or {}).get("fingerprint")
+    return ShardSplit(urls, counts, np.asarray(labels, np.int64), split, source), index
 
 
 # -- the epoch's order ---------------------------------------------------------------------------
