@@ -238,12 +238,15 @@ def write_shards(
     os.makedirs(os.path.join(out, ".parts"), exist_ok=True)
     tasks, done, plans = [], {}, {}
     for split, records in dm.splits.items():
+        own = getattr(records, "fingerprint", None)  # a data set's content hash (HF), if it has one
+        own = own() if callable(own) else None
         sizes = np.array([_record_size(records, i) for i in range(len(records))], dtype=np.int64)
         plans[split] = plan_shards(sizes, target)
         for n, (a, b) in enumerate(plans[split]):
             digest = _digest(
                 check,
                 on_bad_image,
+                own,
                 *(_stat_key(records, i) for i in range(a, b)),
                 np.asarray(records.labels[a:b], np.int64).tobytes(),
             )

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import random
-import tarfile
 from typing import Any
 
 import numpy as np
@@ -113,21 +112,92 @@ def _member_key(name: str) -> tuple[str, str]:
     return os.path.join(head, stem), ext.lower()
 
 
+def _read_exact(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:  # a pipe may return less
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _number(field: bytes) -> int:
+    """A tar header number: octal text, or GNU base-256 (first byte 0x80) for large sizes."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.strip(b"\0 ")
+    return int(text, 8) if text else 0
+
+
+def _pax(data: bytes) -> dict[bytes, bytes]:
+    out = {}
+    while data:
+        length = int(data.split(b" ", 1)[0])
+        key, _, value = data[:length].split(b" ", 1)[1][:-1].partition(b"=")
+        out[key], data = value, data[length:]
+    return out
+
+
 def iter_members(url: str):
-    """``(sample index in the shard, extension, member, tarfile)`` of every file of shard ``url``, the
-    sample index counting keys. Data is read only when the caller extracts a member."""
+    """``(sample index in the shard, extension, read)`` of every file of shard ``url`` (the sample index
+    counts keys); ``read()`` returns the file's bytes until the next member is asked for. Only headers are
+    parsed (ustar, GNU long names, pax paths and sizes); unread data is skipped with a seek (local files)
+    or read past (streams). Python's ``tarfile`` parses a header ~10x slower, which a reader of small
+    images pays on every sample."""
     f, seekable = open_url(url)
+
+    def skip(n: int) -> None:
+        if seekable:
+            f.seek(n, os.SEEK_CUR)
+        else:
+            while n > 0:
+                got = len(f.read(min(n, 1 << 20)))
+                if not got:
+                    return
+                n -= got
+
     try:
-        with tarfile.open(fileobj=f, mode="r:" if seekable else "r|") as tf:
-            last, idx = None, -1
-            while (m := tf.next()) is not None:
-                tf.members = []  # headers already read are not needed again: memory flat per shard
-                if not m.isfile():
-                    continue
-                key, ext = _member_key(m.name)
-                if key != last:
-                    idx, last = idx + 1, key
-                yield idx, ext, m, tf
+        last, idx, name_next, size_next = None, -1, None, None
+        while True:
+            hdr = _read_exact(f, 512)
+            if len(hdr) < 512 or not hdr.strip(b"\0"):
+                return
+            size = _number(hdr[124:136]) if size_next is None else size_next
+            typ, padded = hdr[156:157], (size + 511) & ~511
+            if typ in (b"L", b"x", b"g"):  # GNU long name / pax headers: the next member's name, size
+                meta = _read_exact(f, padded)[:size]
+                if typ == b"L":
+                    name_next = meta.rstrip(b"\0").decode("utf-8", "replace")
+                elif typ == b"x":
+                    pax = _pax(meta)
+                    name_next = pax[b"path"].decode("utf-8", "replace") if b"path" in pax else name_next
+                    size_next = int(pax[b"size"]) if b"size" in pax else None
+                continue
+            name = name_next
+            if name is None:
+                name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                prefix = hdr[345:500].split(b"\0", 1)[0] if hdr[257:263] == b"ustar\x00" else b""
+                if prefix:
+                    name = prefix.decode("utf-8", "replace") + "/" + name
+            name_next, size_next = None, None
+            if typ not in (b"0", b"\0", b"7"):  # not a regular file
+                skip(padded)
+                continue
+            key, ext = _member_key(name)
+            if key != last:
+                idx, last = idx + 1, key
+            done = [False]
+
+            def read(size: int = size, padded: int = padded, done: list = done) -> bytes:
+                done[0] = True
+                data = _read_exact(f, size)
+                skip(padded - size)
+                return data
+
+            yield idx, ext, read
+            if not done[0]:
+                skip(padded)
     finally:
         f.close()
 
@@ -135,11 +205,11 @@ def iter_members(url: str):
 def scan_shard(url: str) -> list[int]:
     """The labels (``.cls``; -1 when missing) of the samples of ``url``, in order (no index needed)."""
     labels: list[int] = []
-    for idx, ext, m, tf in iter_members(url):
+    for idx, ext, read in iter_members(url):
         while len(labels) <= idx:
             labels.append(-1)
         if ext == "cls":
-            labels[idx] = int(tf.extractfile(m).read().decode().strip())
+            labels[idx] = int(read().decode().strip())
     return labels
 
 
@@ -303,11 +373,11 @@ class ShardReader:
             self._open(s)
         if j in self.kept:
             return self.kept.pop(j)
-        for idx, ext, m, tf in self._it:
+        for idx, ext, read in self._it:
             self.cursor = idx
             if ext in _IMAGE_EXTS and (idx == j or (want is not None and want(idx))):
                 if idx not in self.kept:
-                    data = tf.extractfile(m).read()
+                    data = read()
                     if idx == j:
                         return data, ext
                     if len(self.kept) < self.MAX_KEPT:

@@ -241,3 +241,33 @@ def test_index_mismatch_and_missing_val_are_one_line_errors(shards, tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({**index, "splits": {"train": {"shards": []}}}))
     with pytest.raises(ConfigError, match="is not in the index"):
         _dm(str(other))
+
+
+def test_bench_shards_prints_folder_and_shards_side_by_side(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_shards.py"
+    spec = importlib.util.spec_from_file_location("bench_shards", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--images", "48", "--rounds", "1", "--latency", "0.001", "--shard-size", "40k"])
+    out = capsys.readouterr().out
+    assert "folder" in out and "shards" in out and "per 10,000 samples" in out
+    assert len([ln for ln in out.splitlines() if ln.startswith("images/s") and ln.endswith("x")]) == 2
+
+
+def test_writer_reads_a_hugging_face_data_set_as_stored(tmp_path):
+    import datasets
+
+    from tests.helpers import HF_NAMES, hf_dataset
+
+    saved = str(tmp_path / "saved")
+    datasets.DatasetDict(train=hf_dataset(8), validation=hf_dataset(4, seed=50)).save_to_disk(saved)
+    index = write_shards(saved, str(tmp_path / "out"), kind="hf", shard_size="1MB")
+    assert index["classes"] == list(HF_NAMES) and index["splits"]["train"]["total"] == 8
+    assert index["splits"]["val"]["total"] == 4
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
+        names = tf.getnames()
+        first = tf.extractfile("000000000.png").read()
+    assert "000000001.jpg" in names  # the format of the stored bytes (PNG, JPEG alternate)
+    assert first == hf_dataset(8)[0]["image"].tobytes() or first[:8] == b"\x89PNG\r\n\x1a\n"
