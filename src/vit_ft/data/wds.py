@@ -346,7 +346,7 @@ class ShardReader:
     """One process's reading state: one open shard, read forward; bytes of samples it will be asked for
     later (``want``) kept, every other one skipped by its header."""
 
-    MAX_KEPT = 100_000
+    MAX_KEPT = 10_000  # samples held back at most (a full buffer is ~data.shuffle_buffer); beyond: re-read
 
     def __init__(self, split: ShardSplit) -> None:
         self.split = split
