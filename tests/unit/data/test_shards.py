@@ -70,7 +70,7 @@ def test_writer_stores_the_bytes_with_an_index_and_skips_finished_shards(folder,
         first = tf.extractfile(names[0]).read()
     assert names[:2] == ["000000000.cls", "000000000.jpg"] or names[:2] == ["000000000.cls", "000000000.png"]
     src = sorted((folder / "train" / "circle").iterdir())[0]
-    assert tf is not None and first == str(train["shards"][0]["labels"][0]).encode()
+    assert first == str(train["shards"][0]["labels"][0]).encode()
     with tarfile.open(out / train["shards"][0]["name"]) as tf:
         assert tf.extractfile(names[1]).read() == src.read_bytes()  # as stored: no re-encoding
     # interrupted: one shard gone, a half-written .tmp left; the same command writes only that one
@@ -119,7 +119,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(shard
     out, index = shards
     train = _train_pattern(out, index)
     plain = _epoch(_dm(train, workers=0), 1)
-    assert torch.equal(torch.cat(plain).sort().values, torch.cat(plain).sort().values)
+    assert len(torch.cat(plain).unique()) == 60 - 60 % 4  # every sample once (but the dropped partial batch)
     two = _epoch(_dm(train, workers=2), 1)
     assert all(torch.equal(a, b) for a, b in zip(plain, two))  # independent of the worker count
     other = _epoch(_dm(train, workers=0), 2)
