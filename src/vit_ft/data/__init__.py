@@ -3,6 +3,7 @@
 from vit_ft.data.datamodule import ImageDataModule, ImageFolderDataModule, QuickstartDataModule
 from vit_ft.data.hf import HFDataModule
 from vit_ft.data.imagenet import ImageNetDataModule
+from vit_ft.data.wds import WebDatasetDataModule
 
 __all__ = [
     "HFDataModule",
@@ -10,4 +11,5 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "QuickstartDataModule",
+    "WebDatasetDataModule",
 ]
