@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -81,6 +80,7 @@ class LinearProbe(ClassifierSteps):
         self.num_classes = int(classifier.num_classes)
         self.in_loop = bool(in_loop)
         self.label_smoothing = float(classifier.label_smoothing)
+        self.loss = classifier.loss  # models/losses.py: label smoothing and model.class_weights
         self.optimizer_cfg = dict(classifier.optimizer_cfg)
         self.scheduler_cfg = dict(classifier.scheduler_cfg)
         if not isinstance(self.head, nn.Linear) or not self.head.weight.numel():
@@ -136,7 +136,7 @@ class LinearProbe(ClassifierSteps):
             return None
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, y)
         self._log_train(loss, y, logits)
         return loss
 

@@ -174,7 +174,7 @@ def test_streams_per_prefix_and_ema_streams_without_the_analysis():
     ev = with_ema["val_ema"]
     assert ev.extra is None and ev.acc5 is None  # 3 classes: no top-5
     ev.update(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
-    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1"]
+    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1", "val_ema/acc1_macro"]
 
 
 def test_the_loss_mean_weights_batches_and_stays_float32_under_a_bf16_module():
