@@ -196,7 +196,8 @@ def _two_ranks(rank: int, port: int, logits: torch.Tensor, y: torch.Tensor, out)
         full, empty = SingleLabelMetrics("val", 6, analysis=True), SingleLabelMetrics("val_ema", 6)
         for part in [slice(0, 10)] if rank == 0 else [slice(10, 18), slice(18, None)]:
             full.update(logits[part], y[part])  # the ranks' batches differ in count and size
-        out.put((rank, dict(full.compute()), dict(empty.compute())))  # no rank saw a batch: all skip
+        pairs = {k: float(v) for k, v in full.compute()}  # plain floats: no tensor outlives its process
+        out.put((rank, pairs, dict(empty.compute())))  # no rank saw a batch: all skip
     finally:
         dist.destroy_process_group()
 
