@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             acc1 = m["final"].get("val/acc1")
             rows.append((name, macro, acc1, time.perf_counter() - t0))
     base = rows[0][1]
-    print(f"train {':'.join(map(str, args.train))}, val {args.val} per class, {args.epochs} epochs, seed {args.seed}")
-    print(f"{'variant':<10} {'best val/acc1_macro':>20} {'ratio to plain':>15} {'final val/acc1':>15} {'time':>7}")
+    print(
+        f"train {':'.join(map(str, args.train))}, val {args.val} per class, {args.epochs} epochs, seed {args.seed}"
+    )
+    print(
+        f"{'variant':<10} {'best val/acc1_macro':>20} {'ratio to plain':>15} {'final val/acc1':>15} {'time':>7}"
+    )
     for name, macro, acc1, dt in rows:
         ratio = macro / base if base else float("nan")
         print(f"{name:<10} {macro:>20.3f} {ratio:>15.2f} {acc1:>15.3f} {dt:>6.0f}s")

@@ -39,8 +39,14 @@ def check_sampler(sampler: Any, samples_per_epoch: Any) -> tuple[str, int | None
     if sampler not in SAMPLERS:
         raise ConfigError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}; pick one of them")
     if samples_per_epoch is not None:
-        if isinstance(samples_per_epoch, bool) or not isinstance(samples_per_epoch, int) or samples_per_epoch < 1:
-            raise ConfigError(f"data.samples_per_epoch={samples_per_epoch!r} must be a positive integer or null")
+        if (
+            isinstance(samples_per_epoch, bool)
+            or not isinstance(samples_per_epoch, int)
+            or samples_per_epoch < 1
+        ):
+            raise ConfigError(
+                f"data.samples_per_epoch={samples_per_epoch!r} must be a positive integer or null"
+            )
         if sampler == "none":
             raise ConfigError(
                 f"data.samples_per_epoch={samples_per_epoch} needs a drawn order (data.sampler=balanced or "

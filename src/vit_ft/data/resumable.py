@@ -163,7 +163,9 @@ class WeightedEpochSampler(EpochSampler):
         self.total_size = self.num_samples * self.num_replicas
 
     def epoch_indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(_mix(_mix(int(self.seed) & _MASK) ^ self.epoch) ^ _SAMPLER_SALT >> 1)
+        g = torch.Generator().manual_seed(
+            _mix(_mix(int(self.seed) & _MASK) ^ self.epoch) ^ _SAMPLER_SALT >> 1
+        )
         if len(self.weights) <= 2**24:  # torch.multinomial's most categories
             drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
         else:  # the same distribution by the inverse CDF

@@ -64,7 +64,9 @@ def resolve_class_weights(spec: Any, counts: Any, num_classes: int) -> list[floa
     return [float(v) for v in values]
 
 
-def weighted_soft_target_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def weighted_soft_target_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """``sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic`` in float32 (see the module docstring)."""
     wy = target.float() * weight.float()
     return (-(wy * F.log_softmax(logits.float(), dim=-1)).sum()) / wy.sum().clamp_min(1e-12)
@@ -83,7 +85,9 @@ class SoftmaxLoss(nn.Module):
         w = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
         self.register_buffer("class_weights", w, persistent=False)
 
-    def forward(self, logits: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.class_weights is None:
             if soft is not None:
                 return soft_target_loss(logits, soft)

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
+from vit_ft.models.losses import resolve_class_weights
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.models.losses import resolve_class_weights
 from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary

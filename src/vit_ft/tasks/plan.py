@@ -185,9 +185,7 @@ def check_monitor(plan: RunPlan, num_classes: int) -> None:
     for key, node, leaf in monitored_keys(cfg):
         name = str(node.get(leaf))
         if name not in known:
-            raise ConfigError(
-                f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}"
-            )
+            raise ConfigError(f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}")
 
 
 def overridden(key: str) -> bool:
