@@ -212,6 +212,7 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         super().__init__()
         self.base = base
         self.seed = base.seed
+        self.sampler, self.samples_per_epoch = base.sampler, base.samples_per_epoch  # data.sampler
         self.features = features
         self.class_names = base.class_names
         self.splits = {k: v for k, v in base.splits.items() if k in features}
@@ -220,8 +221,10 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         f, bs = self.features[split], self.base.batch_for(train)
         ds = TensorDataset(f.features, f.labels)
-        sampler = self.epoch_sampler(ds, bs, with_seeds=False) if train else None
-        return LoaderPolicy().loader(ds, bs, train=train, sampler=sampler)  # in memory: no workers
+        if not train:
+            return LoaderPolicy().loader(ds, bs)  # in memory: no workers
+        sampler = self.epoch_sampler(ds, bs, with_seeds=False, labels=f.labels)
+        return LoaderPolicy().loader(ds, bs, train=True, sampler=sampler, epoch_size=self.epoch_size(ds))
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on
