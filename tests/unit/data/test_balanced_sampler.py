@@ -153,3 +153,19 @@ def test_a_loader_over_a_drawn_order_drops_the_last_partial_batch_of_the_drawn_e
     s = WeightedEpochSampler(ds, torch.ones(10, dtype=torch.float64), samples_per_epoch=20, seed=0)
     loader: DataLoader = LoaderPolicy().loader(ds, 8, train=True, sampler=s, epoch_size=20)
     assert len(loader) == batches_per_epoch(20, 1, 8) == 2
+
+
+def test_the_linear_probe_on_cached_features_draws_with_the_data_s_sampler():
+    from vit_ft.probe.features import SplitFeatures
+    from vit_ft.probe.linear import FeatureDataModule
+
+    base = ImageDataModule(batch_size=10, num_workers=0, sampler="balanced", samples_per_epoch=300)
+    base.class_names, base.splits = ["a", "b", "c"], {"train": None}
+    y = torch.as_tensor(LABELS)
+    feats = SplitFeatures(torch.zeros(len(y), 2), y, torch.arange(len(y)), len(y))
+    dm = FeatureDataModule(base, {"train": feats})
+    dm.trainer = None
+    loader = dm.train_dataloader()
+    assert len(loader) == 30  # data.samples_per_epoch=300, batch 10
+    drawn = torch.cat([b[1] for b in loader])
+    assert np.bincount(drawn.numpy(), minlength=3).min() > 70  # about 100 per class, not 261:26:13
