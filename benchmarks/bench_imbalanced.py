@@ -1,7 +1,7 @@
 """Imbalanced classes: what ``data.sampler=balanced`` and ``model.class_weights=balanced`` do to the
 mean per-class accuracy (``val/acc1_macro``) on a generated 60:6:6 folder with a balanced val split.
 
-    PYTHONPATH=src python benchmarks/bench_imbalanced.py [--epochs 12] [--train 60 6 6] [--val 30]
+    PYTHONPATH=src python benchmarks/bench_imbalanced.py [--epochs 6] [--train 60 6 6] [--val 30]
 
 Three ``train.py`` configs (a tiny ViT from scratch, on the CPU), in process, on the same folder and
 seed: plain, ``data.sampler=balanced``, ``model.class_weights=balanced``; printed side by side with the
@@ -104,7 +104,7 @@ def run(root: str, out: str, extra: list[str], epochs: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train", type=int, nargs="+", default=[60, 6, 6])
     ap.add_argument("--val", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)

@@ -121,7 +121,7 @@ class EpochSampler(DistributedSampler):
 
 
 SAMPLERS = ("none", "balanced", "sqrt")
-_SAMPLER_SALT = 0x5EED_BA1A_4CED  # the weighted draws' stream, apart from the sample seeds'
+_SAMPLER_SALT = 0x2F76_DD0D_2676  # the weighted draws' stream, apart from the sample seeds'
 
 
 def class_sampling_weights(labels: Any, mode: str) -> torch.Tensor:
@@ -163,9 +163,7 @@ class WeightedEpochSampler(EpochSampler):
         self.total_size = self.num_samples * self.num_replicas
 
     def epoch_indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(
-            _mix(_mix(int(self.seed) & _MASK) ^ self.epoch) ^ _SAMPLER_SALT >> 1
-        )
+        g = torch.Generator().manual_seed(_mix(_mix(int(self.seed) & _MASK) ^ self.epoch) ^ _SAMPLER_SALT)
         if len(self.weights) <= 2**24:  # torch.multinomial's most categories
             drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
         else:  # the same distribution by the inverse CDF
