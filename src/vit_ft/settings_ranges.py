@@ -72,9 +72,13 @@ RANGES: dict[str, Range] = {
     "data.eval_crop": EVAL_CROP,
     "data.shuffle_buffer": ZERO_UP,  # hf streaming; 0: no shuffling
     "data.class_index": OneOf(("ilsvrc", "present")),  # imagenet
+    "data.sampler": OneOf(("none", "balanced", "sqrt")),  # vit_ft.data.resumable.SAMPLERS
+    "data.samples_per_epoch": COUNT_OR_NULL,  # with data.sampler=balanced|sqrt
     # -- conf/model/*.yaml ---------------------------------------------------------------------------
     "model.img_size": COUNT_OR_NULL,  # eval.py: null keeps the weights' own
     "model.label_smoothing": Num(0, 1, hi_open=True),
+    # inverse frequency, or one positive weight per class (the length is checked against the data)
+    "model.class_weights": AnyOf((OneOf(("balanced",)), ListOf(Num(lo=0, lo_open=True))), null=True),
     "model.drop_path_rate": Num(0, 1, hi_open=True),  # 1 would drop every block (and divide by 0)
     "model.preprocessing_override.mean": ListOf(Num(0, 1), length=3, null=True),  # of pixels in [0, 1]
     "model.preprocessing_override.std": ListOf(Num(0, 1, lo_open=True), length=3, null=True),
@@ -215,6 +219,7 @@ NOT_RANGED: dict[str, str] = {
     "task_name": "a free-form name (the run folder's)",
     "ckpt_path": "a path, auto or null; its file is checked by check_user_files",
     "optimized_metric": "a metric name (any logged metric)",
+    "monitor": "a logged metric name, checked against the evaluator's names (tasks/plan.check_monitor)",
     "test": _BOOL,
     "predictions": _BOOL + "; eval.py checks it with its own line",
     "data.root": _PATH,

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vit_ft.data.bad_images import BadImageLedger
@@ -23,12 +24,35 @@ from vit_ft.data.folder import index_image_folder
 from vit_ft.data.loader_policy import LoaderPolicy, loader_batch, per_device_batch
 from vit_ft.data.quickstart import make_quickstart_dataset
 from vit_ft.data.records import FileRecords, IndexedDataset, TransformedDataset, collate_skipping_none
-from vit_ft.data.resumable import ResumableOrder
+from vit_ft.data.resumable import SAMPLERS, ResumableOrder
+from vit_ft.data.scan import imbalance_summary
 from vit_ft.data.transforms import build_eval_transform, build_train_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+
+
+def check_sampler(sampler: Any, samples_per_epoch: Any) -> tuple[str, int | None]:
+    """``data.sampler`` and ``data.samples_per_epoch``, checked."""
+    sampler = "none" if sampler is None else str(sampler)
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}; pick one of them")
+    if samples_per_epoch is not None:
+        if (
+            isinstance(samples_per_epoch, bool)
+            or not isinstance(samples_per_epoch, int)
+            or samples_per_epoch < 1
+        ):
+            raise ConfigError(
+                f"data.samples_per_epoch={samples_per_epoch!r} must be a positive integer or null"
+            )
+        if sampler == "none":
+            raise ConfigError(
+                f"data.samples_per_epoch={samples_per_epoch} needs a drawn order (data.sampler=balanced or "
+                "sqrt); with data.sampler=none an epoch is one pass over the data"
+            )
+    return sampler, samples_per_epoch
 
 
 class ImageDataModule(ResumableOrder, L.LightningDataModule):
@@ -49,8 +73,11 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         persistent_workers: bool = True,
         decode_device: str = "cpu",
         eval_crop: Any = "auto",
+        sampler: str = "none",
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
+        self.sampler, self.samples_per_epoch = check_sampler(sampler, samples_per_epoch)
         self.eval_crop = parse_eval_crop(eval_crop)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer (e.g. 512)")
@@ -154,6 +181,18 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
                 raise ConfigError(
                     "the validation split is empty; add a val/ folder or raise data.val_fraction (e.g. 0.1)"
                 )
+            counts = self.class_counts("train")
+            if counts is not None:
+                log.info("%s", imbalance_summary(counts, self.class_names))
+
+    def class_counts(self, split: str = "train") -> np.ndarray | None:
+        """Images per class (int64 ``[num_classes]``) of ``split``; None for a streamed one (no labels
+        up front)."""
+        labels = getattr((self.splits or {}).get(split), "labels", None)
+        if labels is None or self.class_names is None:
+            return None
+        labels = np.asarray(labels)
+        return np.bincount(labels[labels >= 0], minlength=len(self.class_names)).astype(np.int64)
 
     # -- loaders --------------------------------------------------------------------------------
     def train_with_eval_transform(self) -> None:
@@ -193,8 +232,18 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
             transform, collate = plan_in_workers(transform, collate, split)
         ds = self.dataset(split, transform, train)
         bs = self.batch_for(train)
-        sampler = self.epoch_sampler(ds, bs) if train and not isinstance(ds, IterableDataset) else None
-        return self.loader_policy.loader(ds, bs, train=train, sampler=sampler, collate_fn=collate)
+        if train and isinstance(ds, IterableDataset) and self.sampler != "none":
+            raise ConfigError(
+                f"data.sampler={self.sampler} needs a data set of known size; a streamed one is read in "
+                "its own order: use data.sampler=none or data.streaming=false"
+            )
+        if not (train and not isinstance(ds, IterableDataset)):
+            return self.loader_policy.loader(ds, bs, train=train, collate_fn=collate)
+        labels = getattr(self.splits[split], "labels", None) if self.sampler != "none" else None
+        sampler = self.epoch_sampler(ds, bs, labels=labels)
+        return self.loader_policy.loader(
+            ds, bs, train=train, sampler=sampler, collate_fn=collate, epoch_size=self.epoch_size(ds)
+        )
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:
         """``(record index, image, label)`` batches of ``split`` with the eval transform, in record order,

@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from vit_ft.checkpoint_format import (
     MODEL_PREFIX,
@@ -26,11 +25,12 @@ from vit_ft.checkpoint_format import (
     strip_prefix,
 )
 from vit_ft.errors import ConfigError
-from vit_ft.models.augment import DeviceAugment, soft_target_loss
+from vit_ft.models.augment import DeviceAugment
 from vit_ft.models.backbone import build_network
 from vit_ft.models.compile import CompiledForward
 from vit_ft.models.ema import build_ema
 from vit_ft.models.features import network_logits, pre_logits
+from vit_ft.models.losses import build_loss
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
 from vit_ft.weights.allowlist import check_checkpoint_hparams
@@ -54,6 +54,7 @@ class ViTClassifier(ClassifierSteps):
         freeze_backbone: bool = False,
         reset_head: bool = False,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | str | None = None,
         drop_path_rate: float = 0.0,
         timm_kwargs: dict[str, Any] | None = None,
         preprocessing_override: dict[str, Any] | None = None,
@@ -111,6 +112,7 @@ class ViTClassifier(ClassifierSteps):
         # optimizer.* and scheduler.* come from the config (conf/optimizer, conf/scheduler): no recipe here.
         self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
         self.augment = DeviceAugment(mixup, random_erasing, self.label_smoothing, self.num_classes)
+        self.loss = build_loss(self.num_classes, self.label_smoothing, class_weights)  # models/losses.py
         # The EMA copies the network as it is now, so this stays after every change to it.
         self.ema = build_ema(self.model, ema)
         self.compile_enabled, self.compile_mode = compile, str(compile_mode)
@@ -179,10 +181,7 @@ class ViTClassifier(ClassifierSteps):
             self.compiled.probe(x)  # compile forward and backward once, or fall back to eager
         x, soft = self.augment(x, y)  # random erasing, then mixup/cutmix (soft targets)
         logits = self.net(x)
-        if soft is not None:
-            loss = soft_target_loss(logits, soft)
-        else:
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, y, soft)
         self._log_train(loss, y, logits if soft is None else None)
         return loss
 

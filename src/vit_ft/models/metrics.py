@@ -3,8 +3,8 @@
 An evaluator is updated with ``(logits, targets)`` per batch and, at the end of the epoch, gives the
 ``(name, value)`` pairs the module logs, gathered over ranks (torchmetrics' ``compute`` is the
 collective; every rank calls it). :class:`SingleLabelMetrics` is the single-label one: loss, top-1,
-top-5 (with 5 or more classes) and, for ``val``/``test``, the analysis (confusion matrix, ECE,
-reliability bins, mean-per-class accuracy). Metric states are not persistent: checkpoints hold none.
+top-5 (with 5 or more classes), mean-per-class accuracy and, for ``val``/``test``, the analysis
+(confusion matrix, ECE, reliability bins). Metric states are not persistent: checkpoints hold none.
 """
 
 from __future__ import annotations
@@ -119,6 +119,32 @@ class AnalysisMetrics(torch.nn.Module):
             m.reset()
 
 
+class PerClassCounts(Metric):
+    """Images and right top-1 answers per class (sums, so DDP adds the ranks'); ``compute``: their mean
+    per-class accuracy over the classes with images (NaN without any): ``acc1_macro`` in O(K) memory."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        k = int(num_classes)
+        self.add_state("images", torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("right", torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        target = target.long()
+        right = (logits.argmax(dim=1) == target).long()
+        self.images.index_put_((target,), torch.ones_like(target), accumulate=True)
+        self.right.index_put_((target,), right, accumulate=True)
+
+    def compute(self) -> float:
+        images, right = self.images.cpu().double(), self.right.cpu().double()
+        has = images > 0
+        return float((right[has] / images[has]).mean()) if bool(has.any()) else float("nan")
+
+
 class MeanLoss(Metric):
     """The per-image mean of batch losses (each weighted by its batch size), as Lightning's epoch mean of
     a logged tensor is. The sum stays float32 whatever dtype a precision setting casts the module to."""
@@ -166,10 +192,15 @@ class Evaluator(nn.Module):
     def compute(self, analysis: bool = True) -> list[tuple[str, Any]]:
         raise NotImplementedError
 
+    def names(self) -> list[str]:
+        """Every ``<prefix>/<metric>`` name :meth:`compute` may give (what ``monitor`` may name)."""
+        raise NotImplementedError
+
 
 class SingleLabelMetrics(Evaluator):
-    """``<prefix>/loss`` (cross-entropy), ``acc1``, ``acc5`` (``num_classes >= 5``) and, with
-    ``analysis=True``, ``acc1_macro`` and ``ece`` (:attr:`analysis`: confusion, ece, reliability, acc1_macro)."""
+    """``<prefix>/loss`` (cross-entropy), ``acc1``, ``acc5`` (``num_classes >= 5``), ``acc1_macro`` (the
+    mean of the per-class accuracies, from a confusion matrix: what ``monitor=val/acc1_macro`` follows)
+    and, with ``analysis=True``, ``ece`` (:attr:`analysis`: confusion, ece, reliability, acc1_macro)."""
 
     progress = ("loss", "acc1")
 
@@ -180,6 +211,12 @@ class SingleLabelMetrics(Evaluator):
         self.acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
         self.acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro") if k >= 5 else None
         self.extra = AnalysisMetrics(k) if analysis else None
+        # acc1_macro's counts: the analysis' confusion matrix, or per-class counts of its own
+        self.per_class = None if analysis else PerClassCounts(k)
+        self.num_classes = k
+
+    def names(self) -> list[str]:
+        return stream_metric_names(self.prefix, self.num_classes, self.extra is not None)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         self.loss.update(F.cross_entropy(logits.float(), target), target.shape[0])
@@ -188,27 +225,50 @@ class SingleLabelMetrics(Evaluator):
             self.acc5.update(logits, target)
         if self.extra is not None:
             self.extra.update(logits, target)
+        else:
+            self.per_class.update(logits, target)
 
     def compute(self, analysis: bool = True) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         self.analysis = None
+        res = self.extra.compute() if self.extra is not None and analysis else None
         if _synced_count(self.loss):  # the same answer on every rank: all compute, or none
             out += [("loss", self.loss.compute()), ("acc1", self.acc1.compute())]
             if self.acc5 is not None:
                 out.append(("acc5", self.acc5.compute()))
-        if self.extra is not None and analysis:
-            res = self.extra.compute()
-            macro = per_class_accuracy(res["confusion"])[1]
-            macro = float("nan") if macro is None else macro
-            out += [("acc1_macro", macro), ("ece", res["ece"])]
+            if res is not None:
+                macro = _macro(res["confusion"])
+            elif self.extra is not None:  # the sanity check: the analysis is not computed
+                macro = _macro(self.extra.confusion.compute().cpu().numpy())
+            else:
+                macro = self.per_class.compute()
+            out.append(("acc1_macro", macro))
+        if res is not None:
+            macro = _macro(res["confusion"])
+            if not out:  # no image: the analysis still says NaN
+                out.append(("acc1_macro", macro))
+            out.append(("ece", res["ece"]))
             self.analysis = {"acc1_macro": macro, **res}
         self.reset()
         return [(f"{self.prefix}/{name}", value) for name, value in out]
 
     def reset(self) -> None:
-        for m in (self.loss, self.acc1, self.acc5, self.extra):
+        for m in (self.loss, self.acc1, self.acc5, self.extra, self.per_class):
             if m is not None:
                 m.reset()
+
+
+def stream_metric_names(prefix: str, num_classes: int, analysis: bool) -> list[str]:
+    """The names a :class:`SingleLabelMetrics` stream gives (``<prefix>/<metric>``)."""
+    out = ["loss", "acc1"] + (["acc5"] if int(num_classes) >= 5 else []) + ["acc1_macro"]
+    out += ["ece"] if analysis else []
+    return [f"{prefix}/{n}" for n in out]
+
+
+def _macro(confusion: Any) -> float:
+    """Mean per-class accuracy of a confusion matrix (classes with images); NaN without any."""
+    macro = per_class_accuracy(np.asarray(confusion))[1]
+    return float("nan") if macro is None else float(macro)
 
 
 def _synced_count(m: MeanLoss) -> int:
@@ -217,6 +277,18 @@ def _synced_count(m: MeanLoss) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(count)
     return int(count)
+
+
+TRAIN_METRICS = ("train/loss", "train/acc1", "train/lr")  # what ClassifierSteps._log_train logs
+
+
+def known_metric_names(num_classes: int, ema: bool) -> list[str]:
+    """Every metric a training run of a ``num_classes`` classifier logs while it trains (the train
+    steps' and the validation streams'): what ``monitor`` and ``optimized_metric`` may name."""
+    names = stream_metric_names("val", num_classes, analysis=True)
+    if ema:
+        names += stream_metric_names("val_ema", num_classes, analysis=False)
+    return names + list(TRAIN_METRICS)
 
 
 def eval_streams(num_classes: int, ema: bool) -> nn.ModuleDict:

@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -81,6 +80,7 @@ class LinearProbe(ClassifierSteps):
         self.num_classes = int(classifier.num_classes)
         self.in_loop = bool(in_loop)
         self.label_smoothing = float(classifier.label_smoothing)
+        self.loss = classifier.loss  # models/losses.py: label smoothing and model.class_weights
         self.optimizer_cfg = dict(classifier.optimizer_cfg)
         self.scheduler_cfg = dict(classifier.scheduler_cfg)
         if not isinstance(self.head, nn.Linear) or not self.head.weight.numel():
@@ -136,7 +136,7 @@ class LinearProbe(ClassifierSteps):
             return None
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, y)
         self._log_train(loss, y, logits)
         return loss
 
@@ -212,6 +212,7 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         super().__init__()
         self.base = base
         self.seed = base.seed
+        self.sampler, self.samples_per_epoch = base.sampler, base.samples_per_epoch  # data.sampler
         self.features = features
         self.class_names = base.class_names
         self.splits = {k: v for k, v in base.splits.items() if k in features}
@@ -220,8 +221,10 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         f, bs = self.features[split], self.base.batch_for(train)
         ds = TensorDataset(f.features, f.labels)
-        sampler = self.epoch_sampler(ds, bs, with_seeds=False) if train else None
-        return LoaderPolicy().loader(ds, bs, train=train, sampler=sampler)  # in memory: no workers
+        if not train:
+            return LoaderPolicy().loader(ds, bs)  # in memory: no workers
+        sampler = self.epoch_sampler(ds, bs, with_seeds=False, labels=f.labels)
+        return LoaderPolicy().loader(ds, bs, train=True, sampler=sampler, epoch_size=self.epoch_size(ds))
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
+from vit_ft.models.losses import resolve_class_weights
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan
+from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
@@ -125,8 +126,15 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
     datamodule = build_datamodule(cfg, "fit")
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
+    check_monitor(plan, len(class_names))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("class_weights") is not None:  # balanced: from the train split's counts
+        model_cfg["class_weights"] = resolve_class_weights(
+            model_cfg["class_weights"], datamodule.class_counts("train"), len(class_names)
+        )
+        log.info("class weights: %s", [round(w, 4) for w in model_cfg["class_weights"]])
     model = instantiate(
-        OmegaConf.to_container(cfg.model, resolve=True),
+        model_cfg,
         num_classes=len(class_names),
         class_names=class_names,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

@@ -1,7 +1,8 @@
 """The run plan: what a task decides from its composed config before building anything, decided once.
 
 :func:`make_plan` checks the config (:func:`check_config`, the one place config checks run), settles
-what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_for=eval`` follows),
+what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_for=eval`` follows, the
+``monitor`` metric and its mode),
 reads the checkpoint to resume from once (one :func:`check_checkpoint_file`, one
 ``torch.load(weights_only=True)``), decides the resume (``ckpt_path`` auto/explicit/none, a finished
 run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan.
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
+from vit_ft.models.metrics import known_metric_names
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
@@ -54,6 +56,8 @@ class RunPlan:
     checkpoint_hparams: dict[str, Any] | None = None  # ckpt_path's hyper_parameters, read once
     resuming_own_run: bool = False  # ckpt_path is this run folder's own last.ckpt (same wandb run)
     finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
+    monitor: str = "val/acc1"  # the metric the best checkpoint, early stopping and the summary follow
+    monitor_mode: str = "max"  # max or min (a loss, the calibration error)
 
 
 # -- checks that end a run before it starts ---------------------------------------------------------
@@ -132,18 +136,56 @@ def follow_ema(cfg: DictConfig) -> None:
         )
     if not ema_chosen(ema, "eval"):
         return
-    keys = [("optimized_metric", cfg)] + [
-        (f"callbacks.{n}.monitor", cb)
-        for n, cb in (cfg.get("callbacks") or {}).items()
-        if cb is not None and isinstance(cb.get("monitor"), str)
-    ]
     with open_dict(cfg):
-        for key, node in keys:
-            leaf = key.rsplit(".", 1)[-1]
+        for key, node, leaf in monitored_keys(cfg):  # monitor first: what follows ${monitor} follows it
             value = node.get(leaf)
             if isinstance(value, str) and value.startswith("val/") and not overridden(key):
                 node[leaf] = "val_ema/" + value[len("val/") :]
                 log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
+
+
+def metric_mode(name: str) -> str:
+    """``min`` for a metric that is better lower (a loss, the calibration error), else ``max``."""
+    leaf = str(name).rsplit("/", 1)[-1].lower()
+    return "min" if "loss" in leaf or leaf in ("ece", "lr") else "max"
+
+
+def monitored_keys(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """``(key, node, leaf)`` of every metric name the run follows: ``monitor``, ``optimized_metric``
+    and each callback's ``monitor``."""
+    keys = [("monitor", cfg, "monitor"), ("optimized_metric", cfg, "optimized_metric")]
+    keys += [
+        (f"callbacks.{n}.monitor", cb, "monitor")
+        for n, cb in (cfg.get("callbacks") or {}).items()
+        if cb is not None and isinstance(cb.get("monitor"), str)
+    ]
+    return [k for k in keys if k[1].get(k[2]) is not None]
+
+
+def settle_monitor(cfg: DictConfig) -> tuple[str, str]:
+    """``monitor`` (default ``val/acc1``) and its mode, set as ``mode`` of every callback that
+    monitors it (the best checkpoint, early stopping) unless given on the command line."""
+    name = str(cfg.get("monitor") or "val/acc1")
+    mode = metric_mode(name)
+    with open_dict(cfg):
+        for n, cb in (cfg.get("callbacks") or {}).items():
+            if cb is None or cb.get("monitor") != name or overridden(f"callbacks.{n}.mode"):
+                continue
+            if "mode" in cb or "EarlyStopping" in str(cb.get("_target_", "")):
+                cb.mode = mode
+    return name, mode
+
+
+def check_monitor(plan: RunPlan, num_classes: int) -> None:
+    """Every metric name the run follows is one it logs (:func:`known_metric_names`), or one line
+    listing those, before anything trains."""
+    cfg = plan.cfg
+    ema = (cfg.get("model") or {}).get("ema") or {}
+    known = known_metric_names(num_classes, ema=ema.get("decay") is not None)
+    for key, node, leaf in monitored_keys(cfg):
+        name = str(node.get(leaf))
+        if name not in known:
+            raise ConfigError(f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}")
 
 
 def overridden(key: str) -> bool:
@@ -165,6 +207,7 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
             cfg.trainer.get("precision"), str(cfg.trainer.get("accelerator"))
         )
     follow_ema(cfg)
+    monitor, monitor_mode = settle_monitor(cfg)
     check_weights_file(cfg)
     given = cfg.get("ckpt_path")
     given = None if given in (None, "") else str(given)
@@ -179,6 +222,8 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
         ckpt_path=explicit,
         guard=guard,
         checkpoint_hparams=hparams,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
     )
     if resume:
         decided = plan_resume(cfg, auto_resolved=auto_resolved)

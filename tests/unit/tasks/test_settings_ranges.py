@@ -144,6 +144,7 @@ def test_every_key_is_ranged_or_listed_as_not_ranged():
 
 def test_the_enums_are_the_code_s():
     from vit_ft.checkpoint_format import EMA_USES
+    from vit_ft.data.resumable import SAMPLERS
     from vit_ft.probe.settings import FEATURE_TYPES, MODES
     from vit_ft.training.callbacks import NONFINITE_ACTIONS
     from vit_ft.training.precision import PRECISIONS
@@ -152,6 +153,7 @@ def test_the_enums_are_the_code_s():
 
     assert set(RANGES["probe.features"].values) == set(FEATURE_TYPES)
     assert set(RANGES["probe.mode"].values) == set(MODES)
+    assert set(RANGES["data.sampler"].values) == set(SAMPLERS)
     assert set(RANGES["model.ema.use_for"].values) == set(EMA_USES)
     assert set(RANGES["trainer.on_nonfinite"].values) == set(NONFINITE_ACTIONS)
     assert set(PRECISIONS) <= set(RANGES["trainer.precision"].values)
