@@ -564,7 +564,14 @@ class WebDatasetDataModule(ImageDataModule):
             size=size,
         )
 
-    def epoch_sampler(self, ds: Any, batch_size: int, *, with_seeds: bool = True) -> EpochSampler:
+    def epoch_sampler(
+        self, ds: Any, batch_size: int, *, with_seeds: bool = True, labels: Any = None
+    ) -> EpochSampler:
+        if self.sampler != "none":  # a weighted draw reads images in any order; shards are read forward
+            raise ConfigError(
+                f"data.sampler={self.sampler} needs random access to the images, but data=webdataset reads "
+                "its shards in order; use data.sampler=none with shards (or model.class_weights=balanced)"
+            )
         base = super().epoch_sampler(ds, batch_size, with_seeds=with_seeds)
         sampler = StreamSampler(
             ds,
