@@ -48,6 +48,7 @@ OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6
 OPSETS = (17, 18)
 DTYPES = ("fp32", "fp16")
 RTOL = {"fp32": 1e-4, "fp16": 1e-2}  # max |dlogit| / max |logit|; fp16 carries ~3 decimal digits
+MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph
 SCALE_FLOOR = 1e-2  # logits smaller than this are compared as if their largest were this
 INPUT, OUTPUT = "pixel_values", "logits"
 EXTRA = 'pip install -e ".[onnx]"'
@@ -251,6 +252,13 @@ def write_onnx(
     target = Path(target)
     net = net.eval()
     half = dtype == "fp16"
+    size = sum(t.numel() for t in net.state_dict().values()) * (2 if half else 4)
+    if size >= MAX_BYTES:
+        raise ConfigError(
+            f"the network is {size / 1e9:.1f} GB in {dtype}, over the 2 GB one ONNX file can hold "
+            "(vit-ft writes no external data files); export with dtype=fp16"
+            + (" or format=timm" if half else "")
+        )
     exported = _Forward(copy.deepcopy(net).half() if half else net).eval()
     x = inputs.float()
     with atomic_path(target, suffix=".tmp.onnx") as tmp:

@@ -176,6 +176,10 @@ def test_over_tolerance_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RunFault, match=r"does not match PyTorch: max \|dlogit\| .* nothing was written"):
         _write(net, tmp_path / "m.onnx", 32)
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(vonnx, "MAX_BYTES", 1000)  # a network over what one ONNX file holds
+    with pytest.raises(ConfigError, match=r"GB in fp32, over the 2 GB one ONNX file can hold.*dtype=fp16"):
+        _write(net, tmp_path / "m.onnx", 32)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_foreign_and_corrupted_files_are_one_line(tmp_path):
