@@ -70,13 +70,12 @@ def verification_inputs(source: str, pre: Preprocessing) -> tuple[torch.Tensor, 
     images: list[str] = []
     path = Path(source).expanduser()
     if path.is_file() and path.parent.name == "checkpoints":
-        cfg, _ = load_config(path.parent.parent)
-        root = (
-            ((cfg or {}).get("data") or {}).get("root") if isinstance((cfg or {}).get("data"), dict) else None
-        )
-        for split in ("val", "validation", "valid"):
-            folder = Path(str(root)) / split if isinstance(root, str) else None
-            if folder is not None and folder.is_dir():
+        cfg, _ = load_config(path.parent.parent)  # config_resolved.yaml or .hydra/config.yaml
+        data = (cfg or {}).get("data")
+        root = data.get("root") if isinstance(data, dict) else None  # an image folder, ImageNet
+        for split in ("val", "validation", "valid") if isinstance(root, str) else ():
+            folder = Path(root).expanduser() / split
+            if folder.is_dir():
                 try:
                     images = find_images(str(folder))
                 except ConfigError:

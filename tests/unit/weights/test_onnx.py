@@ -213,3 +213,21 @@ def test_missing_package_names_the_extra(monkeypatch):
         ConfigError, match=r'onnxruntime package, which is not installed; run pip install -e "\.\[onnx\]"'
     ):
         vonnx.require("onnx", "onnxruntime")
+
+
+def test_verification_inputs_come_from_the_runs_val_folder(image_folder, tmp_path):
+    """A checkpoint in ``<run>/checkpoints/`` whose run config names an image folder: 8 of its val
+    images, normalised with the weights' preprocessing; anywhere else: 4 fixed random inputs."""
+    from vit_ft.tasks.export import verification_inputs
+
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    (tmp_path / "run" / "config_resolved.yaml").write_text(f"data:\n  root: {image_folder}\n")
+    x, where = verification_inputs(str(ckpt), _pre(32))
+    assert x.shape == (8, 3, 32, 32) and where == f"8 images of {image_folder / 'val'}"
+    assert float(x.min()) < -1.5 and float(x.max()) > 1.5  # (x/255 - mean) / std with std 0.2..0.3
+    (tmp_path / "run" / "config_resolved.yaml").write_text("data:\n  name: some/hf-dataset\n")
+    x, where = verification_inputs(str(ckpt), _pre(32))
+    assert x.shape == (4, 3, 32, 32) and where == "4 fixed random inputs"
+    assert torch.equal(x, verification_inputs(str(tmp_path / "elsewhere.ckpt"), _pre(32))[0])
