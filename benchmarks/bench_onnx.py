@@ -101,7 +101,7 @@ def main() -> None:
         for b in a.batches:
             x = torch.randn(b, 3, a.img_size, a.img_size)
             pt, rt = _best_pair(net, ort_net, x.to(dev), x, a.warmup, a.repeats, cuda)
-            print(f"{b:>5}  {b / pt:>14.1f}  {b / rt:>18.1f}  {pt / rt:>5.2f}x")
+            print(f"{b:>5}  {b / pt:>14.3g}  {b / rt:>18.3g}  {pt / rt:>5.2f}x")
 
 
 if __name__ == "__main__":
