@@ -182,6 +182,9 @@ def test_over_tolerance_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings(
+    "ignore::torch.jit.TracerWarning"
+)  # the plain torch.onnx.export of a foreign file
 def test_foreign_and_corrupted_files_are_one_line(tmp_path):
     net = _model("vit_tiny_patch16_224", 32)
     good, _, _ = _write(net, tmp_path / "good.onnx", 32)
