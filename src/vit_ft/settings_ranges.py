@@ -206,7 +206,9 @@ RANGES: dict[str, Range] = {
     "on_bad_image": OneOf(("error", "skip")),
     "img_size": COUNT_OR_NULL,
     "eval_crop": EVAL_CROP,
-    "format": OneOf(("both", "hf", "timm")),
+    "format": OneOf(("both", "hf", "timm", "onnx")),
+    "dtype": OneOf(("fp32", "fp16")),  # export.py format=onnx
+    "opset": OneOf((17, 18)),  # export.py format=onnx: what ONNX Runtime and TensorRT >= 8.6 read
     "num_classes": COUNT_OR_NULL,
 }
 

@@ -10,6 +10,9 @@ states no names is taken as ImageNet (with a note), any other gets ``class_<i>``
 Images are decoded and resized by :func:`vit_ft.data.transforms.build_eval_transform` with the
 weights' preprocessing, so a prediction sees exactly the pixels ``eval.py`` feeds the model.
 Normalisation runs on the device, in batches; bf16 autocast on GPUs that support it.
+
+An ``.onnx`` file written by ``export.py format=onnx`` runs through ONNX Runtime (CUDA provider when
+present, else CPU) with the preprocessing and class names stored in it (:mod:`vit_ft.weights.onnx`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vit_ft.models.features import FeatureHeadNet, head_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.training.precision import autocast_dtype
 from vit_ft.weights import load_weights
+from vit_ft.weights.onnx import open_onnx, require
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -106,6 +110,8 @@ def load_predictor(
             "weights is not set; pass a vit-ft .ckpt, a transformers directory or hub id, a timm tag or file, "
             "e.g. weights=google/vit-base-patch32-384"
         )
+    if str(weights).lower().endswith(".onnx"):
+        return load_onnx_predictor(str(weights), img_size=img_size, device=device, notes=notes)
     bb = load_weights(str(weights), backbone=backbone, img_size=img_size, timm_kwargs=timm_kwargs)
     if bb.num_classes < 1:
         raise ConfigError(
@@ -120,6 +126,23 @@ def load_predictor(
     features = head_features(bb.arch)  # a linear probe's head on token features (e.g. last4)
     model = FeatureHeadNet(bb.model, features) if features else bb.model
     return Predictor(model, labels, bb.preprocessing, device=device, precision=precision)
+
+
+def load_onnx_predictor(
+    weights: str, *, img_size: int | None = None, device: str = "auto", notes: list[str] | None = None
+) -> Predictor:
+    """A :class:`Predictor` on ONNX Runtime for a vit-ft ``.onnx`` file: images are decoded and
+    normalised on the CPU as the file's metadata says, then fed to its session."""
+    require("onnxruntime")
+    net, pre, labels = open_onnx(weights, device="auto" if device in (None, "") else str(device))
+    if img_size is not None and int(img_size) != pre.img_size:
+        raise ConfigError(
+            f"img_size={img_size} but {weights} was exported at {pre.img_size} px; drop img_size "
+            f"or export again with img_size={img_size}"
+        )
+    if notes is not None:
+        notes.append(f"ONNX Runtime ({net.provider}) with the file's preprocessing")
+    return Predictor(net, labels, pre, device="cpu", precision="32")
 
 
 # -- batched prediction -----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Top-k class names for images: ``python predict.py weights=<weights> images=<file or folder>``.
 
 ``weights`` is anything vit-ft reads (a vit-ft ``.ckpt``, a transformers directory or hub id such as
-``google/vit-base-patch32-384``, a timm tag or file, an ``.npz``), used with its own head.
+``google/vit-base-patch32-384``, a timm tag or file, an ``.npz``), used with its own head, or an
+``.onnx`` file written by ``export.py format=onnx`` (run by ONNX Runtime with the preprocessing and
+class names stored in it; ``precision`` does not apply).
 ``images`` is an image file, a folder (searched recursively) or a list ``images=[a.jpg,b.png]``.
 Options: ``topk=5``, ``out=preds.jsonl`` (JSON lines ``{"image", "topk": [{"index", "label",
 "prob"}]}``), ``batch_size=32``, ``device=auto|cpu|cuda[:i]``, ``precision=auto|32|bf16|16``
@@ -133,7 +135,8 @@ def predict_files(
     classes of every image; return how many images were predicted."""
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     parse_eval_crop(eval_crop)
-    check_weights_source(weights, "weights")
+    if not str(weights or "").lower().endswith(".onnx"):
+        check_weights_source(weights, "weights")
     paths = find_images(images)
     notes: list[str] = []
     predictor = load_predictor(
