@@ -2,7 +2,7 @@
 
 A folder of ``--n-train`` images per class (4 classes of coloured shapes on noisy backgrounds, the
 quickstart's generator, ``--n-val`` per class for validation) and a tiny ViT from scratch
-(ViT-Ti/8 at 32 px). Each seed runs ``python train.py`` twice with the same command, ``recipe=auto``
+(ViT-Ti/8 at 32 px, 2 blocks). Each seed runs ``python train.py`` twice with the same command, ``recipe=auto``
 (the default: the batch and warmup fit the data, the lr follows the batch) and ``recipe=paper`` (batch
 512, 500 warmup steps, as configured); prints val/acc1 side by side with their ratio, and the line
 recipe=auto printed.
@@ -33,12 +33,15 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10, help="trainer.max_epochs of both runs (the default: 10)")
     p.add_argument("--optimizer", default="adamw", help="optimizer config (its default lr_base)")
     p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--depth", type=int, default=2, help="transformer blocks (ViT-Ti has 12)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for both runs")
     return p.parse_args(argv)
 
 
-def train(recipe: str, seed: int, data: Path, work: Path, args: argparse.Namespace) -> tuple[float, str, float]:
+def train(
+    recipe: str, seed: int, data: Path, work: Path, args: argparse.Namespace
+) -> tuple[float, str, float]:
     """One ``python train.py`` run: (val/acc1, the recipe/lr lines it printed, seconds)."""
     run_dir = work / f"{recipe}-{seed}"
     cmd = [
@@ -50,6 +53,7 @@ def train(recipe: str, seed: int, data: Path, work: Path, args: argparse.Namespa
         "data.num_workers=0",
         "model=vit_tiny",
         f"model.img_size={args.img_size}",
+        f"+model.timm_kwargs.depth={args.depth}",
         f"optimizer={args.optimizer}",
         f"trainer.max_epochs={args.epochs}",
         "trainer=cpu",
@@ -81,19 +85,26 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = Path(make_quickstart_dataset(str(work / "data"), n_train=args.n_train, n_val=args.n_val, size=48))
+        data = Path(
+            make_quickstart_dataset(str(work / "data"), n_train=args.n_train, n_val=args.n_val, size=48)
+        )
         print(
-            f"{4 * args.n_train} train / {4 * args.n_val} val images (4 classes), ViT-Ti/8 at {args.img_size} px "
-            f"from scratch, optimizer={args.optimizer}, {args.epochs} epochs each\n"
+            f"{4 * args.n_train} train / {4 * args.n_val} val images (4 classes), ViT-Ti/8 at {args.img_size} px, "
+            f"{args.depth} blocks, from scratch, optimizer={args.optimizer}, {args.epochs} epochs each\n"
         )
         for seed in args.seeds:
             auto, auto_lines, t_auto = train("auto", seed, data, work, args)
             paper, paper_lines, t_paper = train("paper", seed, data, work, args)
             if seed == args.seeds[0]:
                 print(f"recipe=auto printed:\n    {auto_lines}\nrecipe=paper printed:\n    {paper_lines}\n")
-                print(f"{'seed':>4}  {'recipe=auto':>11}  {'recipe=paper':>12}  {'ratio':>6}  {'time auto/paper':>15}")
+                print(
+                    f"{'seed':>4}  {'recipe=auto':>11}  {'recipe=paper':>12}  {'ratio':>6}  {'time auto/paper':>15}"
+                )
             ratio = auto / paper if paper else float("inf")
-            print(f"{seed:>4}  {auto:>11.3f}  {paper:>12.3f}  {ratio:>5.2f}x  {t_auto:>6.0f}s/{t_paper:.0f}s", flush=True)
+            print(
+                f"{seed:>4}  {auto:>11.3f}  {paper:>12.3f}  {ratio:>5.2f}x  {t_auto:>6.0f}s/{t_paper:.0f}s",
+                flush=True,
+            )
             rows.append((seed, auto, paper))
     a, p = statistics.mean(r[1] for r in rows), statistics.mean(r[2] for r in rows)
     print(f"{'mean':>4}  {a:>11.3f}  {p:>12.3f}  {a / p if p else float('inf'):>5.2f}x   (chance: 0.250)")

@@ -65,4 +65,8 @@ def test_recipe_paper_runs_as_configured_and_a_given_lr_wins(folder, tmp_path):
     assert "lr 0.002: optimizer.lr as given (it wins over optimizer.lr_base=0.001, not applied)" in out
     assert "scheduler.warmup_steps=500 is not below the run's 1 optimizer steps" in out
     cfg = resolved(run_dir)
-    assert (cfg["data"]["batch_size"], cfg["scheduler"]["warmup_steps"], cfg["optimizer"]["lr"]) == (512, 500, 0.002)
+    assert (cfg["data"]["batch_size"], cfg["scheduler"]["warmup_steps"], cfg["optimizer"]["lr"]) == (
+        512,
+        500,
+        0.002,
+    )

@@ -38,7 +38,9 @@ def lr_scale_rule(optimizer_name: str, asked: str | None = None) -> str:
     optimisers (timm's test: the name holds ``ada`` or ``lamb``), else ``linear``."""
     if asked is not None:
         if asked not in LR_SCALE_RULES:
-            raise ConfigError(f"optimizer.lr_base_scale={asked!r} must be linear, sqrt or null (by optimizer)")
+            raise ConfigError(
+                f"optimizer.lr_base_scale={asked!r} must be linear, sqrt or null (by optimizer)"
+            )
         return asked
     name = str(optimizer_name).lower()
     return "sqrt" if any(s in name for s in ("ada", "lamb")) else "linear"
@@ -160,7 +162,11 @@ def adapt_recipe(
         f"recipe=auto: {train_size} training images make a short run ({before} optimizer steps as "
         f"configured): {', '.join(parts)}, {total} steps"
         + (f"; kept as given: {', '.join(kept)}" if kept else "")
-        + (f"; still under {MIN_STEPS} steps: raise trainer.max_epochs" if epoch_bound and total < MIN_STEPS else "")
+        + (
+            f"; still under {MIN_STEPS} steps: raise trainer.max_epochs"
+            if epoch_bound and total < MIN_STEPS
+            else ""
+        )
         + "; recipe=paper runs the configured recipe as is"
     )
     return RecipeDecision(batch, warmup, total, changed, line)

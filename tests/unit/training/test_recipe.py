@@ -161,8 +161,13 @@ def test_settle_recipe_adapts_the_defaults_and_resolves_lr(caplog):
     assert (cfg.data.batch_size, cfg.scheduler.warmup_steps) == (16, 7)
     assert math.isclose(cfg.optimizer.lr, 0.01 * 16 / 512)
     lines = [r.getMessage() for r in caplog.records]
-    assert any(ln.startswith("recipe=auto: 245 training images") and "kept as given: scheduler.warmup_steps" in ln for ln in lines)
-    assert any(ln.startswith("lr 0.0003125 = optimizer.lr_base 0.01 x (16/512) (linear rule for sgd") for ln in lines)
+    assert any(
+        ln.startswith("recipe=auto: 245 training images") and "kept as given: scheduler.warmup_steps" in ln
+        for ln in lines
+    )
+    assert any(
+        ln.startswith("lr 0.0003125 = optimizer.lr_base 0.01 x (16/512) (linear rule for sgd") for ln in lines
+    )
 
 
 def test_recipe_paper_and_a_streamed_set_keep_the_recipe():
