@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.data.loader_policy import batches_per_epoch
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
@@ -240,7 +241,7 @@ def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | Non
         with open_dict(cfg):
             cfg.data.batch_size = decision.batch_size
             cfg.scheduler.warmup_steps = decision.warmup_steps
-        if decision.line:
+        if decision.line and is_rank_zero():
             log.info(decision.line)
     opt = cfg.optimizer
     choice = resolve_lr(
@@ -253,6 +254,7 @@ def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | Non
     )
     with open_dict(cfg):
         opt.lr = choice.lr
-    log.info(choice.line)
+    if is_rank_zero():
+        log.info(choice.line)
     plan.recipe = decision
     return decision
