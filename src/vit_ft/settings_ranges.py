@@ -59,6 +59,7 @@ ACCELERATOR = OneOf(
 RANGES: dict[str, Range] = {
     # -- conf/config.yaml, conf/eval.yaml (the root) ---------------------------------------------
     "seed": SEED,
+    "recipe": OneOf(("auto", "paper")),  # training/recipe.py RECIPES
     # -- conf/data/*.yaml ----------------------------------------------------------------------------
     "data.batch_size": COUNT,
     "data.num_workers": ZERO_UP,
@@ -107,7 +108,10 @@ RANGES: dict[str, Range] = {
         lazy=_timm_optimizers,
         text="sgd, nesterov, adamw, lamb, lars or another timm optimizer (timm.optim.list_optimizers())",
     ),
-    "optimizer.lr": Num(0, LR_MAX, lo_open=True),
+    "optimizer.lr": Num(0, LR_MAX, lo_open=True, null=True),  # null: from lr_base (training/recipe.py)
+    "optimizer.lr_base": Num(0, LR_MAX, lo_open=True, null=True),
+    "optimizer.lr_base_size": COUNT,
+    "optimizer.lr_base_scale": OneOf(("linear", "sqrt"), null=True),
     "optimizer.weight_decay": Num(0, WD_MAX),
     "optimizer.momentum": Num(0, 1, hi_open=True),
     "optimizer.betas": ListOf(Num(0, 1, hi_open=True), length=2),

@@ -21,7 +21,7 @@ from vit_ft.labels import class_change
 from vit_ft.models.losses import resolve_class_weights
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor
+from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, settle_recipe
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
@@ -124,6 +124,9 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
         torch.set_float32_matmul_precision("high")
 
     datamodule = build_datamodule(cfg, "fit")
+    train = (datamodule.splits or {}).get("train")
+    settle_recipe(plan, len(train) if hasattr(train, "__len__") else None)  # batch, warmup, lr
+    datamodule.batch_size = int(cfg.data.batch_size)
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
     check_monitor(plan, len(class_names))

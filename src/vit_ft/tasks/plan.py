@@ -5,7 +5,9 @@ what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_fo
 ``monitor`` metric and its mode),
 reads the checkpoint to resume from once (one :func:`check_checkpoint_file`, one
 ``torch.load(weights_only=True)``), decides the resume (``ckpt_path`` auto/explicit/none, a finished
-run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan.
+run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan and,
+once the DataModule knows the training set's size, :func:`settle_recipe` decides the small-data recipe
+(``recipe=auto``) and the learning rate (``optimizer.lr_base``), before the model and the Trainer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
+from vit_ft.data.loader_policy import batches_per_epoch
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
 from vit_ft.models.metrics import known_metric_names
 from vit_ft.settings_ranges import check_ranges
@@ -26,6 +30,7 @@ from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
 from vit_ft.training.callbacks import NonFiniteLossGuard
 from vit_ft.training.precision import resolve_precision
+from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr
 from vit_ft.weights.io import check_checkpoint_file
 from vit_ft.weights.sources import looks_like_path
 
@@ -58,6 +63,7 @@ class RunPlan:
     finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
     monitor: str = "val/acc1"  # the metric the best checkpoint, early stopping and the summary follow
     monitor_mode: str = "max"  # max or min (a loss, the calibration error)
+    recipe: RecipeDecision | None = None  # recipe=auto's decision (settle_recipe), None: not adapted
 
 
 # -- checks that end a run before it starts ---------------------------------------------------------
@@ -77,7 +83,10 @@ def check_config(cfg: DictConfig) -> NonFiniteLossGuard:
 
     positive_int("data.batch_size", cfg.data.get("batch_size"))
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+    derived = lr is None and cfg.optimizer.get("lr_base") is not None  # settle_recipe derives it
+    if not derived and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)
+    ):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number (the paper sweeps 0.003-0.06)")
     t = cfg.trainer
     max_steps, max_epochs = t.get("max_steps", -1), t.get("max_epochs", None)
@@ -201,6 +210,7 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
     ``last.ckpt`` (see tasks/resume.py) and the checkpoint must hold a training state. Otherwise
     (evaluation, k-NN, few-shot) a given ``ckpt_path`` file is checked and ``auto`` means none."""
     auto_resolved = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
+    auto_resolved += recipe_free_keys(cfg)
     guard = check_config(cfg)
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(
@@ -236,3 +246,60 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
         with open_dict(cfg):
             cfg.ckpt_path = plan.ckpt_path
     return plan
+
+
+# -- the recipe: what the training set's size and the batch decide -----------------------------------
+RECIPE_KEYS = ("data.batch_size", "scheduler.warmup_steps")  # what recipe=auto may lower
+
+
+def recipe_free_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """Keys :func:`settle_recipe` settles from the data and the batch (the user left them to vit-ft):
+    a resumed run settles them again, the same way; they are not compared with the saved config."""
+    keys: tuple[str, ...] = ()
+    if cfg.get("recipe", "auto") == "auto":
+        keys += tuple(k for k in RECIPE_KEYS if not overridden(k))
+    opt = cfg.get("optimizer") or {}
+    if opt.get("lr") is None and opt.get("lr_base") is not None:
+        keys += ("optimizer.lr",)
+    return keys
+
+
+def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | None:
+    """``recipe=auto`` on ``train_size`` training images (None: unknown, streamed: nothing adapts),
+    then the learning rate from ``optimizer.lr_base`` at the run's global batch; each says so in one
+    line. Sets ``data.batch_size``, ``scheduler.warmup_steps`` and ``optimizer.lr`` in ``plan.cfg``;
+    values given on the command line are never changed. Once, before the model and the Trainer."""
+    cfg = plan.cfg
+    decision = None
+    if cfg.get("recipe", "auto") == "auto" and train_size and cfg.get("probe") is None:
+        t = cfg.trainer
+        decision = adapt_recipe(
+            int(train_size),
+            batch_size=int(cfg.data.batch_size),
+            warmup_steps=int(cfg.scheduler.get("warmup_steps") or 0),
+            max_epochs=t.get("max_epochs"),
+            max_steps=t.get("max_steps"),
+            steps_per_epoch=lambda n, b: batches_per_epoch(n, 1, b),
+            fixed={k for k in RECIPE_KEYS if overridden(k)},
+            multiple_of=int(t.get("accumulate_grad_batches") or 1),
+        )
+        with open_dict(cfg):
+            cfg.data.batch_size = decision.batch_size
+            cfg.scheduler.warmup_steps = decision.warmup_steps
+        if decision.line and is_rank_zero():
+            log.info(decision.line)
+    opt = cfg.optimizer
+    choice = resolve_lr(
+        lr=opt.get("lr"),
+        lr_base=opt.get("lr_base"),
+        lr_base_size=int(opt.get("lr_base_size") or 256),
+        lr_base_scale=opt.get("lr_base_scale"),
+        optimizer_name=str(opt.get("name", "sgd")),
+        global_batch=int(cfg.data.batch_size),
+    )
+    with open_dict(cfg):
+        opt.lr = choice.lr
+    if is_rank_zero():
+        log.info(choice.line)
+    plan.recipe = decision
+    return decision

@@ -172,7 +172,7 @@ def test_the_line_names_the_key_the_value_and_the_range():
     cfg.optimizer.layer_decay = 0.75
     cfg.optimizer.lr = math.inf
     with pytest.raises(
-        ConfigError, match=r"^optimizer.lr=inf is out of range: must be a number in \(0, 10\]$"
+        ConfigError, match=r"^optimizer.lr=inf is out of range: must be a number in \(0, 10\] or null$"
     ):
         check_ranges(cfg)
 
@@ -195,7 +195,7 @@ def test_a_plain_dict_and_absent_keys():
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10]"),
+        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10] or null"),
         ("data.hflip=2", "data.hflip=2 is out of range: must be a number in [0, 1]"),
         (
             "optimizer.layer_decay=0",
