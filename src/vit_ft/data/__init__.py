@@ -1,6 +1,11 @@
 """Data sources, decoding, transforms and the LightningDataModules."""
 
-from vit_ft.data.datamodule import ImageDataModule, ImageFolderDataModule, QuickstartDataModule
+from vit_ft.data.datamodule import (
+    ImageDataModule,
+    ImageFolderDataModule,
+    ManifestDataModule,
+    QuickstartDataModule,
+)
 from vit_ft.data.hf import HFDataModule
 from vit_ft.data.imagenet import ImageNetDataModule
 
@@ -8,6 +13,7 @@ __all__ = [
     "HFDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "ManifestDataModule",
     "ImageNetDataModule",
     "QuickstartDataModule",
 ]
