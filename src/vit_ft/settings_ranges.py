@@ -75,6 +75,11 @@ RANGES: dict[str, Range] = {
     # -- conf/model/*.yaml ---------------------------------------------------------------------------
     "model.img_size": COUNT_OR_NULL,  # eval.py: null keeps the weights' own
     "model.label_smoothing": Num(0, 1, hi_open=True),
+    "model.task": OneOf(("auto", "single", "multilabel")),
+    "model.loss": OneOf(("default", "asl")),
+    "model.asl.gamma_neg": Num(lo=0),
+    "model.asl.gamma_pos": Num(lo=0),
+    "model.asl.clip": Num(0, 1, hi_open=True),
     "model.drop_path_rate": Num(0, 1, hi_open=True),  # 1 would drop every block (and divide by 0)
     "model.preprocessing_override.mean": ListOf(Num(0, 1), length=3, null=True),  # of pixels in [0, 1]
     "model.preprocessing_override.std": ListOf(Num(0, 1, lo_open=True), length=3, null=True),

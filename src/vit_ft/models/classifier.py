@@ -31,6 +31,7 @@ from vit_ft.models.backbone import build_network
 from vit_ft.models.compile import CompiledForward
 from vit_ft.models.ema import build_ema
 from vit_ft.models.features import network_logits, pre_logits
+from vit_ft.models.multilabel_loss import MultiLabelLoss, check_task_loss
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
 from vit_ft.weights.allowlist import check_checkpoint_hparams
@@ -68,8 +69,16 @@ class ViTClassifier(ClassifierSteps):
         preprocessing: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
+        task: str = "single",
+        loss: str = "default",
+        asl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if task not in ("single", "multilabel"):  # model.task=auto is decided from the data before
+            raise ConfigError(
+                f"model.task={task!r} must be single or multilabel here (auto is decided by the data)"
+            )
+        check_task_loss(task, loss)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be in [0, 1)")
         if not isinstance(compile, bool):
@@ -110,12 +119,17 @@ class ViTClassifier(ClassifierSteps):
         self.label_smoothing = float(label_smoothing)
         # optimizer.* and scheduler.* come from the config (conf/optimizer, conf/scheduler): no recipe here.
         self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
-        self.augment = DeviceAugment(mixup, random_erasing, self.label_smoothing, self.num_classes)
+        multilabel = task == "multilabel"
+        self.augment = DeviceAugment(
+            mixup, random_erasing, self.label_smoothing, self.num_classes, multi_label=multilabel
+        )
+        # model.task=multilabel: sigmoid + BCE (or ASL) on multi-hot targets
+        self.ml_loss = MultiLabelLoss(loss, self.label_smoothing, asl) if multilabel else None
         # The EMA copies the network as it is now, so this stays after every change to it.
         self.ema = build_ema(self.model, ema)
         self.compile_enabled, self.compile_mode = compile, str(compile_mode)
         self.compiled: CompiledForward | None = None
-        self._init_steps(self.num_classes)
+        self._init_steps(self.num_classes, task)
 
     @property
     def mixup_fn(self) -> Any:
@@ -179,6 +193,10 @@ class ViTClassifier(ClassifierSteps):
             self.compiled.probe(x)  # compile forward and backward once, or fall back to eager
         x, soft = self.augment(x, y)  # random erasing, then mixup/cutmix (soft targets)
         logits = self.net(x)
+        if self.ml_loss is not None:  # multi-label: no train/acc1
+            loss = self.ml_loss(logits, y if soft is None else soft, smoothed=soft is not None)
+            self._log_train(loss, y, None)
+            return loss
         if soft is not None:
             loss = soft_target_loss(logits, soft)
         else:
@@ -188,7 +206,8 @@ class ViTClassifier(ClassifierSteps):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).float().softmax(-1)
+        logits = self(x).float()
+        return logits.sigmoid() if self.multilabel else logits.softmax(-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return self._optimizers_for(self.model)
@@ -196,7 +215,9 @@ class ViTClassifier(ClassifierSteps):
     # -- checkpoints: the record, LoRA's and the EMA's entries (each built by its owner) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, lora=self.lora_info)
+        checkpoint[RECORD] = build_record(
+            self.trainer.estimated_stepping_batches, lora=self.lora_info, multilabel=self.multilabel_record()
+        )
         save_lora_entries(checkpoint["state_dict"], self.lora_info)
         if self.ema is not None:
             self.ema.save_entries(checkpoint["state_dict"], lora=self.lora_info)

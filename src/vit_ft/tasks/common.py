@@ -125,8 +125,12 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
     datamodule = build_datamodule(cfg, "fit")
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
+    task = datamodule.configure_task(
+        str(cfg.model.get("task", "auto"))
+    )  # decided once, kept in the checkpoint
     model = instantiate(
         OmegaConf.to_container(cfg.model, resolve=True),
+        task=task,
         num_classes=len(class_names),
         class_names=class_names,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
