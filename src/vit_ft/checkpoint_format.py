@@ -35,6 +35,7 @@ PROBE_RECORD = "probe"  # checkpoint["vit_ft"]["probe"]: a linear probe's resume
 MULTILABEL_RECORD = (
     "multilabel"  # checkpoint["vit_ft"]["multilabel"]: {"thresholds": [K floats]}, chosen on val
 )
+MULTILABEL_ATTR = "vit_ft_thresholds"  # a loaded network with a multi-label head: its thresholds (to writers)
 EMA_USES = ("eval", "export", "none")  # model.ema.use_for
 
 

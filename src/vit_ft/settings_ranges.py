@@ -209,6 +209,7 @@ RANGES: dict[str, Range] = {
     "eval_crop": EVAL_CROP,
     "format": OneOf(("both", "hf", "timm")),
     "num_classes": COUNT_OR_NULL,
+    "threshold": Num(0, 1, null=True),  # predict.py: multi-label threshold for every label
 }
 
 _BOOL = "a boolean (true/false)"

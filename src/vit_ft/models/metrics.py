@@ -284,6 +284,7 @@ def multilabel_scores(
             best[c] = cuts[c][int(torch.argmax(f))]
     tot = 2 * tp.sum() + fp.sum() + fn.sum()
     return {
+        "images": n,
         "mAP": float(ap[has].mean()) if bool(has.any()) else nan,
         "mAP_micro": ap_micro,
         "f1_micro": float(2 * tp.sum() / tot) if tot > 0 else nan,
