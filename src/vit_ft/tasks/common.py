@@ -20,7 +20,7 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan
+from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, follow_task
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
@@ -125,9 +125,15 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
     datamodule = build_datamodule(cfg, "fit")
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
-    task = datamodule.configure_task(
-        str(cfg.model.get("task", "auto"))
-    )  # decided once, kept in the checkpoint
+    # single or multilabel: decided once from the data, kept in the checkpoint's hyper-parameters
+    task = datamodule.configure_task(str(cfg.model.get("task", "auto")))
+    mode = (cfg.get("probe") or {}).get("mode")
+    if task == "multilabel" and mode in ("knn", "fewshot"):
+        raise ConfigError(
+            f"probe.mode={mode} scores one label per image, and this data is multi-label (a row has two labels); "
+            "use experiment=linear_probe (BCE on cached features), or single-label data"
+        )
+    follow_task(cfg, task)  # a multi-label run's best checkpoint and optimized_metric: val/mAP
     model = instantiate(
         OmegaConf.to_container(cfg.model, resolve=True),
         task=task,

@@ -146,6 +146,26 @@ def follow_ema(cfg: DictConfig) -> None:
                 log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
 
 
+def follow_task(cfg: DictConfig, task: str) -> None:
+    """A multi-label run logs no accuracy: ``optimized_metric`` and the callbacks' ``monitor`` that name
+    ``<stream>/acc1`` follow ``<stream>/mAP`` instead (unless set on the command line); called once
+    the data decided the task (``model.task``)."""
+    if task != "multilabel":
+        return
+    keys = [("optimized_metric", cfg)] + [
+        (f"callbacks.{n}.monitor", cb)
+        for n, cb in (cfg.get("callbacks") or {}).items()
+        if cb is not None and isinstance(cb.get("monitor"), str)
+    ]
+    with open_dict(cfg):
+        for key, node in keys:
+            leaf = key.rsplit(".", 1)[-1]
+            value = node.get(leaf)
+            if isinstance(value, str) and value.endswith("/acc1") and not overridden(key):
+                node[leaf] = value[: -len("acc1")] + "mAP"
+                log.info("model.task=multilabel: %s follows %s", key, node[leaf])
+
+
 def overridden(key: str) -> bool:
     """Whether ``key`` was set on the command line (not only by the config files)."""
     return any(o.lstrip("+~").startswith(f"{key}=") for o in hydra_info().get("overrides", []))
