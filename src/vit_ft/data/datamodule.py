@@ -163,7 +163,7 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         decided once from the data; a multi-label task makes every split's target multi-hot."""
         self.setup()
         multi = {k: v for k, v in self.splits.items() if hasattr(v, "multi_hot")}
-        task = decide_task(asked, [v.index.label_counts() for v in multi.values()])
+        task = decide_task(asked, [v.label_counts() for v in multi.values()])
         if task == "multilabel":
             if len(multi) < len(self.splits):
                 raise ConfigError(

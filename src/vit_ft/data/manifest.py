@@ -67,17 +67,28 @@ class ManifestRecords(FileRecords):
         self.num_classes = int(num_classes)
         self.multilabel = False
 
+    def label_counts(self) -> np.ndarray:
+        return self.index.label_counts()
+
     def multi_hot(self, i: int) -> torch.Tensor:
-        out = torch.zeros(self.num_classes, dtype=torch.float32)
-        out[torch.from_numpy(self.index.label_set(i).astype(np.int64))] = 1.0
-        return out
+        return multi_hot_row(self.index.label_set(i), self.num_classes)
 
     def multi_hot_all(self) -> np.ndarray:
-        """``[N, K]`` bool: every row's labels (for the linear probe's cached targets and the report)."""
-        out = np.zeros((len(self), self.num_classes), dtype=bool)
-        rows = np.repeat(np.arange(len(self)), self.index.label_counts())
-        out[rows, self.index.label_idx] = True
-        return out
+        """``[N, K]`` bool: every row's labels (for the linear probe's cached targets)."""
+        return multi_hot_rows(self.index.label_ptr, self.index.label_idx, self.num_classes)
+
+
+def multi_hot_row(ids: np.ndarray, k: int) -> torch.Tensor:
+    out = torch.zeros(k, dtype=torch.float32)
+    out[torch.as_tensor(np.array(ids, dtype=np.int64))] = 1.0
+    return out
+
+
+def multi_hot_rows(ptr: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """``[N, K]`` bool from compressed rows."""
+    out = np.zeros((len(ptr) - 1, k), dtype=bool)
+    out[np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), idx] = True
+    return out
 
 
 @dataclass

@@ -109,3 +109,30 @@ def test_multilabel_on_folder_data_refused_and_unset_manifest(tmp_path):
         _dm(train="???").setup()
     with pytest.raises(ConfigError, match="model.task='multi' must be one of auto, single, multilabel"):
         decide_task("multi", [np.array([1])])
+
+
+def test_hf_sequence_classlabel_column_gives_label_sets(tmp_path):
+    import datasets
+
+    from tests.helpers import hf_rows
+    from vit_ft.data import HFDataModule
+
+    rows = hf_rows(6)
+    rows["label"] = [[0, 2], [1], [], [2], [0], [1, 2]]
+    feats = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))}
+    )
+    ds = datasets.Dataset.from_dict(rows, features=feats)
+    datasets.DatasetDict(train=ds, validation=ds).save_to_disk(str(tmp_path / "hf"))
+    dm = HFDataModule(name=str(tmp_path / "hf"), batch_size=2, num_workers=0)
+    assert dm.configure_task("auto") == "multilabel" and dm.class_names == ["a", "b", "c"]
+    assert dm.splits["val"].multi_hot_all().astype(int).tolist() == [
+        [1, 0, 1], [0, 1, 0], [0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]
+    ]  # fmt: skip
+    _, y = dm.dataset("train", lambda src: 0, train=False)[5]
+    assert y.tolist() == [0.0, 1.0, 1.0]
+    single = HFDataModule(name=str(tmp_path / "hf"), batch_size=2, num_workers=0)
+    assert (
+        single.configure_task("single") == "single" and len(single.splits["train"]) == 5
+    )  # the empty row out
+    assert single.splits["train"].labels.tolist() == [0, 1, 2, 0, 1]
