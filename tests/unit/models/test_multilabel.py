@@ -73,6 +73,18 @@ def test_scores_equal_the_reference_and_hand_values():
     )
 
 
+def test_scores_with_ties_equal_the_reference_on_random_data():
+    g = np.random.default_rng(1)
+    s = np.round(g.random((60, 7)), 1).astype(np.float32)  # many ties
+    y = g.random((60, 7)) < 0.3
+    res = multilabel_scores(torch.from_numpy(s), torch.from_numpy(y))
+    assert res["mAP_micro"] == pytest.approx(ref_ap(s.ravel(), y.ravel()))
+    for c in range(7):
+        assert res["ap"][c] == pytest.approx(ref_ap(s[:, c], y[:, c]))
+        best_f1 = max(ref_f1(s[:, c] >= t, y[:, c]) for t in np.unique(s[:, c]))
+        assert ref_f1(s[:, c] >= res["best_thresholds"][c], y[:, c]) == pytest.approx(best_f1)
+
+
 def test_evaluator_logs_the_scores_batched():
     ev = MultiLabelMetrics("val", 4, analysis=True)
     logits = torch.logit(torch.from_numpy(SCORES))
