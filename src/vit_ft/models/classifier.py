@@ -74,10 +74,10 @@ class ViTClassifier(ClassifierSteps):
         asl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if task not in ("single", "multilabel"):  # model.task=auto is decided from the data before
-            raise ConfigError(
-                f"model.task={task!r} must be single or multilabel here (auto is decided by the data)"
-            )
+        if task not in ("single", "multilabel", "auto"):
+            raise ConfigError(f"model.task={task!r} must be one of auto, single, multilabel")
+        # auto: train.py and eval.py decide from the data before building the model; without data, single
+        task = "single" if task == "auto" else task
         check_task_loss(task, loss)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be in [0, 1)")

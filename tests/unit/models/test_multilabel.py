@@ -161,8 +161,9 @@ def test_losses_smoothing_and_asl():
 
     with pytest.raises(ConfigError, match="model.loss=asl is the multi-label asymmetric loss"):
         tiny_classifier(loss="asl")
-    with pytest.raises(ConfigError, match="model.task='auto' must be single or multilabel here"):
-        tiny_classifier(task="auto")
+    with pytest.raises(ConfigError, match="model.task='multi' must be one of auto, single, multilabel"):
+        tiny_classifier(task="multi")
+    assert tiny_classifier(task="auto").task == "single"  # no data to decide from
 
 
 def test_mixup_mixes_multi_hot_vectors():
