@@ -198,7 +198,9 @@ def test_classifier_trains_multilabel_and_checkpoint_keeps_thresholds(tmp_path):
     from tests.helpers import quiet_trainer, tiny_classifier
     from vit_ft.models.classifier import load_classifier
 
-    clf = tiny_classifier(task="multilabel", num_classes=3, class_names=["a", "b", "c"], loss="asl")
+    clf = tiny_classifier(
+        task="multilabel", num_classes=3, class_names=["a", "b", "c"], loss="asl", ema={"decay": 0.5}
+    )
     trainer = quiet_trainer(max_epochs=2, enable_checkpointing=False)
     trainer.fit(clf, train_dataloaders=ml_loader(), val_dataloaders=ml_loader(seed=1))
     m = trainer.callback_metrics
@@ -206,6 +208,7 @@ def test_classifier_trains_multilabel_and_checkpoint_keeps_thresholds(tmp_path):
         m
     )
     assert "train/acc1" not in m and math.isfinite(float(m["train/loss"]))
+    assert "val_ema/mAP" in m  # the EMA's stream is multi-label too
     assert clf.eval_analysis["class_names"] == ["a", "b", "c"] and len(clf.eval_analysis["ap"]) == 3
     chosen = clf.thresholds.tolist()
     assert chosen == pytest.approx(clf.eval_analysis["best_thresholds"])
@@ -216,3 +219,22 @@ def test_classifier_trains_multilabel_and_checkpoint_keeps_thresholds(tmp_path):
     assert back.task == "multilabel" and back.thresholds.tolist() == pytest.approx(chosen)
     probs = back.predict_step(next(iter(ml_loader()))[0], 0)
     assert probs.shape == (8, 3) and not torch.allclose(probs.sum(1), torch.ones(8))  # sigmoid, not softmax
+    # predict.py's predictor: every label over the checkpoint's thresholds, or over threshold= for all
+    from PIL import Image
+
+    from vit_ft.models.predictor import load_predictor, predict_images
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (220, 20, 220)).save(img)
+    pred = load_predictor(str(path), device="cpu")
+    assert pred.thresholds == pytest.approx(chosen)
+    rec = next(predict_images(pred, [str(img)], topk=3, num_workers=0))
+    probs = {t["label"]: t["prob"] for t in rec["topk"]}
+    assert [t["label"] for t in rec["labels"]] == sorted(
+        [c for c, t in zip("abc", chosen) if probs[c] >= t], key=lambda c: -probs[c]
+    )
+    assert load_predictor(str(path), device="cpu", threshold=0.0).thresholds == [0.0] * 3
+    all_on = next(
+        predict_images(load_predictor(str(path), device="cpu", threshold=0.0), [str(img)], num_workers=0)
+    )
+    assert len(all_on["labels"]) == 3
