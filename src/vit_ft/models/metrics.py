@@ -318,6 +318,12 @@ class MultiLabelMetrics(Evaluator):
         self.scores = ScoreStore()
         self.thresholds: torch.Tensor | None = None  # set by the module before compute (None: 0.5)
 
+    NAMES = ("loss", "mAP", "mAP_micro", "f1_micro", "f1_macro", "exact_match")
+
+    def names(self) -> list[str]:
+        """Every ``<prefix>/<metric>`` name :meth:`compute` may give (what ``monitor`` may name)."""
+        return [f"{self.prefix}/{n}" for n in self.NAMES]
+
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         logits = logits.float()
         self.loss.update(F.binary_cross_entropy_with_logits(logits, target.float()), target.shape[0])
@@ -330,7 +336,7 @@ class MultiLabelMetrics(Evaluator):
             probs, targets = self.scores.compute()  # every rank's scores (a collective under DDP)
             res = multilabel_scores(probs, targets, self.thresholds)
             out += [("loss", self.loss.compute())]
-            out += [(m, res[m]) for m in ("mAP", "mAP_micro", "f1_micro", "f1_macro", "exact_match")]
+            out += [(m, res[m]) for m in self.NAMES[1:]]
             if self.keep_analysis and analysis:
                 self.analysis = res
         self.reset()

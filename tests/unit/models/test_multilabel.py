@@ -99,6 +99,9 @@ def test_evaluator_logs_the_scores_batched():
     assert float(out["val/loss"]) == pytest.approx(float(bce), rel=1e-5)
     assert ev.analysis["support"] == [3, 2, 2, 0]
     assert dict(ev.compute()) == {}  # reset: nothing seen since
+    assert ev.names() == [
+        f"val/{n}" for n in ("loss", "mAP", "mAP_micro", "f1_micro", "f1_macro", "exact_match")
+    ]
 
 
 def _rank(rank: int, port: int, out) -> None:
