@@ -152,7 +152,13 @@ class ForkServer:
         self._n += 1
         out, err = Path(self._dir) / f"{self._n}.out", Path(self._dir) / f"{self._n}.err"
         req = dict(
-            script=cmd[1], args=cmd[2:], cwd=str(cwd), env=env, stdout=str(out), stderr=str(err), timeout=timeout
+            script=cmd[1],
+            args=cmd[2:],
+            cwd=str(cwd),
+            env=env,
+            stdout=str(out),
+            stderr=str(err),
+            timeout=timeout,
         )
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()

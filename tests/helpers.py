@@ -421,3 +421,34 @@ def vector_loader(n: int = 16, batch_size: int = 4, random_labels: bool = False)
     x = torch.randn(n, 4, generator=g)
     y = torch.randint(0, 2, (n,), generator=g) if random_labels else torch.arange(n) % 2
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+ML_CLASSES = ("blue", "green", "red")
+
+
+def make_multilabel_manifest(
+    root: Path, n_train: int = 24, n_val: int = 12, size: int = 32, seed: int = 0
+) -> Path:
+    """A multi-label set: each image has a coloured square per label (red, green, blue, each in its own
+    corner) on grey; ``root/train.csv`` and ``root/val.csv`` (image, labels), some rows with no label."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    corners = {"red": (0, 0), "green": (0, 1), "blue": (1, 0)}
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    half = size // 2
+    for split, n in (("train", n_train), ("val", n_val)):
+        lines = ["image,labels"]
+        for i in range(n):
+            present = [c for c in ML_CLASSES if rng.random() < 0.5]
+            if i == 0:
+                present = ["red", "green"]  # at least one row with two labels: a multi-label set
+            a = np.full((size, size, 3), 128, dtype=np.uint8)
+            a += rng.integers(0, 20, a.shape, dtype=np.uint8)
+            for c in present:
+                r, k = corners[c]
+                a[r * half + 2 : r * half + half - 2, k * half + 2 : k * half + half - 2] = colours[c]
+            name = f"img/{split}_{i}.png"
+            Image.fromarray(a).save(root / name)
+            lines.append(f"{name},{' '.join(present)}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -80,6 +80,11 @@ RANGES: dict[str, Range] = {
     "model.label_smoothing": Num(0, 1, hi_open=True),
     # inverse frequency, or one positive weight per class (the length is checked against the data)
     "model.class_weights": AnyOf((OneOf(("balanced",)), ListOf(Num(lo=0, lo_open=True))), null=True),
+    "model.task": OneOf(("auto", "single", "multilabel")),
+    "model.loss": OneOf(("default", "asl")),
+    "model.asl.gamma_neg": Num(lo=0),
+    "model.asl.gamma_pos": Num(lo=0),
+    "model.asl.clip": Num(0, 1, hi_open=True),
     "model.drop_path_rate": Num(0, 1, hi_open=True),  # 1 would drop every block (and divide by 0)
     "model.preprocessing_override.mean": ListOf(Num(0, 1), length=3, null=True),  # of pixels in [0, 1]
     "model.preprocessing_override.std": ListOf(Num(0, 1, lo_open=True), length=3, null=True),
@@ -214,6 +219,7 @@ RANGES: dict[str, Range] = {
     "dtype": OneOf(("fp32", "fp16")),  # export.py format=onnx
     "opset": OneOf((17, 18)),  # export.py format=onnx: what ONNX Runtime and TensorRT >= 8.6 read
     "num_classes": COUNT_OR_NULL,
+    "threshold": Num(0, 1, null=True),  # predict.py: multi-label threshold for every label
 }
 
 _BOOL = "a boolean (true/false)"
@@ -238,11 +244,11 @@ NOT_RANGED: dict[str, str] = {
     "data.hf_cache_dir": _PATH,
     "data.revision": "a git revision of the hub data set",
     "data.val_labels": _PATH,
-    "data.train": "shard paths or URLs (brace patterns, a list), checked when loading",
-    "data.val": "shard paths or URLs (brace patterns, a list), checked when loading",
-    "data.test": "shard paths or URLs (brace patterns, a list), checked when loading",
+    "data.train": "shard paths or URLs (data=webdataset) or a manifest file (data=manifest), checked when read",
+    "data.val": "shard paths or URLs, or a manifest file, or null; checked when read",
+    "data.test": "shard paths or URLs, or a manifest file, or null; checked when read",
     "data.index": "a shard index.json path or URL",
-    "data.classes": "a list of class names",
+    "data.classes": "a list of class names or null",
     "data.cache_dir": _PATH,
     "data.auto_augment": "a timm RandAugment/AutoAugment spec string (rand-m9-mstd0.5), parsed by timm",
     "data.streaming": _BOOL,

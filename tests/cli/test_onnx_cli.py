@@ -39,7 +39,11 @@ def exported(image_folder, tmp_path_factory):
 def test_export_is_verified_on_the_runs_val_images(exported):
     tmp, _, out, proc = exported
     # the file, its model card and the report's pictures beside it; no temp file
-    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["README.md", "images", "model.onnx"]
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == [
+        "README.md",
+        "images",
+        "model.onnx",
+    ]
     assert "library_name: onnx" in (out.parent / "README.md").read_text()
     lines = proc.stdout.splitlines()
     assert any(ln.startswith("verify batch 1: max |dlogit| ") and "top-1 agreement 1/1" in ln for ln in lines)

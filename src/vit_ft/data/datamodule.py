@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vit_ft.data.bad_images import BadImageLedger
 from vit_ft.data.device_decode import PlannedBatch, check_decode_device, decode_planned, plan_in_workers
-from vit_ft.data.folder import index_image_folder
+from vit_ft.data.folder import index_image_folder, stratified_split
 from vit_ft.data.loader_policy import LoaderPolicy, loader_batch, per_device_batch
+from vit_ft.data.manifest import BadRows, ManifestRecords, decide_task, index_manifests
 from vit_ft.data.quickstart import make_quickstart_dataset
 from vit_ft.data.records import FileRecords, IndexedDataset, TransformedDataset, collate_skipping_none
 from vit_ft.data.resumable import SAMPLERS, ResumableOrder
@@ -111,6 +112,7 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         self.loader_batch_size = batch_size
         self.class_names: list[str] | None = None
         self.splits: dict[str, Any] | None = None
+        self.task = "single"  # or multilabel: set once by configure_task (model.task)
 
     # -- configuration from the run -------------------------------------------------------------
     @property
@@ -193,6 +195,28 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
             return None
         labels = np.asarray(labels)
         return np.bincount(labels[labels >= 0], minlength=len(self.class_names)).astype(np.int64)
+
+    def configure_task(self, asked: str = "auto") -> str:
+        """``single`` or ``multilabel`` (``model.task``; ``auto``: multilabel when a row has two labels),
+        decided once from the data; a multi-label task makes every split's target multi-hot."""
+        self.setup()
+        multi = {k: v for k, v in self.splits.items() if hasattr(v, "multi_hot")}
+        task = decide_task(asked, [v.label_counts() for v in multi.values()])
+        if task == "multilabel":
+            if len(multi) < len(self.splits):
+                raise ConfigError(
+                    "model.task=multilabel needs label sets: use data=manifest (image, labels columns) "
+                    "or an HF label column that is a Sequence(ClassLabel)"
+                )
+            for records in multi.values():
+                records.multilabel = True
+        else:
+            self.single_label_rows()
+        self.task = task
+        return task
+
+    def single_label_rows(self) -> None:
+        """Hook: a source whose rows may lack a label leaves them out of a single-label task."""
 
     # -- loaders --------------------------------------------------------------------------------
     def train_with_eval_transform(self) -> None:
@@ -317,3 +341,50 @@ class QuickstartDataModule(ImageFolderDataModule):
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         self.prepare_data()
         return super().load_splits()
+
+
+class ManifestDataModule(ImageDataModule):
+    """CSV/JSONL manifests (see :mod:`vit_ft.data.manifest`): ``train``, ``val`` (``None``: split off
+    train by ``val_fraction``), ``test``; ``classes``: the class list (default: the sorted union)."""
+
+    def __init__(
+        self,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        classes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.manifests = {"train": train, "val": val, "test": test}
+        self.classes = list(classes) if classes else None
+        self.bad_rows = BadRows()
+
+    def load_splits(self) -> tuple[list[str], dict[str, Any]]:
+        class_names, index, self.bad_rows = index_manifests(self.manifests, self.classes, self.on_bad_image)
+        if "val" not in index:
+            tr, va = stratified_split(index["train"].labels, self.val_fraction, self.seed)
+            index["train"], index["val"] = index["train"].subset(tr), index["train"].subset(va)
+        k = len(class_names)
+        return class_names, {s: ManifestRecords(index[s], k) for s in ("train", "val", "test") if s in index}
+
+    def single_label_rows(self) -> None:
+        for split, records in list(self.splits.items()):
+            none = np.flatnonzero(records.labels < 0)
+            if not len(none):
+                continue
+            first = records.name(int(none[0]))
+            if self.on_bad_image != "skip":
+                raise ConfigError(
+                    f"data.{split}: {len(none)} row(s) have no label, first {first}; a single-label task needs one "
+                    "per row: label them, set data.on_bad_image=skip, or model.task=multilabel"
+                )
+            for i in none:
+                self.bad_rows.add(split, records.name(int(i)), "no label")
+            log.warning("data.%s: %d row(s) without a label left out, first %s", split, len(none), first)
+            keep = np.flatnonzero(records.labels >= 0)
+            self.splits[split] = ManifestRecords(records.index.subset(keep), records.num_classes)
+        self._size_records()
+
+    def bad_image_report(self) -> dict:
+        return self.bad_rows.merge_into(super().bad_image_report())

@@ -104,7 +104,8 @@ class LinearProbe(ClassifierSteps):
         self._classifier_hparams = hp
         self.save_hyperparameters(hp, logger=False)
         self.ema = build_ema(self.head, hp.get("ema"))  # model.ema: the EMA of the head
-        self._init_steps(self.num_classes)
+        self.ml_loss = getattr(classifier, "ml_loss", None)  # multi-label: the classifier's BCE/ASL
+        self._init_steps(self.num_classes, getattr(classifier, "task", "single"))
 
     @property
     def head(self) -> nn.Module:
@@ -136,6 +137,10 @@ class LinearProbe(ClassifierSteps):
             return None
         x, y = batch
         logits = self(x)
+        if self.ml_loss is not None:  # multi-label: multi-hot targets
+            loss = self.ml_loss(logits, y)
+            self._log_train(loss, y, None)
+            return loss
         loss = self.loss(logits, y)
         self._log_train(loss, y, logits)
         return loss
@@ -189,7 +194,9 @@ class LinearProbe(ClassifierSteps):
                 ema = {"weight": w, "bias": b}
             self.ema.save_entries(sd, weights={k: v.cpu() for k, v in ema.items()}, under=HEAD_PREFIX)
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
-        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, probe=probe_state)
+        checkpoint[RECORD] = build_record(
+            self.trainer.estimated_stepping_batches, probe=probe_state, multilabel=self.multilabel_record()
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # the EMA's entries
@@ -218,9 +225,18 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         self.splits = {k: v for k, v in base.splits.items() if k in features}
         self.bad_image_report = base.bad_image_report
 
+    def labels(self, split: str) -> torch.Tensor:
+        """The cached split's targets: its labels, or multi-hot from the records for a multi-label task
+        (read from the data, not the cache: the cache's key holds each row's first label only)."""
+        f = self.features[split]
+        if getattr(self.base, "task", "single") != "multilabel":
+            return f.labels
+        hot = self.base.splits[split].multi_hot_all()
+        return torch.from_numpy(hot[f.indices.numpy()]).float()
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         f, bs = self.features[split], self.base.batch_for(train)
-        ds = TensorDataset(f.features, f.labels)
+        ds = TensorDataset(f.features, self.labels(split))
         if not train:
             return LoaderPolicy().loader(ds, bs)  # in memory: no workers
         sampler = self.epoch_sampler(ds, bs, with_seeds=False, labels=f.labels)
@@ -230,7 +246,7 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on
         the cached features: a probe's predictions need no pass over the images)."""
         f = self.features[split]
-        ds = TensorDataset(f.indices, f.features, f.labels)
+        ds = TensorDataset(f.indices, f.features, self.labels(split))
         return LoaderPolicy().loader(ds, self.base.batch_for(False, batch_size), once=True)
 
     def train_dataloader(self) -> DataLoader:

@@ -211,6 +211,10 @@ def read_predictions(path: Path, problems: dict[str, str] | None = None) -> Pred
     try:
         for i, row in enumerate(csv_rows(path)):
             row_no = i + 1
+            if (
+                "true_labels" in row and "true_index" not in row
+            ):  # a multi-label model's: report/multilabel.py
+                return None
             t, p = int(row["true_index"]), int(row["pred_index"])
             prob = number(row.get("prob"))
             cols["index"].append(int(row.get("index") or i))

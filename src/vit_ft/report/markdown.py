@@ -254,6 +254,7 @@ def render(
     pictures: list[tuple[str, Path, str | None, str | None]],
     mistakes: list[Mistake],
     mistakes_csv: Path | None,
+    extra: list[str] | None = None,
 ) -> str:
     """``pictures``: (title, path, why it is missing or None, a note that it is out of date or None);
     paths are linked relative to the run folder."""
@@ -286,9 +287,11 @@ def render(
         ]
     if missing:
         out += ["Not drawn:", ""] + [f"- {t}: {why}" for t, why in missing] + [""]
+    if extra:  # e.g. the multi-label pages (report/multilabel.py)
+        out += extra
     if analysis is not None:
         out += classes_section(analysis)
-    else:
+    elif not extra:
         out += [
             "## Classes",
             "",

@@ -21,7 +21,7 @@ from vit_ft.labels import class_change
 from vit_ft.models.losses import resolve_class_weights
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, settle_recipe
+from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, follow_task, settle_recipe
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
@@ -129,15 +129,35 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
     datamodule.batch_size = int(cfg.data.batch_size)
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
-    check_monitor(plan, len(class_names))
+    # single or multilabel: decided once from the data, kept in the checkpoint's hyper-parameters
+    task = datamodule.configure_task(str(cfg.model.get("task", "auto")))
+    mode = (cfg.get("probe") or {}).get("mode")
+    if task == "multilabel" and mode in ("knn", "fewshot"):
+        raise ConfigError(
+            f"probe.mode={mode} scores one label per image, and this data is multi-label (a row has two labels); "
+            "use experiment=linear_probe (BCE on cached features), or single-label data"
+        )
+    if task == "multilabel" and str(cfg.data.get("sampler") or "none") != "none":
+        raise ConfigError(
+            f"data.sampler={cfg.data.sampler} draws by each image's one class, and this data is multi-label; "
+            "use data.sampler=none (model.loss=asl down-weights easy negatives)"
+        )
+    follow_task(plan, task)  # a multi-label run's best checkpoint and optimized_metric: val/mAP
+    check_monitor(plan, len(class_names), task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if model_cfg.get("class_weights") is not None:  # balanced: from the train split's counts
+        if task == "multilabel":
+            raise ConfigError(
+                f"model.class_weights={model_cfg['class_weights']} weighs single-label cross-entropy, and this "
+                "data is multi-label; drop model.class_weights (model.loss=asl down-weights easy negatives)"
+            )
         model_cfg["class_weights"] = resolve_class_weights(
             model_cfg["class_weights"], datamodule.class_counts("train"), len(class_names)
         )
         log.info("class weights: %s", [round(w, 4) for w in model_cfg["class_weights"]])
     model = instantiate(
         model_cfg,
+        task=task,
         num_classes=len(class_names),
         class_names=class_names,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

@@ -10,12 +10,19 @@ import os
 import sys
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
 from vit_ft.io import write_json_atomic, write_text_atomic
-from vit_ft.models.analysis import analysis_summary
-from vit_ft.models.predictions import predict_split, write_predictions_csv
+from vit_ft.models.analysis import analysis_summary, multilabel_summary
+from vit_ft.models.metrics import multilabel_scores
+from vit_ft.models.predictions import (
+    MultiLabelPredictions,
+    predict_split,
+    write_multilabel_csv,
+    write_predictions_csv,
+)
 from vit_ft.report import build_report, mistakes_of, picture_files
 from vit_ft.training.preemption import RESUMABLE_EXIT
 
@@ -72,7 +79,7 @@ def predictions_and_analysis(
         )
         if ea is None or ea["split"] != split:
             return None, None
-        return analysis_summary(ea["confusion"], names, split=split, ece=ea["ece"]), None
+        return eval_summary(ea, names, split), None
     preds = predict_split(trainer, model, loader)
     if not trainer.is_global_zero:
         return None, None
@@ -82,11 +89,27 @@ def predictions_and_analysis(
         return records.name(i) if hasattr(records, "name") else f"{split}[{i}]"
 
     os.makedirs(output_dir, exist_ok=True)
+    if isinstance(
+        preds, MultiLabelPredictions
+    ):  # every label and probability; metrics at the model's thresholds
+        thr = model.thresholds
+        path = write_multilabel_csv(
+            os.path.join(output_dir, f"{split}_predictions.csv"), preds, names, file_name, thr.tolist()
+        )
+        scores = multilabel_scores(torch.from_numpy(preds.probs), torch.from_numpy(preds.targets), thr)
+        return multilabel_summary(scores, names, split), path
     path = write_predictions_csv(
         os.path.join(output_dir, f"{split}_predictions.csv"), preds, names, file_name
     )
     analysis = analysis_summary(preds.confusion(len(names)), names, split=split, ece=preds.ece())
     return analysis, path
+
+
+def eval_summary(ea: dict[str, Any], names: list[str], split: str) -> dict[str, Any]:
+    """The ``analysis`` of ``metrics.json`` from a module's last evaluation (``eval_analysis``)."""
+    if "confusion" not in ea:  # a multi-label evaluation
+        return multilabel_summary(ea, names, split)
+    return analysis_summary(ea["confusion"], names, split=split, ece=ea["ece"])
 
 
 def write_report(output_dir: str, loggers: list) -> str | None:

@@ -185,16 +185,32 @@ def settle_monitor(cfg: DictConfig) -> tuple[str, str]:
     return name, mode
 
 
-def check_monitor(plan: RunPlan, num_classes: int) -> None:
+def check_monitor(plan: RunPlan, num_classes: int, task: str = "single") -> None:
     """Every metric name the run follows is one it logs (:func:`known_metric_names`), or one line
     listing those, before anything trains."""
     cfg = plan.cfg
     ema = (cfg.get("model") or {}).get("ema") or {}
-    known = known_metric_names(num_classes, ema=ema.get("decay") is not None)
+    known = known_metric_names(num_classes, ema=ema.get("decay") is not None, task=task)
     for key, node, leaf in monitored_keys(cfg):
         name = str(node.get(leaf))
         if name not in known:
             raise ConfigError(f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}")
+
+
+def follow_task(plan: RunPlan, task: str) -> None:
+    """A multi-label run logs no accuracy: ``monitor``, ``optimized_metric`` and the callbacks'
+    ``monitor`` that name ``<stream>/acc1`` follow ``<stream>/mAP`` instead (unless set on the command
+    line); called once the data decided the task (``model.task``)."""
+    if task != "multilabel":
+        return
+    cfg = plan.cfg
+    with open_dict(cfg):
+        for key, node, leaf in monitored_keys(cfg):
+            value = node.get(leaf)
+            if isinstance(value, str) and value.endswith("/acc1") and not overridden(key):
+                node[leaf] = value[: -len("acc1")] + "mAP"
+                log.info("model.task=multilabel: %s follows %s", key, node[leaf])
+    plan.monitor = str(cfg.get("monitor") or plan.monitor)
 
 
 def overridden(key: str) -> bool:

@@ -135,6 +135,7 @@ def test_hyperparameters_are_the_constructor_arguments_a_checkpoint_rebuilds_fro
             "mixup",
         ),
         *("random_erasing", "ema", "compile", "compile_mode", "grad_checkpointing", "lora"),
+        *("task", "loss", "asl"),
         *("arch", "preprocessing", "class_names", "num_classes"),
     ]
     again = ViTClassifier(**m.hparams)  # load_from_checkpoint's path: arch + preprocessing given
