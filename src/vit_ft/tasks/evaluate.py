@@ -13,7 +13,15 @@ from vit_ft.labels import check_head_matches_data
 from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer
-from vit_ft.tasks.outputs import predictions_and_analysis, to_float, write_metrics, write_report
+from vit_ft.tasks.outputs import (
+    evaluate_extra_sets,
+    extra_summary_lines,
+    predictions_and_analysis,
+    prepare_extra_eval,
+    to_float,
+    write_metrics,
+    write_report,
+)
 from vit_ft.tasks.plan import make_plan, overridden
 
 log = logging.getLogger("vit_ft")
@@ -44,6 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
     if note:
         log.info("classes: %s", note)
+    names = model.class_names
+    model_classes = list(names) if names and len(names) == model.num_classes else list(datamodule.class_names)
+    extra_sets = prepare_extra_eval(cfg, model_classes)  # checked before anything is evaluated
     pre = model.preprocessing
     datamodule.configure_preprocessing(pre)
     trainer = build_trainer(plan, callbacks=[], loggers=[], enable_checkpointing=False)
@@ -61,6 +72,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         ea = model.eval_analysis
         analysis = analysis_summary(ea["confusion"], list(datamodule.class_names), split=split, ece=ea["ece"])
         predictions_path = None
+    extra, extra_metrics = {}, {}
+    if extra_sets:  # the weights the split was scored with (the checkpoint's EMA when use_for=eval)
+        extra, extra_metrics = evaluate_extra_sets(trainer, model, datamodule, extra_sets, output_dir, [])
+        metrics.update(extra_metrics)
     if trainer.is_global_zero:
         payload = {
             "split": split,
@@ -68,6 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
             "ckpt_path": cfg.get("ckpt_path"),
             "weights": cfg.model.get("weights"),
             "analysis": analysis,
+            **({"extra_eval": extra} if extra else {}),
         }
         path = write_metrics(output_dir, payload)
         print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
@@ -76,5 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         print(f"written to {path}")
         if predictions_path:
             print(f"predictions: {predictions_path}")
+        for line in extra_summary_lines(extra):
+            print(line)
         print(f"report        : {write_report(str(cfg.paths.output_dir), [])}")
     return metrics

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vit_ft.errors import ConfigError
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.knn import knn
 from vit_ft.tasks.outputs import (
+    evaluate_extra_sets,
+    extra_summary_lines,
     finish_wandb,
     predictions_and_analysis,
+    prepare_extra_eval,
     print_summary,
     to_float,
     write_metrics,
@@ -30,6 +35,7 @@ from vit_ft.tasks.plan import RunPlan, make_plan
 from vit_ft.tasks.resume import run_dir_lock, wandb_run_id
 from vit_ft.training.callbacks import nonfinite_summary
 from vit_ft.training.preemption import Preempted
+from vit_ft.weights.io import torch_load_safely
 
 log = logging.getLogger("vit_ft")
 
@@ -66,6 +72,13 @@ def plan_training(cfg: DictConfig) -> RunPlan:
     return plan
 
 
+def load_checkpoint_weights(model: L.LightningModule, path: str) -> None:
+    """``path``'s weights (and EMA) into ``model``, as ``trainer.test(ckpt_path=path)`` loads them."""
+    ckpt = torch_load_safely(Path(path))
+    model.load_state_dict(ckpt["state_dict"], strict=bool(getattr(model, "strict_loading", True)))
+    model.on_load_checkpoint(ckpt)
+
+
 def _train(cfg: DictConfig) -> float | None:
     loggers: list = []
     trainer = None
@@ -82,6 +95,12 @@ def _train(cfg: DictConfig) -> float | None:
         return value if value is not None and math.isfinite(value) else None
     try:
         datamodule, model, trainer, loggers = build(plan)
+        if cfg.get("probe") is not None and (cfg.data.get("extra_eval") or {}):
+            raise ConfigError(
+                "data.extra_eval does not work with a linear probe (probe=...) yet; drop it, or score the "
+                "probe's checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval..."
+            )
+        extra_sets = prepare_extra_eval(cfg, list(datamodule.class_names))  # checked before training
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
             settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
             model, datamodule = prepare_linear_probe(
@@ -108,9 +127,16 @@ def _train(cfg: DictConfig) -> float | None:
                     trainer, model, datamodule, "val", output_dir
                 )
         test_metrics: dict[str, float | None] = {}
-        if cfg.get("test") and "test" in (datamodule.splits or {}):
+        tested = bool(cfg.get("test") and "test" in (datamodule.splits or {}))
+        if tested:
             res = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
             test_metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
+        extra: dict[str, Any] = {}
+        if extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
+            if best_path and not tested:
+                load_checkpoint_weights(model, best_path)
+            with model.ema_weights_for("eval"):
+                extra, _ = evaluate_extra_sets(trainer, model, datamodule, extra_sets, output_dir, loggers)
 
         metric_name = str(cfg.get("optimized_metric") or "val/acc1")
         best_score = to_float(getattr(ckpt_cb, "best_model_score", None)) if ckpt_cb else None
@@ -131,6 +157,7 @@ def _train(cfg: DictConfig) -> float | None:
                 "bad_images": datamodule.bad_image_report(),
                 "run_dir": output_dir,
                 "analysis": analysis,
+                **({"extra_eval": extra} if extra else {}),
             }
             write_metrics(output_dir, payload)
             report = write_report(output_dir, loggers)
@@ -141,6 +168,7 @@ def _train(cfg: DictConfig) -> float | None:
                     f"best checkpoint: {best_path}",
                     f"last checkpoint: {last_path}",
                     *([f"val predictions: {predictions_path}"] if predictions_path else []),
+                    *extra_summary_lines(extra),
                     f"report        : {report}",
                 ],
                 loggers,
