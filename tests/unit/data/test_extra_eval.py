@@ -1,0 +1,83 @@
+"""data.extra_eval: entries checked with one line, folders read (root/<class> or root/val/<class>), and one
+in-process pass over a set whose classes are 2 of the model's 4."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import SHAPE_CLASSES, quiet_trainer
+from vit_ft.data import ImageFolderDataModule
+from vit_ft.data.extra_eval import check_entries, extra_loader, load_extra_sets
+from vit_ft.errors import ConfigError
+from vit_ft.models.subset import evaluate_set, prepare_sets
+
+
+@pytest.mark.parametrize(
+    "entries, words",
+    [
+        ({"val": {"root": "x"}}, ["'val' cannot name a set"]),
+        ({"a/b": {"root": "x"}}, ["'a/b' cannot name a set"]),
+        ({"s": {"root": "x", "name": "y"}}, ["data.extra_eval.s has both root and name"]),
+        ({"s": {"split": "test"}}, ["neither root nor name"]),
+        ({"s": {"root": "x", "split": "test"}}, ["unknown key(s) ['split']", "root, labels_file"]),
+        ({"s": "x"}, ["data.extra_eval.s='x' must be a mapping"]),
+        ({"s": {"root": "/no/such/folder"}}, ["data.extra_eval.s.root='/no/such/folder' does not exist"]),
+    ],
+)
+def test_a_wrong_entry_is_one_line(entries, words):
+    with pytest.raises(ConfigError) as e:
+        load_extra_sets(entries)
+    assert "\n" not in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_no_sets_and_a_set_switched_off():
+    assert load_extra_sets({}) == [] and load_extra_sets(None) == []
+    assert check_entries({"off": None}) == {}
+
+
+@pytest.fixture(scope="module")
+def two_of_four(image_folder, tmp_path_factory):
+    """A set holding the val images of 2 of the 4 classes (root/<class>/ layout)."""
+    root = tmp_path_factory.mktemp("extra") / "shifted"
+    for c in ("circle", "square"):
+        shutil.copytree(image_folder / "val" / c, root / c)
+    return root
+
+
+def test_folders_are_read_in_both_layouts(image_folder, two_of_four):
+    full, sub = load_extra_sets({"full": {"root": str(image_folder)}, "sub": {"root": str(two_of_four)}})
+    assert full.name == "full" and full.class_names == SHAPE_CLASSES  # root/val/<class>
+    assert len(full) == sum(1 for p in (image_folder / "val").rglob("*") if p.is_file())
+    assert sub.class_names == ["circle", "square"] and sorted(set(sub.records.labels)) == [0, 1]
+    assert sub.file_key(0).startswith("circle/")  # what a labels file keys it by
+
+
+class ConstantLogits(nn.Module):
+    """Logits [0, 1, 2, 3] for every image: over circle and square, square (2 > 0) always wins."""
+
+    num_classes = 4
+
+    def forward(self, x):
+        return torch.arange(4.0).expand(x.shape[0], 4)
+
+
+def test_one_pass_over_a_subset_set_gives_its_metrics_and_predictions(image_folder, two_of_four):
+    (s,) = prepare_sets(load_extra_sets({"shifted": {"root": str(two_of_four)}}), SHAPE_CLASSES)
+    dm = ImageFolderDataModule(root=str(image_folder), batch_size=4, num_workers=0)
+    dm.img_size = 16
+    res = evaluate_set(quiet_trainer(), ConstantLogits(), extra_loader(dm, s.set), s)
+    logged = {k: float(v) for k, v in res.logged}
+    square = float((s.set.records.labels == 1).mean())
+    assert logged["shifted/acc1"] == pytest.approx(square)  # the square images
+    # cross-entropy over the subset's logits [0, 2]: log(1 + e^2) for a circle, log(1 + e^-2) for a square
+    ce_circle, ce_square = torch.log1p(torch.tensor([2.0, -2.0]).exp()).tolist()
+    assert logged["shifted/loss"] == pytest.approx((1 - square) * ce_circle + square * ce_square, rel=1e-5)
+    assert len(res.predictions) == len(s.set)
+    assert (res.predictions.pred == 1).all()  # square, as the set's class index
+    assert res.analysis["confusion"].shape == (2, 2)
