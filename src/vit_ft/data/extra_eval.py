@@ -112,7 +112,10 @@ def _hf_set(name: str, entry: dict[str, Any]) -> ExtraSet:
     from vit_ft.data.hf import HFRecords, _check_columns, class_names_and_labels, load_hf
 
     where = f"{KEY}.{name}"
-    dd = load_hf(entry["name"], config_name=entry.get("config_name"), revision=entry.get("revision"))
+    try:
+        dd = load_hf(entry["name"], config_name=entry.get("config_name"), revision=entry.get("revision"))
+    except ConfigError as e:  # its line names data.name: say which set
+        raise ConfigError(f"{where}: {e}") from None
     split = entry.get("split") or next((s for s in ("test", "validation", "val") if s in dd), None)
     if split not in dd:
         raise ConfigError(
