@@ -132,16 +132,21 @@ def _train(cfg: DictConfig) -> float | None:
             res = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
             test_metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
         extra: dict[str, Any] = {}
+        extra_metrics: dict[str, float | None] = {}
         if extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
             if best_path and not tested:
                 load_checkpoint_weights(model, best_path)
             with model.ema_weights_for("eval"):
-                extra, _ = evaluate_extra_sets(trainer, model, datamodule, extra_sets, output_dir, loggers)
+                extra, extra_metrics = evaluate_extra_sets(
+                    trainer, model, datamodule, extra_sets, output_dir, loggers
+                )
 
         metric_name = str(cfg.get("optimized_metric") or "val/acc1")
         best_score = to_float(getattr(ckpt_cb, "best_model_score", None)) if ckpt_cb else None
         monitored = getattr(ckpt_cb, "monitor", None) if ckpt_cb else None
-        value = best_score if monitored == metric_name and best_score is not None else final.get(metric_name)
+        # optimized_metric=<set>/acc1: a sweep can follow an extra set (rank 0 holds its value)
+        scored = {**extra_metrics, **final}
+        value = best_score if monitored == metric_name and best_score is not None else scored.get(metric_name)
         if trainer.is_global_zero:
             payload = {
                 "optimized_metric": metric_name,
