@@ -40,6 +40,7 @@ def trained(image_folder, shifted, tmp_path_factory):
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         "logger=csv",
+        "optimized_metric=shifted/acc1",
         f"+data.extra_eval.shifted.root={root}",
         f"+data.extra_eval.shifted.labels_file={labels}",
         f"hydra.run.dir={run_dir}",
@@ -55,6 +56,7 @@ def test_training_scores_the_extra_set_everywhere(trained, shifted):
     s = m["extra_eval"]["shifted"]
     assert set(s["metrics"]) == KEYS  # 2 classes: no acc5
     assert s["images"] == len(files) and s["classes"] == 2 and s["class_subset"] is True
+    assert m["value"] == s["metrics"]["shifted/acc1"]  # optimized_metric may follow an extra set
     assert s["metrics"]["shifted/real_acc1"] == 1.0  # every listed image accepts both classes
     assert s["real_images"] == sum(f.startswith("circle/") for f in files)
     assert set(s["analysis"]["per_class"]) == {"circle", "square"}

@@ -81,3 +81,30 @@ def test_one_pass_over_a_subset_set_gives_its_metrics_and_predictions(image_fold
     assert len(res.predictions) == len(s.set)
     assert (res.predictions.pred == 1).all()  # square, as the set's class index
     assert res.analysis["confusion"].shape == (2, 2)
+
+
+def test_eval_py_stops_on_an_unknown_class_before_evaluating(image_folder, tmp_path, monkeypatch):
+    """In process: the set's class folders are checked against the model's classes first."""
+    from tests.unit.tasks.test_evaluate import EVAL, _cfg, _hf_dir
+    from vit_ft.tasks import evaluate as task
+
+    def no_trainer(*a, **k):
+        raise AssertionError("a Trainer was built: the check came after the evaluation started")
+
+    monkeypatch.setattr(task, "build_trainer", no_trainer)
+
+    weights = tmp_path / "w"
+    _hf_dir(weights, dict(enumerate(SHAPE_CLASSES)))
+    odd = tmp_path / "odd"
+    shutil.copytree(image_folder / "val" / "circle", odd / "circle")
+    shutil.copytree(image_folder / "val" / "square", odd / "hexagon")
+    out = tmp_path / "out"
+    cfg = _cfg(
+        [*EVAL, f"model.weights={weights}", f"data.root={image_folder}", f"+data.extra_eval.odd.root={odd}"],
+        out,
+    )
+    with pytest.raises(ConfigError) as e:
+        task.evaluate(cfg)
+    assert "\n" not in str(e.value)
+    assert "data.extra_eval.odd has 1 class(es) the model does not know: ['hexagon']" in str(e.value)
+    assert not (out / "metrics.json").exists()
