@@ -108,3 +108,41 @@ def test_eval_py_stops_on_an_unknown_class_before_evaluating(image_folder, tmp_p
     assert "\n" not in str(e.value)
     assert "data.extra_eval.odd has 1 class(es) the model does not know: ['hexagon']" in str(e.value)
     assert not (out / "metrics.json").exists()
+
+
+def test_the_report_has_a_section_per_set_and_keeps_set_predictions_out_of_the_run_s(tmp_path):
+    """The run's report from metrics.json's extra_eval alone; a set's CSV is not taken as the run's."""
+    import json
+
+    from vit_ft.report import build_report
+    from vit_ft.report.files import read_run
+
+    per_class = {
+        "circle": {"index": 0, "images": 2, "acc1": 0.5, "top_confusion": "square", "top_confusion_count": 1},
+        "square": {"index": 1, "images": 2, "acc1": 1.0, "top_confusion": None, "top_confusion_count": 0},
+    }
+    section = {
+        "images": 4,
+        "classes": 2,
+        "class_subset": True,
+        "labels_file": "real.json",
+        "real_images": 2,
+        "metrics": {"shifted/acc1": 0.75, "shifted/real_acc1": 0.5, "shifted/loss": 0.6},
+        "predictions": str(tmp_path / "shifted_predictions.csv"),
+        "analysis": {"per_class": per_class},
+    }
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"status": "completed", "extra_eval": {"shifted": section}})
+    )
+    (tmp_path / "shifted_predictions.csv").write_text(
+        "index,file,true_index,true_label,pred_index,pred_label,prob,correct,topk\n"
+        '0,a.jpg,0,circle,1,square,0.9,0,"[[""square"", 0.9]]"\n'
+    )
+    assert read_run(tmp_path).predictions is None
+    md = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "## More evaluation sets" in md
+    assert "| shifted | 4 | 0.75 |  | 0.5 |" in md  # acc1, no acc5 (2 classes), real_acc1
+    assert "(shifted_predictions.csv)" in md and "scored over the model's logits of these classes only" in md
+    assert md.index("| circle | 2 | 50.0% | square (1) |") < md.index(
+        "| square | 2 | 100.0% |"
+    )  # worst first
