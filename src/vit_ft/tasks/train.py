@@ -51,6 +51,12 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> float | None:
+    if cfg.get("probe") is not None and ((cfg.get("data") or {}).get("extra_eval") or {}):
+        mode = cfg.probe.get("mode") or "linear"
+        raise ConfigError(
+            f"data.extra_eval does not work with probe.mode={mode} yet; drop it, or score a fine-tuned "
+            "checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval.NAME.root=DIR"
+        )
     with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/resume.py)
         if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
             return fewshot(cfg)
@@ -95,11 +101,6 @@ def _train(cfg: DictConfig) -> float | None:
         return value if value is not None and math.isfinite(value) else None
     try:
         datamodule, model, trainer, loggers = build(plan)
-        if cfg.get("probe") is not None and (cfg.data.get("extra_eval") or {}):
-            raise ConfigError(
-                "data.extra_eval does not work with a linear probe (probe=...) yet; drop it, or score the "
-                "probe's checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval..."
-            )
         extra_sets = prepare_extra_eval(cfg, list(datamodule.class_names))  # checked before training
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
             settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))

@@ -146,3 +146,18 @@ def test_the_report_has_a_section_per_set_and_keeps_set_predictions_out_of_the_r
     assert md.index("| circle | 2 | 50.0% | square (1) |") < md.index(
         "| square | 2 | 100.0% |"
     )  # worst first
+
+
+@pytest.mark.parametrize("probe", [{"mode": "knn"}, {"mode": "fewshot"}, {"features": "cls"}])
+def test_a_probe_run_with_extra_sets_is_one_line_before_anything_runs(probe, tmp_path):
+    from omegaconf import OmegaConf
+
+    from vit_ft.tasks.train import train
+
+    cfg = OmegaConf.create(
+        {"probe": probe, "data": {"extra_eval": {"s": {"root": "x"}}}, "paths": {"output_dir": str(tmp_path)}}
+    )
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    assert f"probe.mode={probe.get('mode', 'linear')}" in str(e.value) and "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())  # not even the run folder's lock
