@@ -6,8 +6,8 @@ them, and a set label ``j`` means the model's class ``index[j]``. A class the mo
 the run with one line before anything is evaluated.
 
 A labels file (``labels_file=``, JSON: file name -> list of acceptable classes, as indices of the model's
-classes or class names; or a list in the order of the set's sorted file names, as ImageNet ReaL's
-``real.json``) makes top-1 right when it is one of the image's acceptable classes: ``<set>/real_acc1``,
+classes or class names; or a list in the order of the set's sorted bare file names, as ImageNet
+ReaL's ``real.json`` for ``ILSVRC2012_val_*.JPEG`` in class folders) makes top-1 right when it is one of the image's acceptable classes: ``<set>/real_acc1``,
 over the images whose list is not empty (the others are left out of it).
 
 :class:`SubsetMetrics` is the :class:`~vit_ft.models.metrics.Evaluator` of one such set (metric names
@@ -100,13 +100,13 @@ def read_labels_file(path: str, s: ExtraSet, model_classes: Sequence[str]) -> li
     except ValueError as e:
         raise ConfigError(f"{where}={path!r} is not JSON ({e}); write file name -> list of classes") from None
     keys = [s.file_key(i) for i in range(len(s))]
-    if isinstance(raw, list):  # ImageNet ReaL's real.json: one list per image, by sorted file name
+    if isinstance(raw, list):  # ImageNet ReaL's real.json: one list per image, by sorted bare file name
         if len(raw) != len(keys):
             raise ConfigError(
                 f"{where}={path!r} is a list of {len(raw)} entries for {len(keys)} images; give one per "
-                "image (in sorted file-name order) or a mapping file name -> list"
+                "image (in sorted bare file-name order) or a mapping file name -> list"
             )
-        raw = dict(zip(sorted(keys), raw))
+        raw = dict(zip(sorted(keys, key=lambda k: (os.path.basename(k), k)), raw))
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}={path!r} must hold a JSON object: file name -> list of classes")
     by_base = {os.path.basename(str(k)): v for k, v in raw.items()}

@@ -108,8 +108,13 @@ def test_the_labels_file_keys_by_relative_or_bare_file_name_with_indices_or_name
     path = tmp_path / "real.json"
     path.write_text(json.dumps({"circle/a.jpg": [0, "square"], "b.jpg": [], "other.jpg": [1]}))
     assert read_labels_file(str(path), s, MODEL) == [frozenset({0, 2}), frozenset(), None]
-    path.write_text(json.dumps([[0], [2], [1, 3]]))  # ImageNet ReaL's list, by sorted file name
+    path.write_text(json.dumps([[0], [2], [1, 3]]))  # ImageNet ReaL's list, by sorted bare file name
     assert read_labels_file(str(path), s, MODEL) == [frozenset({0}), frozenset({2}), frozenset({1, 3})]
+    s = ExtraSet(
+        "shifted", SET, _Records(str(tmp_path), ["circle/z.jpg", "square/a.jpg"]), root=str(tmp_path)
+    )
+    path.write_text(json.dumps([[2], [0]]))  # a.jpg first, whatever its class folder
+    assert read_labels_file(str(path), s, MODEL) == [frozenset({0}), frozenset({2})]
 
 
 @pytest.mark.parametrize(
