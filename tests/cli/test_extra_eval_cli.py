@@ -55,7 +55,8 @@ def test_training_scores_the_extra_set_everywhere(trained, shifted):
     m = read_metrics(run_dir)
     s = m["extra_eval"]["shifted"]
     assert set(s["metrics"]) == KEYS  # 2 classes: no acc5
-    assert s["images"] == len(files) and s["classes"] == 2 and s["class_subset"] is True
+    assert s["images"] == len(files) and s["skipped_images"] == 0
+    assert s["classes"] == 2 and s["class_subset"] is True
     assert m["value"] == s["metrics"]["shifted/acc1"]  # optimized_metric may follow an extra set
     assert s["metrics"]["shifted/real_acc1"] == 1.0  # every listed image accepts both classes
     assert s["real_images"] == sum(f.startswith("circle/") for f in files)

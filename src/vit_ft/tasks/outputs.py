@@ -124,6 +124,7 @@ def evaluate_extra_sets(
         a = res.analysis
         section[ps.name] = {
             "images": len(res.predictions),
+            "skipped_images": len(ps.set) - len(res.predictions),  # unusable, with data.on_bad_image=skip
             "classes": len(names),
             "class_subset": ps.index is not None,
             "labels_file": ps.set.labels_file,

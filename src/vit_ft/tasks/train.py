@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,7 +34,6 @@ from vit_ft.tasks.plan import RunPlan, make_plan
 from vit_ft.tasks.resume import run_dir_lock, wandb_run_id
 from vit_ft.training.callbacks import nonfinite_summary
 from vit_ft.training.preemption import Preempted
-from vit_ft.weights.io import torch_load_safely
 
 log = logging.getLogger("vit_ft")
 
@@ -78,11 +76,12 @@ def plan_training(cfg: DictConfig) -> RunPlan:
     return plan
 
 
-def load_checkpoint_weights(model: L.LightningModule, path: str) -> None:
-    """``path``'s weights (and EMA) into ``model``, as ``trainer.test(ckpt_path=path)`` loads them."""
-    ckpt = torch_load_safely(Path(path))
-    model.load_state_dict(ckpt["state_dict"], strict=bool(getattr(model, "strict_loading", True)))
+def load_checkpoint_weights(trainer: L.Trainer, model: L.LightningModule, path: str) -> None:
+    """``path``'s weights (and EMA) into ``model`` as ``trainer.test(ckpt_path=path)`` loads them: through
+    the strategy (a sharded checkpoint too), the module's hook first. Every rank calls it."""
+    ckpt = trainer.strategy.load_checkpoint(path)
     model.on_load_checkpoint(ckpt)
+    trainer.strategy.load_model_state_dict(ckpt, strict=bool(getattr(model, "strict_loading", True)))
 
 
 def _train(cfg: DictConfig) -> float | None:
@@ -136,7 +135,7 @@ def _train(cfg: DictConfig) -> float | None:
         extra_metrics: dict[str, float | None] = {}
         if extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
             if best_path and not tested:
-                load_checkpoint_weights(model, best_path)
+                load_checkpoint_weights(trainer, model, best_path)
             with model.ema_weights_for("eval"):
                 extra, extra_metrics = evaluate_extra_sets(
                     trainer, model, datamodule, extra_sets, output_dir, loggers
