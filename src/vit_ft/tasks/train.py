@@ -77,11 +77,11 @@ def plan_training(cfg: DictConfig) -> RunPlan:
 
 
 def load_checkpoint_weights(trainer: L.Trainer, model: L.LightningModule, path: str) -> None:
-    """``path``'s weights (and EMA) into ``model`` as ``trainer.test(ckpt_path=path)`` loads them: through
-    the strategy (a sharded checkpoint too), the module's hook first. Every rank calls it."""
-    ckpt = trainer.strategy.load_checkpoint(path)
+    """``path``'s weights (and EMA) into ``model`` as ``trainer.test(ckpt_path=path)`` loads them: read by
+    the trainer's checkpoint IO, the module's hook first. Every rank calls it. (Not a sharded FSDP folder.)"""
+    ckpt = trainer.strategy.checkpoint_io.load_checkpoint(path)
     model.on_load_checkpoint(ckpt)
-    trainer.strategy.load_model_state_dict(ckpt, strict=bool(getattr(model, "strict_loading", True)))
+    model.load_state_dict(ckpt["state_dict"], strict=bool(getattr(model, "strict_loading", True)))
 
 
 def _train(cfg: DictConfig) -> float | None:
