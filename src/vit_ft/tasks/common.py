@@ -32,9 +32,7 @@ log = logging.getLogger("vit_ft")
 
 # -- objects -----------------------------------------------------------------------------------------
 def build_datamodule(cfg: DictConfig, stage: str) -> Any:
-    data = copy.copy(
-        cfg.data
-    )  # data.extra_eval is read by the tasks (data/extra_eval.py), not the DataModule
+    data = copy.copy(cfg.data)  # data.extra_eval is the tasks' (data/extra_eval.py), not the DataModule's
     with open_dict(data):
         data.pop("extra_eval", None)
     datamodule = instantiate(data, _convert_="all")
