@@ -254,6 +254,7 @@ NOT_RANGED: dict[str, str] = {
     "data.streaming": _BOOL,
     "data.pin_memory": _BOOL + " or null",
     "data.persistent_workers": _BOOL,
+    "data.extra_eval": "a mapping of set names to {root | name, split, labels_file, ...}; checked by data/extra_eval.py",
     "model.backbone": "a timm model name (timm refuses an unknown one)",
     "model.weights": "a hub id, timm tag or file",
     "model.timm_kwargs": "a mapping passed to timm.create_model as is",

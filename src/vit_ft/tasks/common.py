@@ -5,6 +5,7 @@ The DataModule, the LightningModule, callbacks, loggers and the Trainer, in that
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any
@@ -32,7 +33,10 @@ log = logging.getLogger("vit_ft")
 
 # -- objects -----------------------------------------------------------------------------------------
 def build_datamodule(cfg: DictConfig, stage: str) -> Any:
-    datamodule = instantiate(cfg.data, _convert_="all")
+    data = copy.copy(cfg.data)  # data.extra_eval is the tasks' (data/extra_eval.py), not the DataModule's
+    with open_dict(data):
+        data.pop("extra_eval", None)
+    datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup(stage)
     return datamodule

@@ -13,7 +13,16 @@ from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer
-from vit_ft.tasks.outputs import eval_summary, predictions_and_analysis, to_float, write_metrics, write_report
+from vit_ft.tasks.outputs import (
+    eval_summary,
+    evaluate_extra_sets,
+    extra_summary_lines,
+    predictions_and_analysis,
+    prepare_extra_eval,
+    to_float,
+    write_metrics,
+    write_report,
+)
 from vit_ft.tasks.plan import make_plan, overridden
 
 log = logging.getLogger("vit_ft")
@@ -48,6 +57,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
     if note:
         log.info("classes: %s", note)
+    names = model.class_names
+    model_classes = list(names) if names and len(names) == model.num_classes else list(datamodule.class_names)
+    extra_sets = prepare_extra_eval(
+        cfg, model_classes, getattr(model, "multilabel", False)
+    )  # checked before anything is evaluated
     pre = model.preprocessing
     datamodule.configure_preprocessing(pre)
     trainer = build_trainer(plan, callbacks=[], loggers=[], enable_checkpointing=False)
@@ -64,6 +78,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     else:  # one pass only: the analysis of the evaluation itself (counts Lightning's DDP padding)
         analysis = eval_summary(model.eval_analysis, list(datamodule.class_names), split)
         predictions_path = None
+    extra, extra_metrics = {}, {}
+    if extra_sets:  # the weights the split was scored with (the checkpoint's EMA when use_for=eval)
+        extra, extra_metrics = evaluate_extra_sets(trainer, model, datamodule, extra_sets, output_dir, [])
+        metrics.update(extra_metrics)
     if trainer.is_global_zero:
         payload = {
             "split": split,
@@ -71,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
             "ckpt_path": cfg.get("ckpt_path"),
             "weights": cfg.model.get("weights"),
             "analysis": analysis,
+            **({"extra_eval": extra} if extra else {}),
         }
         path = write_metrics(output_dir, payload)
         print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
@@ -79,5 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         print(f"written to {path}")
         if predictions_path:
             print(f"predictions: {predictions_path}")
+        for line in extra_summary_lines(extra):
+            print(line)
         print(f"report        : {write_report(str(cfg.paths.output_dir), [])}")
     return metrics

@@ -185,15 +185,20 @@ def settle_monitor(cfg: DictConfig) -> tuple[str, str]:
     return name, mode
 
 
+EXTRA_SET_METRICS = ("loss", "acc1", "acc5", "acc1_macro", "ece", "real_acc1")  # models/subset.SubsetMetrics
+
+
 def check_monitor(plan: RunPlan, num_classes: int, task: str = "single") -> None:
     """Every metric name the run follows is one it logs (:func:`known_metric_names`), or one line
     listing those, before anything trains."""
     cfg = plan.cfg
     ema = (cfg.get("model") or {}).get("ema") or {}
     known = known_metric_names(num_classes, ema=ema.get("decay") is not None, task=task)
+    # data.extra_eval's sets are scored after training: what a sweep may optimise, not what a checkpoint follows
+    extra = [f"{s}/{m}" for s in (cfg.get("data") or {}).get("extra_eval") or {} for m in EXTRA_SET_METRICS]
     for key, node, leaf in monitored_keys(cfg):
         name = str(node.get(leaf))
-        if name not in known:
+        if name not in known and not (key == "optimized_metric" and name in extra):
             raise ConfigError(f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}")
 
 
