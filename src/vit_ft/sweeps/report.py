@@ -93,12 +93,26 @@ def sweep_settings(sweep_dir: Path) -> dict[str, Any]:
         direction = direction[0] if len(direction) == 1 else None
     return {
         "swept": swept,
-        "metric": cfg.get("optimized_metric"),
+        "metric": _resolved(cfg, "optimized_metric"),
         "direction": str(direction).lower() if direction else None,
         "sweeper": str(sweeper.get("_target_", "")),
         "storage": sweeper.get("storage"),
         "study_name": sweeper.get("study_name"),
     }
+
+
+def _resolved(cfg: dict[str, Any], key: str) -> Any:
+    """``cfg[key]`` with its interpolation resolved (``optimized_metric: ${monitor}``); None when it
+    cannot be (the jobs' metrics.json then name the metric)."""
+    value = cfg.get(key)
+    if not (isinstance(value, str) and "${" in value):
+        return value
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.select(OmegaConf.create(cfg), key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - a report must not fail on an odd config
+        return None
 
 
 def collect(sweep_dir: Path, metric: str | None = None) -> tuple[list[Job], dict[str, Any]]:

@@ -192,8 +192,11 @@ def check_monitor(plan: RunPlan, num_classes: int, task: str = "single") -> None
     """Every metric name the run follows is one it logs (:func:`known_metric_names`), or one line
     listing those, before anything trains."""
     cfg = plan.cfg
+    if (cfg.get("probe") or {}).get("mode") in ("knn", "fewshot"):
+        return  # they log their own names (knn/k20/acc1, fewshot/5shot/acc), not a training run's
     ema = (cfg.get("model") or {}).get("ema") or {}
     known = known_metric_names(num_classes, ema=ema.get("decay") is not None, task=task)
+    known += ["epoch", "step"]  # Lightning's ModelCheckpoint can follow these too
     # data.extra_eval's sets are scored after training: what a sweep may optimise, not what a checkpoint follows
     extra = [f"{s}/{m}" for s in (cfg.get("data") or {}).get("extra_eval") or {} for m in EXTRA_SET_METRICS]
     for key, node, leaf in monitored_keys(cfg):
