@@ -26,6 +26,22 @@ def cpu_bf16_supported() -> bool:
 
 
 # -- lightning 2.6.6 ----------------------------------------------------------------------------------
+def lightning_logs_now(trainer: Any) -> bool:
+    """Whether the training step running now (or ending, in ``on_train_batch_end``) is one of Lightning's
+    logging steps (``trainer.log_every_n_steps``): Lightning's own test."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def forget_step_logs(trainer: Any) -> None:
+    """Take the last logging step's per-step ``training_step`` values out of Lightning's current results:
+    the progress bar and ``callback_metrics`` would otherwise read them back from the device every step
+    (both keep the last values they read, so the bar still shows them)."""
+    results = getattr(trainer, "_results", None)
+    for _, item in list(results.valid_items()) if results is not None else ():
+        if item.meta.fx == "training_step" and item.meta.on_step and not item.meta.on_epoch:
+            item.has_reset = True  # Lightning's own mark of an entry not logged since (valid_items)
+
+
 def install_ddp_relaunch(command: Callable[[int], tuple[list[str], str]]) -> None:
     """Make Lightning's DDP launcher start ranks > 0 with ``command(local_rank) -> (argv, cwd)``.
 

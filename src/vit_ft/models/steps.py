@@ -15,6 +15,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_ft.checkpoint_format import ema_chosen
+from vit_ft.compat import forget_step_logs, lightning_logs_now
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import unique_class_names
 from vit_ft.models.ema import EmaWeights, restore_ema
@@ -28,17 +29,7 @@ log = logging.getLogger(__name__)
 def logging_step(trainer: Any) -> bool:
     """Whether the training step running now logs: Lightning's logging steps (``log_every_n_steps``,
     the test Lightning itself applies) and the run's first step (the first row of ``history.csv``)."""
-    return trainer.global_step == 0 or bool(trainer._logger_connector.should_update_logs)
-
-
-def forget_step_logs(trainer: Any) -> None:
-    """Take the last logging step's per-step train values out of Lightning's current results: the
-    progress bar and ``callback_metrics`` would otherwise read them back from the device every step
-    (both keep the last values they read, so the bar still shows them)."""
-    results = getattr(trainer, "_results", None)
-    for _, item in list(results.valid_items()) if results is not None else ():
-        if item.meta.fx == "training_step" and item.meta.on_step and not item.meta.on_epoch:
-            item.has_reset = True  # Lightning's own mark of an entry not logged since (valid_items)
+    return trainer.global_step == 0 or lightning_logs_now(trainer)
 
 
 FUSED_TYPES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
@@ -60,7 +51,7 @@ def fused_optimizer(module: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim
         return opt
     try:
         return build_optimizer(module, **cfg, fused=True)
-    except (ConfigError, RuntimeError, ValueError, TypeError):  # a dtype or device the fused kernel does not take
+    except (ConfigError, RuntimeError, ValueError, TypeError):  # a dtype or device it does not take
         return opt
 
 

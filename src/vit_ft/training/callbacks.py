@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vit_ft.compat import lightning_logs_now
 from vit_ft.errors import ConfigError, RunFault
 from vit_ft.io import SafeCSVWriter, csv_text, write_text_atomic
 
@@ -32,9 +33,9 @@ NONFINITE_ACTIONS = ("stop", "skip")
 
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of ``tensors`` (float32, foreach, a device tensor: nothing is read)."""
-    norms = torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    """The global L2 norm of ``tensors`` (foreach, a device tensor: nothing is read), the norm that
+    ``clip_grad_norm_`` computes."""
+    return torch.nn.utils.get_total_norm(tensors, 2.0, foreach=True)
 
 
 def first_nonfinite(tensors: list[torch.Tensor]) -> float | None:
@@ -122,8 +123,11 @@ class NonFiniteLossGuard(Callback):
         self.clip: tuple[float, str] | None = None  # (value, algorithm) taken over from Lightning
         self._lightning_clip: Any = None
         self._epochs: list[tuple[int, int]] = []  # (first optimizer step, epoch): names a step's epoch
+        self._halt: tuple[str, int] | None = None  # (what, step) read from the device: the run stops
+        self._rank_zero = True
 
     def state_dict(self) -> dict[str, Any]:
+        self.read_flags()  # Lightning asks before on_save_checkpoint (which raises on a stop)
         return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -138,7 +142,7 @@ class NonFiniteLossGuard(Callback):
         self._take_over_clipping(trainer, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         device_side = scaler is None and trainer.optimizers and all(map(skips_on_device, trainer.optimizers))
-        self.flags = None
+        self.flags, self._halt, self._rank_zero = None, None, trainer.is_global_zero
         if device_side:
             for opt in trainer.optimizers:
                 prepare_first_step(opt)
@@ -258,17 +262,17 @@ class NonFiniteLossGuard(Callback):
         )
 
     # -- reading the device flags: at logging steps, epoch ends, validations, checkpoints, the end -----
-    def settle(self, trainer: Any) -> None:
-        """Read the device flags (one sync): log the skipped steps, raise when the run must stop."""
+    def read_flags(self) -> None:
+        """Read the device flags (one sync): count and log the skipped steps, note a stop to raise."""
         f = self.flags
         if f is None:
             return
         v = f.read()
         f.skipped = torch.zeros_like(f.skipped)
         self.consecutive = int(v["consecutive"])
-        n = int(v["skipped"])
+        n = int(v["skipped"]) if self.action == "skip" else 0  # a stop skips nothing: it ends the run
         self.skipped += n
-        if n and self.action == "skip" and trainer.is_global_zero:
+        if n and self.action == "skip" and self._rank_zero:
             what = "training loss" if v["first_loss"] else "gradient norm"
             log.warning(
                 "non-finite %s %s at optimizer step %d: %d optimizer step(s) skipped since the last check "
@@ -279,16 +283,24 @@ class NonFiniteLossGuard(Callback):
                 n,
                 self.consecutive,
             )
-        if not v["halt"]:
+        if v["halt"] and self._halt is None:
+            what = f"{'training loss' if v['halt_loss'] else 'gradient norm'} {v['halt_value']}"
+            self._halt = (what, int(v["halt_step"]))
+
+    def settle(self, trainer: Any) -> None:
+        """Read the device flags; raise when the run must stop (the first bad step named)."""
+        self.read_flags()
+        if self._halt is None:
             return
-        step = int(v["halt_step"])
-        what = f"{'training loss' if v['halt_loss'] else 'gradient norm'} {v['halt_value']}"
+        what, step = self._halt
         if self.action == "stop":
             raise RunFault(self.stop_line(what, step, self.epoch_of(step, trainer.current_epoch)))
         raise RunFault(self.skips_line(what, step))
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.flags is not None and trainer._logger_connector.should_update_logs:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.flags is not None and lightning_logs_now(trainer):
             self.settle(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -348,7 +360,8 @@ class MetricsHistory(Callback):
     metric was not logged.
 
     A ``train/*`` row every ``every_n_steps`` optimizer steps (default: the trainer's
-    ``log_every_n_steps``), a ``val/*`` row after each validation, a ``test/*`` row after a test. The file
+    ``log_every_n_steps``) that is also a logging step (vit-ft logs ``train/*`` only there, so that the
+    steps between read nothing back from the device) and after the first step, a ``val/*`` row after each validation, a ``test/*`` row after a test. The file
     is rewritten atomically after each validation, at the end of training and on an exception; only
     rank 0 records or writes. The rows travel in checkpoints, so a resumed run's history goes on."""
 
@@ -394,7 +407,8 @@ class MetricsHistory(Callback):
             return
         self.last_step = step
         every = max(1, int(self.every_n_steps or trainer.log_every_n_steps or 1))
-        if step % every == 0 or step == 1:
+        logged = step == 1 or (trainer.log_every_n_steps and step % trainer.log_every_n_steps == 0)
+        if (step % every == 0 or step == 1) and logged:  # vit-ft logs train/* at logging steps only
             self.record(trainer, "train/")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:

@@ -265,7 +265,9 @@ def test_stop_names_the_first_bad_step_and_no_later_step_reaches_the_weights(tmp
 def test_consecutive_skips_stop_at_the_read_with_the_weights_of_the_last_good_step():
     model = Poisoned("sgd", nan_at=set(range(1, 8)))
     guard = NonFiniteLossGuard(action="skip", max_skips=3)
-    with pytest.raises(RunFault, match="non-finite training loss nan at optimizer step 4: 3 optimizer steps in a row"):
+    with pytest.raises(
+        RunFault, match="non-finite training loss nan at optimizer step 4: 3 optimizer steps in a row"
+    ):
         quiet_trainer(max_steps=8, callbacks=[guard], log_every_n_steps=1000).fit(
             model, vector_loader(32, batch_size=4)
         )
