@@ -35,10 +35,14 @@ def lightning_logs_now(trainer: Any) -> bool:
 def forget_step_logs(trainer: Any) -> None:
     """Take the last logging step's per-step ``training_step`` values out of Lightning's current results:
     the progress bar and ``callback_metrics`` would otherwise read them back from the device every step
-    (both keep the last values they read, so the bar still shows them)."""
+    (the bar keeps the last numbers it read; ``callback_metrics`` keeps the last values, as tensors)."""
     results = getattr(trainer, "_results", None)
+    kept = trainer._logger_connector._callback_metrics  # what callback_metrics shows of them (tensors)
     for _, item in list(results.valid_items()) if results is not None else ():
         if item.meta.fx == "training_step" and item.meta.on_step and not item.meta.on_epoch:
+            value = results._get_cache(item, True)
+            if isinstance(value, torch.Tensor):
+                kept[item.meta.name] = value  # a reference, nothing is read
             item.has_reset = True  # Lightning's own mark of an entry not logged since (valid_items)
 
 
