@@ -315,8 +315,15 @@ class NonFiniteLossGuard(Callback):
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self.settle(trainer)
-        for name, t in (checkpoint.get("state_dict") or {}).items():
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        floats = [(k, t) for k, t in (checkpoint.get("state_dict") or {}).items() if torch.is_tensor(t)]
+        finite: dict[torch.device, list[torch.Tensor]] = {}
+        for _, t in floats:
+            if t.is_floating_point():
+                finite.setdefault(t.device, []).append(torch.isfinite(t).all())
+        if all(bool(torch.stack(v).all()) for v in finite.values()):  # one read per device
+            return
+        for name, t in floats:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise RunFault(
                     f"the weights are not finite ({name} holds NaN/inf) at optimizer step "
                     f"{trainer.global_step}: no checkpoint written, the earlier ones are as they were - "
