@@ -38,14 +38,6 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(tensors, 2.0, foreach=True)
 
 
-def first_nonfinite(tensors: list[torch.Tensor]) -> float | None:
-    """The global L2 norm of ``tensors`` when it is not finite (NaN or inf), else None (reads it)."""
-    if not tensors:
-        return None
-    norm = float(total_norm(tensors))
-    return None if math.isfinite(norm) else norm
-
-
 def skips_on_device(optimizer: Any) -> bool:
     """Whether ``optimizer`` skips a step by a device flag: torch's fused optimizers take ``found_inf``
     (the update, the momentum or moments and the step count are left as they were when it is 1)."""
@@ -141,7 +133,10 @@ class NonFiniteLossGuard(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._take_over_clipping(trainer, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        device_side = scaler is None and trainer.optimizers and all(map(skips_on_device, trainer.optimizers))
+        sharded = "fsdp" in type(trainer.strategy).__name__.lower()  # each rank sees its shard only
+        device_side = (
+            scaler is None and not sharded and all(map(skips_on_device, trainer.optimizers or [None]))
+        )
         self.flags, self._halt, self._rank_zero = None, None, trainer.is_global_zero
         if device_side:
             for opt in trainer.optimizers:
