@@ -48,6 +48,9 @@ def make_model(args: argparse.Namespace, compile: bool = False) -> ViTClassifier
         img_size=args.img_size,
         num_classes=args.classes,
         class_names=[str(i) for i in range(args.classes)],
+        timm_kwargs=dict(
+            getattr(args, "timm_kwargs", None) or {}
+        ),  # e.g. a tiny depth (gpu_report --dry-run)
         optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
         scheduler={"warmup_steps": 2},
     )
@@ -58,12 +61,17 @@ def make_data(args: argparse.Namespace, n_batches: int) -> DataLoader:
     n = args.batch * n_batches
     x = torch.randint(0, 256, (n, 3, args.img_size, args.img_size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, args.classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=False)
+    # pinned batches (gpu_report on CUDA): the host-to-device copy overlaps the step, as in vit-ft's loaders
+    pin = bool(getattr(args, "pin_memory", False))
+    return DataLoader(TensorDataset(x, y), batch_size=args.batch, shuffle=False, pin_memory=pin)
+
+
+DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # else fp32
 
 
 def autocast(device: str, precision: str):
-    if precision == "bf16-mixed":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if precision in DTYPES:
+        return torch.autocast(device_type=device, dtype=DTYPES[precision])
     return torch.autocast(device_type=device, enabled=False)
 
 
@@ -146,7 +154,7 @@ def train_flops_per_image(args: argparse.Namespace) -> float:
 
 
 def matmul_peak(device: str, precision: str, n: int = 2048, reps: int = 10) -> float:
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+    dtype = DTYPES.get(precision, torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):

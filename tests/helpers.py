@@ -13,10 +13,13 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.forkserver import fork_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,12 +98,31 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(script: str, *overrides: str, tmp_path: Path, check: bool = True, timeout: int = 300):
-    """Run ``python <script> overrides...`` from the repo root, as a user would."""
+_SERVER_HOME: Path | None = None
+
+
+def server_env() -> dict[str, str]:
+    """The fork server's environment: the shape of :func:`clean_env`, under a folder of its own."""
+    global _SERVER_HOME
+    if _SERVER_HOME is None:
+        _SERVER_HOME = Path(tempfile.mkdtemp(prefix="vit-ft-cli-server-"))
+    return clean_env(_SERVER_HOME)
+
+
+def run_cli(
+    script: str, *overrides: str, tmp_path: Path, check: bool = True, timeout: int = 300, fresh: bool = False
+):
+    """Run ``python <script> overrides...`` from the repo root, as a user would.
+
+    The command runs in its own process, forked from a server that has torch, Lightning and timm imported
+    (tests/forkserver.py); ``fresh=True`` (or ``VIT_FT_TEST_FRESH=1``) starts a new interpreter instead,
+    for tests about what happens while importing (warnings printed by an import)."""
     cmd = [sys.executable, str(ROOT / script), *overrides]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True, timeout=timeout
-    )
+    env = clean_env(tmp_path)
+    if fresh or os.environ.get("VIT_FT_TEST_FRESH") == "1":
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = fork_run(cmd, tmp_path, env, server_env(), timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
@@ -399,3 +421,34 @@ def vector_loader(n: int = 16, batch_size: int = 4, random_labels: bool = False)
     x = torch.randn(n, 4, generator=g)
     y = torch.randint(0, 2, (n,), generator=g) if random_labels else torch.arange(n) % 2
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+ML_CLASSES = ("blue", "green", "red")
+
+
+def make_multilabel_manifest(
+    root: Path, n_train: int = 24, n_val: int = 12, size: int = 32, seed: int = 0
+) -> Path:
+    """A multi-label set: each image has a coloured square per label (red, green, blue, each in its own
+    corner) on grey; ``root/train.csv`` and ``root/val.csv`` (image, labels), some rows with no label."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    corners = {"red": (0, 0), "green": (0, 1), "blue": (1, 0)}
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    half = size // 2
+    for split, n in (("train", n_train), ("val", n_val)):
+        lines = ["image,labels"]
+        for i in range(n):
+            present = [c for c in ML_CLASSES if rng.random() < 0.5]
+            if i == 0:
+                present = ["red", "green"]  # at least one row with two labels: a multi-label set
+            a = np.full((size, size, 3), 128, dtype=np.uint8)
+            a += rng.integers(0, 20, a.shape, dtype=np.uint8)
+            for c in present:
+                r, k = corners[c]
+                a[r * half + 2 : r * half + half - 2, k * half + 2 : k * half + half - 2] = colours[c]
+            name = f"img/{split}_{i}.png"
+            Image.fromarray(a).save(root / name)
+            lines.append(f"{name},{' '.join(present)}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root

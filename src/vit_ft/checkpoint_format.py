@@ -8,7 +8,8 @@ A vit-ft ``.ckpt`` is a Lightning checkpoint whose
 * ``hyper_parameters`` hold what rebuilds the network offline (``arch``, ``preprocessing``,
   ``class_names``, ``num_classes``, the ``ema``/``lora`` settings);
 * ``vit_ft`` (:data:`RECORD`) is vit-ft's own record, built by :func:`build_record` only: the format
-  version, the run's total optimizer steps, and per feature a sub-record (``lora``, ``probe``);
+  version, the run's total optimizer steps, and per feature a sub-record (``lora``, ``probe``,
+  ``multilabel``: the per-class thresholds of a multi-label model, chosen on val);
 * ``rng_states`` (:data:`RNG_KEY`) holds every rank's random generators (exact resume).
 
 Readers, writers and hooks import these names; none spells a prefix. The format version is 1 since the
@@ -31,6 +32,10 @@ EMA_PREFIX = "model_ema."  # state_dict["model_ema.<timm key>"]: the EMA of the 
 HEAD_PREFIX = "head."  # the timm classifier head inside the network (see weights.families for all heads)
 LORA_RECORD = "lora"  # checkpoint["vit_ft"]["lora"]: the adapters' spec and where the base comes from
 PROBE_RECORD = "probe"  # checkpoint["vit_ft"]["probe"]: a linear probe's resume state
+MULTILABEL_RECORD = (
+    "multilabel"  # checkpoint["vit_ft"]["multilabel"]: {"thresholds": [K floats]}, chosen on val
+)
+MULTILABEL_ATTR = "vit_ft_thresholds"  # a loaded network with a multi-label head: its thresholds (to writers)
 EMA_USES = ("eval", "export", "none")  # model.ema.use_for
 
 
@@ -57,6 +62,12 @@ def feature_record(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
 def format_version(checkpoint: Mapping[str, Any]) -> int:
     """The record's format version (0: no vit-ft record)."""
     return int(read_record(checkpoint).get("format", 0) or 0)
+
+
+def multilabel_thresholds(checkpoint: Mapping[str, Any]) -> list[float] | None:
+    """The per-class thresholds a multi-label checkpoint stores (``None``: none stored)."""
+    thr = feature_record(checkpoint, MULTILABEL_RECORD).get("thresholds")
+    return [float(t) for t in thr] if isinstance(thr, (list, tuple)) else None
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:

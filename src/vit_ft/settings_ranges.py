@@ -59,6 +59,7 @@ ACCELERATOR = OneOf(
 RANGES: dict[str, Range] = {
     # -- conf/config.yaml, conf/eval.yaml (the root) ---------------------------------------------
     "seed": SEED,
+    "recipe": OneOf(("auto", "paper")),  # training/recipe.py RECIPES
     # -- conf/data/*.yaml ----------------------------------------------------------------------------
     "data.batch_size": COUNT,
     "data.num_workers": ZERO_UP,
@@ -72,9 +73,18 @@ RANGES: dict[str, Range] = {
     "data.eval_crop": EVAL_CROP,
     "data.shuffle_buffer": ZERO_UP,  # hf streaming; 0: no shuffling
     "data.class_index": OneOf(("ilsvrc", "present")),  # imagenet
+    "data.sampler": OneOf(("none", "balanced", "sqrt")),  # vit_ft.data.resumable.SAMPLERS
+    "data.samples_per_epoch": COUNT_OR_NULL,  # with data.sampler=balanced|sqrt
     # -- conf/model/*.yaml ---------------------------------------------------------------------------
     "model.img_size": COUNT_OR_NULL,  # eval.py: null keeps the weights' own
     "model.label_smoothing": Num(0, 1, hi_open=True),
+    # inverse frequency, or one positive weight per class (the length is checked against the data)
+    "model.class_weights": AnyOf((OneOf(("balanced",)), ListOf(Num(lo=0, lo_open=True))), null=True),
+    "model.task": OneOf(("auto", "single", "multilabel")),
+    "model.loss": OneOf(("default", "asl")),
+    "model.asl.gamma_neg": Num(lo=0),
+    "model.asl.gamma_pos": Num(lo=0),
+    "model.asl.clip": Num(0, 1, hi_open=True),
     "model.drop_path_rate": Num(0, 1, hi_open=True),  # 1 would drop every block (and divide by 0)
     "model.preprocessing_override.mean": ListOf(Num(0, 1), length=3, null=True),  # of pixels in [0, 1]
     "model.preprocessing_override.std": ListOf(Num(0, 1, lo_open=True), length=3, null=True),
@@ -103,7 +113,10 @@ RANGES: dict[str, Range] = {
         lazy=_timm_optimizers,
         text="sgd, nesterov, adamw, lamb, lars or another timm optimizer (timm.optim.list_optimizers())",
     ),
-    "optimizer.lr": Num(0, LR_MAX, lo_open=True),
+    "optimizer.lr": Num(0, LR_MAX, lo_open=True, null=True),  # null: from lr_base (training/recipe.py)
+    "optimizer.lr_base": Num(0, LR_MAX, lo_open=True, null=True),
+    "optimizer.lr_base_size": COUNT,
+    "optimizer.lr_base_scale": OneOf(("linear", "sqrt"), null=True),
     "optimizer.weight_decay": Num(0, WD_MAX),
     "optimizer.momentum": Num(0, 1, hi_open=True),
     "optimizer.betas": ListOf(Num(0, 1, hi_open=True), length=2),
@@ -202,8 +215,11 @@ RANGES: dict[str, Range] = {
     "on_bad_image": OneOf(("error", "skip")),
     "img_size": COUNT_OR_NULL,
     "eval_crop": EVAL_CROP,
-    "format": OneOf(("both", "hf", "timm")),
+    "format": OneOf(("both", "hf", "timm", "onnx")),
+    "dtype": OneOf(("fp32", "fp16")),  # export.py format=onnx
+    "opset": OneOf((17, 18)),  # export.py format=onnx: what ONNX Runtime and TensorRT >= 8.6 read
     "num_classes": COUNT_OR_NULL,
+    "threshold": Num(0, 1, null=True),  # predict.py: multi-label threshold for every label
 }
 
 _BOOL = "a boolean (true/false)"
@@ -215,6 +231,7 @@ NOT_RANGED: dict[str, str] = {
     "task_name": "a free-form name (the run folder's)",
     "ckpt_path": "a path, auto or null; its file is checked by check_user_files",
     "optimized_metric": "a metric name (any logged metric)",
+    "monitor": "a logged metric name, checked against the evaluator's names (tasks/plan.check_monitor)",
     "test": _BOOL,
     "predictions": _BOOL + "; eval.py checks it with its own line",
     "data.root": _PATH,
@@ -227,11 +244,17 @@ NOT_RANGED: dict[str, str] = {
     "data.hf_cache_dir": _PATH,
     "data.revision": "a git revision of the hub data set",
     "data.val_labels": _PATH,
+    "data.train": "shard paths or URLs (data=webdataset) or a manifest file (data=manifest), checked when read",
+    "data.val": "shard paths or URLs, or a manifest file, or null; checked when read",
+    "data.test": "shard paths or URLs, or a manifest file, or null; checked when read",
+    "data.index": "a shard index.json path or URL",
+    "data.classes": "a list of class names or null",
     "data.cache_dir": _PATH,
     "data.auto_augment": "a timm RandAugment/AutoAugment spec string (rand-m9-mstd0.5), parsed by timm",
     "data.streaming": _BOOL,
     "data.pin_memory": _BOOL + " or null",
     "data.persistent_workers": _BOOL,
+    "data.extra_eval": "a mapping of set names to {root | name, split, labels_file, ...}; checked by data/extra_eval.py",
     "model.backbone": "a timm model name (timm refuses an unknown one)",
     "model.weights": "a hub id, timm tag or file",
     "model.timm_kwargs": "a mapping passed to timm.create_model as is",
@@ -308,6 +331,10 @@ NOT_RANGED: dict[str, str] = {
     "backbone": "a timm model name (predict.py, export.py)",
     "timm_kwargs": "a mapping passed to timm.create_model (predict.py)",
     "quiet": _BOOL + " (predict.py)",
+    "card": _BOOL + " (export.py: README.md model card beside the export)",
+    "license": "a Hub license id (apache-2.0, mit, ...), checked by vit_ft.publish.card (export.py)",
+    "push_to_hub": "a Hub repository id org/name, checked by vit_ft.publish.hub (export.py)",
+    "hub": "export.py's push settings: hub.private (a boolean), hub.revision (a branch name or null)",
 }
 
 _ABSENT = object()

@@ -63,6 +63,7 @@ def test_export_cli_from_a_vit_ft_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "last.ckpt"]  # no Hydra folder
     assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",  # the model card (card=true by default; tests/cli/test_card_cli.py)
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",

@@ -16,6 +16,7 @@ def test_a_clean_run_has_no_spurious_warnings(image_folder, tmp_path):
         "trainer.enable_model_summary=true",
         f"hydra.run.dir={tmp_path / 'run'}",
         tmp_path=tmp_path,
+        fresh=True,  # a new interpreter: warnings printed while importing count too
     )
     out = proc.stdout + proc.stderr
     # the model summary counts real FLOPs (rich and plain summaries spell the line differently)

@@ -20,7 +20,7 @@ def refused(proc, line: str) -> None:
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10]"),
+        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10] or null"),
         (
             "optimizer.layer_decay=2",
             "optimizer.layer_decay=2 is out of range: must be a number in (0, 1] or null",

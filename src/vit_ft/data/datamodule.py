@@ -15,20 +15,45 @@ import os
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vit_ft.data.bad_images import BadImageLedger
 from vit_ft.data.device_decode import PlannedBatch, check_decode_device, decode_planned, plan_in_workers
-from vit_ft.data.folder import index_image_folder
+from vit_ft.data.folder import index_image_folder, stratified_split
 from vit_ft.data.loader_policy import LoaderPolicy, loader_batch, per_device_batch
+from vit_ft.data.manifest import BadRows, ManifestRecords, decide_task, index_manifests
 from vit_ft.data.quickstart import make_quickstart_dataset
 from vit_ft.data.records import FileRecords, IndexedDataset, TransformedDataset, collate_skipping_none
-from vit_ft.data.resumable import ResumableOrder
+from vit_ft.data.resumable import SAMPLERS, ResumableOrder
+from vit_ft.data.scan import imbalance_summary
 from vit_ft.data.transforms import build_eval_transform, build_train_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+
+
+def check_sampler(sampler: Any, samples_per_epoch: Any) -> tuple[str, int | None]:
+    """``data.sampler`` and ``data.samples_per_epoch``, checked."""
+    sampler = "none" if sampler is None else str(sampler)
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}; pick one of them")
+    if samples_per_epoch is not None:
+        if (
+            isinstance(samples_per_epoch, bool)
+            or not isinstance(samples_per_epoch, int)
+            or samples_per_epoch < 1
+        ):
+            raise ConfigError(
+                f"data.samples_per_epoch={samples_per_epoch!r} must be a positive integer or null"
+            )
+        if sampler == "none":
+            raise ConfigError(
+                f"data.samples_per_epoch={samples_per_epoch} needs a drawn order (data.sampler=balanced or "
+                "sqrt); with data.sampler=none an epoch is one pass over the data"
+            )
+    return sampler, samples_per_epoch
 
 
 class ImageDataModule(ResumableOrder, L.LightningDataModule):
@@ -49,8 +74,11 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         persistent_workers: bool = True,
         decode_device: str = "cpu",
         eval_crop: Any = "auto",
+        sampler: str = "none",
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
+        self.sampler, self.samples_per_epoch = check_sampler(sampler, samples_per_epoch)
         self.eval_crop = parse_eval_crop(eval_crop)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer (e.g. 512)")
@@ -84,6 +112,7 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
         self.loader_batch_size = batch_size
         self.class_names: list[str] | None = None
         self.splits: dict[str, Any] | None = None
+        self.task = "single"  # or multilabel: set once by configure_task (model.task)
 
     # -- configuration from the run -------------------------------------------------------------
     @property
@@ -154,6 +183,40 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
                 raise ConfigError(
                     "the validation split is empty; add a val/ folder or raise data.val_fraction (e.g. 0.1)"
                 )
+            counts = self.class_counts("train")
+            if counts is not None:
+                log.info("%s", imbalance_summary(counts, self.class_names))
+
+    def class_counts(self, split: str = "train") -> np.ndarray | None:
+        """Images per class (int64 ``[num_classes]``) of ``split``; None for a streamed one (no labels
+        up front)."""
+        labels = getattr((self.splits or {}).get(split), "labels", None)
+        if labels is None or self.class_names is None:
+            return None
+        labels = np.asarray(labels)
+        return np.bincount(labels[labels >= 0], minlength=len(self.class_names)).astype(np.int64)
+
+    def configure_task(self, asked: str = "auto") -> str:
+        """``single`` or ``multilabel`` (``model.task``; ``auto``: multilabel when a row has two labels),
+        decided once from the data; a multi-label task makes every split's target multi-hot."""
+        self.setup()
+        multi = {k: v for k, v in self.splits.items() if hasattr(v, "multi_hot")}
+        task = decide_task(asked, [v.label_counts() for v in multi.values()])
+        if task == "multilabel":
+            if len(multi) < len(self.splits):
+                raise ConfigError(
+                    "model.task=multilabel needs label sets: use data=manifest (image, labels columns) "
+                    "or an HF label column that is a Sequence(ClassLabel)"
+                )
+            for records in multi.values():
+                records.multilabel = True
+        else:
+            self.single_label_rows()
+        self.task = task
+        return task
+
+    def single_label_rows(self) -> None:
+        """Hook: a source whose rows may lack a label leaves them out of a single-label task."""
 
     # -- loaders --------------------------------------------------------------------------------
     def train_with_eval_transform(self) -> None:
@@ -193,8 +256,18 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
             transform, collate = plan_in_workers(transform, collate, split)
         ds = self.dataset(split, transform, train)
         bs = self.batch_for(train)
-        sampler = self.epoch_sampler(ds, bs) if train and not isinstance(ds, IterableDataset) else None
-        return self.loader_policy.loader(ds, bs, train=train, sampler=sampler, collate_fn=collate)
+        if train and isinstance(ds, IterableDataset) and self.sampler != "none":
+            raise ConfigError(
+                f"data.sampler={self.sampler} needs a data set of known size; a streamed one is read in "
+                "its own order: use data.sampler=none or data.streaming=false"
+            )
+        if not (train and not isinstance(ds, IterableDataset)):
+            return self.loader_policy.loader(ds, bs, train=train, collate_fn=collate)
+        labels = getattr(self.splits[split], "labels", None) if self.sampler != "none" else None
+        sampler = self.epoch_sampler(ds, bs, labels=labels)
+        return self.loader_policy.loader(
+            ds, bs, train=train, sampler=sampler, collate_fn=collate, epoch_size=self.epoch_size(ds)
+        )
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader | None:
         """``(record index, image, label)`` batches of ``split`` with the eval transform, in record order,
@@ -268,3 +341,50 @@ class QuickstartDataModule(ImageFolderDataModule):
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         self.prepare_data()
         return super().load_splits()
+
+
+class ManifestDataModule(ImageDataModule):
+    """CSV/JSONL manifests (see :mod:`vit_ft.data.manifest`): ``train``, ``val`` (``None``: split off
+    train by ``val_fraction``), ``test``; ``classes``: the class list (default: the sorted union)."""
+
+    def __init__(
+        self,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        classes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.manifests = {"train": train, "val": val, "test": test}
+        self.classes = list(classes) if classes else None
+        self.bad_rows = BadRows()
+
+    def load_splits(self) -> tuple[list[str], dict[str, Any]]:
+        class_names, index, self.bad_rows = index_manifests(self.manifests, self.classes, self.on_bad_image)
+        if "val" not in index:
+            tr, va = stratified_split(index["train"].labels, self.val_fraction, self.seed)
+            index["train"], index["val"] = index["train"].subset(tr), index["train"].subset(va)
+        k = len(class_names)
+        return class_names, {s: ManifestRecords(index[s], k) for s in ("train", "val", "test") if s in index}
+
+    def single_label_rows(self) -> None:
+        for split, records in list(self.splits.items()):
+            none = np.flatnonzero(records.labels < 0)
+            if not len(none):
+                continue
+            first = records.name(int(none[0]))
+            if self.on_bad_image != "skip":
+                raise ConfigError(
+                    f"data.{split}: {len(none)} row(s) have no label, first {first}; a single-label task needs one "
+                    "per row: label them, set data.on_bad_image=skip, or model.task=multilabel"
+                )
+            for i in none:
+                self.bad_rows.add(split, records.name(int(i)), "no label")
+            log.warning("data.%s: %d row(s) without a label left out, first %s", split, len(none), first)
+            keep = np.flatnonzero(records.labels >= 0)
+            self.splits[split] = ManifestRecords(records.index.subset(keep), records.num_classes)
+        self._size_records()
+
+    def bad_image_report(self) -> dict:
+        return self.bad_rows.merge_into(super().bad_image_report())

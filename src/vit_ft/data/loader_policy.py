@@ -96,17 +96,20 @@ class LoaderPolicy:
         sampler: Any = None,
         collate_fn: Any = None,
         once: bool = False,
+        epoch_size: int | None = None,
     ) -> DataLoader:
         """A DataLoader over ``ds``. ``train``: in the training order ``sampler``, dropping the last
-        partial batch (:func:`drops_last`; not for a streamed ``ds``, whose size is unknown).
-        ``once``: a single pass (features, predictions): its workers end with it."""
+        partial batch (:func:`drops_last` of ``epoch_size`` samples, by default ``len(ds)``; not for a
+        streamed ``ds``, whose size is unknown). ``once``: a single pass (features, predictions): its
+        workers end with it."""
         iterable = isinstance(ds, IterableDataset)
+        size = 0 if iterable else int(epoch_size or len(ds))
         return DataLoader(
             ds,
             batch_size=int(batch_size),
             sampler=sampler,
             shuffle=False,
-            drop_last=train and not iterable and drops_last(len(ds), batch_size),
+            drop_last=train and not iterable and drops_last(size, batch_size),
             num_workers=int(self.num_workers),
             pin_memory=self.pins,
             persistent_workers=not once and self.persistent_workers and self.num_workers > 0,

@@ -84,6 +84,8 @@ class TransformedDataset(Dataset):
             raise UnusableImageError(unusable_message(name, e.reason)) from None
         if isinstance(x, PlannedJpeg):
             x = x._replace(index=i)
+        if getattr(self.records, "multilabel", False):  # a multi-label task: the multi-hot float vector
+            return x, self.records.multi_hot(i)
         return x, int(self.records.labels[i])
 
     def _transform(self, i: int) -> Any:

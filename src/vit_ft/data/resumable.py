@@ -103,11 +103,15 @@ class EpochSampler(DistributedSampler):
         super().set_epoch(int(epoch))
         self.passes = 0
 
+    def epoch_indices(self) -> list[int]:
+        """This rank's whole share of the current epoch, in order (``start`` not yet applied)."""
+        return list(super().__iter__())
+
     def __iter__(self) -> Iterator[Any]:
         if self.passes:
             self.epoch, self.start = self.epoch + 1, 0
         self.passes += 1
-        indices = list(super().__iter__())
+        indices = self.epoch_indices()
         seed, epoch, world, rank = self.seed, self.epoch, self.num_replicas, self.rank
         if not self.with_seeds:  # a data set without randomness of its own (cached features)
             yield from indices[self.start :]
@@ -116,19 +120,84 @@ class EpochSampler(DistributedSampler):
             yield indices[pos], sample_seed(seed, epoch, rank + pos * world)
 
 
+SAMPLERS = ("none", "balanced", "sqrt")
+_SAMPLER_SALT = 0x2F76_DD0D_2676  # the weighted draws' stream, apart from the sample seeds'
+
+
+def class_sampling_weights(labels: Any, mode: str) -> torch.Tensor:
+    """Per-sample drawing weights (float64) for ``data.sampler=mode``: ``balanced`` gives each class
+    the same total weight (``1/count`` per sample: classes drawn equally often), ``sqrt`` gives
+    ``1/sqrt(count)`` per sample (a class is drawn in proportion to ``sqrt(count)``). Unlabelled samples
+    (label < 0) are never drawn."""
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if mode not in SAMPLERS[1:]:
+        raise ValueError(f"no weights for data.sampler={mode!r}")
+    known = y >= 0
+    counts = torch.bincount(y[known]).double() if bool(known.any()) else torch.zeros(1, dtype=torch.float64)
+    per_class = torch.where(counts > 0, counts, torch.ones_like(counts))
+    per_class = 1.0 / (per_class if mode == "balanced" else per_class.sqrt())
+    w = torch.zeros(len(y), dtype=torch.float64)
+    w[known] = per_class[y[known]]
+    return w
+
+
+class WeightedEpochSampler(EpochSampler):
+    """:class:`EpochSampler` drawing with replacement in proportion to per-sample ``weights``
+    (``data.sampler=balanced|sqrt``, see :func:`class_sampling_weights`).
+
+    An epoch is ``samples_per_epoch`` draws (default: the data set's size), padded to a multiple of
+    ``num_replicas`` so every rank gets as many; they are made at once by ``torch.multinomial`` with a
+    generator seeded from ``(seed, epoch)`` only, and rank ``r`` takes every ``num_replicas``-th from
+    ``r``: the order is a pure function of ``(seed, epoch, position)``, so ``start`` resumes it exactly,
+    whatever the workers or an interruption did."""
+
+    def __init__(
+        self, dataset: Any, weights: torch.Tensor, *, samples_per_epoch: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        if len(self.weights) != len(dataset) or not bool((self.weights > 0).any()):
+            raise ValueError("one positive weight per sample is needed")
+        self.epoch_size = int(samples_per_epoch or len(dataset))
+        self.num_samples = -(-self.epoch_size // self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def epoch_indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(_mix(_mix(int(self.seed) & _MASK) ^ self.epoch) ^ _SAMPLER_SALT)
+        if len(self.weights) <= 2**24:  # torch.multinomial's most categories
+            drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+        else:  # the same distribution by the inverse CDF
+            cdf = self.weights.cumsum(0)
+            u = torch.rand(self.total_size, generator=g, dtype=torch.float64) * cdf[-1]
+            drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
+        return drawn[self.rank :: self.num_replicas].tolist()
+
+
 class ResumableOrder:
     """DataModule mixin: the training order as an :class:`EpochSampler` whose position travels in
     checkpoints (Lightning saves and restores a DataModule's ``state_dict``).
 
-    Uses the DataModule's ``trainer`` (ranks; loop progress when saving) and ``seed`` (the order's)."""
+    Uses the DataModule's ``trainer`` (ranks; loop progress when saving), ``seed`` (the order's),
+    ``sampler`` (``data.sampler``: ``none`` or a class-weighted draw) and ``samples_per_epoch``."""
 
     trainer: Any
     seed: int
+    sampler: str = "none"
+    samples_per_epoch: int | None = None
 
-    def epoch_sampler(self, ds: Any, batch_size: int, *, with_seeds: bool = True) -> EpochSampler:
+    def epoch_size(self, ds: Any) -> int:
+        """Samples of one training epoch over all ranks (before padding)."""
+        if self.sampler == "none":
+            return len(ds)
+        return int(self.samples_per_epoch or len(ds))
+
+    def epoch_sampler(
+        self, ds: Any, batch_size: int, *, with_seeds: bool = True, labels: Any = None
+    ) -> EpochSampler:
         """The training order over this rank's share of ``ds`` (loader batch ``batch_size``), starting
         where a restored checkpoint left it (see :meth:`load_state_dict`). Outside a Trainer, a new
-        loader goes on with the epoch after the last one's, reshuffling as a ``RandomSampler`` would."""
+        loader goes on with the epoch after the last one's, reshuffling as a ``RandomSampler`` would.
+        ``labels`` (one per sample of ``ds``): what ``data.sampler=balanced|sqrt`` weighs by."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         epoch, start = 0, 0
@@ -136,8 +205,10 @@ class ResumableOrder:
         previous = getattr(self, "_train_sampler", None)
         if order:
             epoch, batches = int(order["epoch"]), int(order["batches"])
-            layout = {"size": len(ds), "num_replicas": world, "batch_size": batch_size}
-            if any(order.get(k) != v for k, v in layout.items()):
+            layout = {"size": self.epoch_size(ds), "num_replicas": world, "batch_size": batch_size}
+            if self.sampler != "none" or "sampler" in order:
+                layout["sampler"] = self.sampler
+            if any(order.get(k, "none" if k == "sampler" else None) != v for k, v in layout.items()):
                 log.warning(
                     "resuming epoch %d with another data size, device count or batch (%s, now %s): "
                     "the rest of the epoch is not what an uninterrupted run would have trained on",
@@ -146,22 +217,26 @@ class ResumableOrder:
                     layout,
                 )
             if batches >= batches_per_epoch(
-                len(ds), world, batch_size
+                self.epoch_size(ds), world, batch_size
             ):  # saved at the end of the epoch: the next one starts afresh
                 epoch, batches = epoch + 1, 0
             start = batches * batch_size
         elif trainer is None and previous is not None and previous.passes:
             epoch = previous.epoch + 1
         self._train_batch_size = int(batch_size)
-        self._train_sampler = EpochSampler(
-            ds,
-            num_replicas=world,
-            rank=rank,
-            seed=int(self.seed),
-            epoch=epoch,
-            start=start,
-            with_seeds=with_seeds,
-        )
+        kwargs = dict(num_replicas=world, rank=rank, seed=int(self.seed), epoch=epoch, start=start)
+        if self.sampler == "none":
+            self._train_sampler = EpochSampler(ds, with_seeds=with_seeds, **kwargs)
+        else:
+            if labels is None:
+                raise ValueError(f"data.sampler={self.sampler} needs the training labels")
+            self._train_sampler = WeightedEpochSampler(
+                ds,
+                class_sampling_weights(labels, self.sampler),
+                samples_per_epoch=self.samples_per_epoch,
+                with_seeds=with_seeds,
+                **kwargs,
+            )
         return self._train_sampler
 
     def state_dict(self) -> dict[str, Any]:
@@ -170,16 +245,17 @@ class ResumableOrder:
         sampler, trainer = getattr(self, "_train_sampler", None), self.trainer
         if sampler is None or trainer is None:
             return {}
-        return {
-            "train_order": {
-                "epoch": int(sampler.epoch),
-                "batches": batches_done_in_epoch(trainer),
-                "seed": int(sampler.seed),
-                "size": len(sampler.dataset),
-                "num_replicas": int(sampler.num_replicas),
-                "batch_size": int(getattr(self, "_train_batch_size", 0)),
-            }
+        order = {
+            "epoch": int(sampler.epoch),
+            "batches": batches_done_in_epoch(trainer),
+            "seed": int(sampler.seed),
+            "size": int(getattr(sampler, "epoch_size", len(sampler.dataset))),
+            "num_replicas": int(sampler.num_replicas),
+            "batch_size": int(getattr(self, "_train_batch_size", 0)),
         }
+        if isinstance(sampler, WeightedEpochSampler):
+            order["sampler"] = self.sampler
+        return {"train_order": order}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training order of a checkpoint: its epoch, after the batches it had trained on.

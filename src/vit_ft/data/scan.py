@@ -3,7 +3,8 @@
     python -m vit_ft.data.scan ROOT [--report bad_images.csv] [--workers N]
 
 Every image file (by extension; hidden files and folders skipped, as the loaders do) is fully
-decoded as training would decode it. The report (CSV, or JSON when the name ends in ``.json``) lists
+decoded as training would decode it. For a folder of class folders (``ROOT/train/<class>`` or
+``ROOT/<class>``) it also prints the training classes' counts, range and imbalance ratio. The report (CSV, or JSON when the name ends in ``.json``) lists
 ``path,reason`` for each unusable file; the exit status is 1 when there is any, 0 when all are good,
 2 for a usage error.
 """
@@ -17,9 +18,11 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 from vit_ft.data.decode import check_image, is_image_file
-from vit_ft.data.folder import walk_files, warn_outside
+from vit_ft.data.folder import scan_classes, walk_files, warn_outside
+from vit_ft.errors import ConfigError
 from vit_ft.io import SafeCSVWriter
 from vit_ft.progress import track
 
@@ -33,6 +36,45 @@ def iter_images(root: str):
             if is_image_file(f):
                 yield os.path.join(dirpath, f)
     warn_outside(outside, root)
+
+
+IMBALANCE_HINT_RATIO = 10.0
+
+
+def imbalance_summary(counts: Any, class_names: list[str] | None = None) -> str:
+    """One line on the class counts of a training split: their range and imbalance ratio (largest /
+    smallest count), and, over :data:`IMBALANCE_HINT_RATIO`, the two switches that help."""
+    counts = [int(c) for c in counts]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(counts))]
+    if not counts:
+        return "class counts: no classes"
+    hi, lo = max(range(len(counts)), key=counts.__getitem__), min(range(len(counts)), key=counts.__getitem__)
+    ratio = counts[hi] / counts[lo] if counts[lo] else float("inf")
+    line = (
+        f"class counts (train): {counts[lo]} ({names[lo]}) to {counts[hi]} ({names[hi]}) images per class "
+        f"over {len(counts)} classes; imbalance ratio {ratio:.1f}"
+    )
+    if ratio > IMBALANCE_HINT_RATIO:
+        line += (
+            "; imbalanced: try data.sampler=balanced (or sqrt) or model.class_weights=balanced, "
+            "and monitor=val/acc1_macro"
+        )
+    return line
+
+
+def folder_class_counts(root: str) -> tuple[list[str], list[int]] | None:
+    """``(class names, images per class)`` of the training classes of an image folder as
+    ``data=imagefolder`` reads it (``root/train/<class>`` or ``root/<class>``); None when ``root`` is
+    not laid out that way."""
+    base = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+    try:
+        found = scan_classes(base, "root", root)
+    except (ConfigError, OSError):
+        return None
+    if len(found) < 2:
+        return None
+    classes = sorted(found)
+    return classes, [len(found[c]) for c in classes]
 
 
 def _check(path: str) -> tuple[str, str | None]:
@@ -92,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ... and {len(bad) - 20} more (see the report)")
     if bad:
         print("train with data.on_bad_image=skip to leave them out, or remove them")
+    classes = folder_class_counts(args.root)
+    if classes is not None:
+        print(imbalance_summary(classes[1], classes[0]))
     return 1 if bad else 0
 
 

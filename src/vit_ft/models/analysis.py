@@ -86,3 +86,28 @@ def analysis_summary(
         "per_class": per_class,
         "top_confusions": top_confusions,
     }
+
+
+def multilabel_summary(scores: dict[str, Any], class_names: Sequence[str], split: str) -> dict[str, Any]:
+    """The ``analysis`` dict of ``metrics.json`` for a multi-label model, from
+    :func:`~vit_ft.models.metrics.multilabel_scores`: the averages and, keyed by class name, each class's
+    AP, F1 (at its threshold in use), support (positives), threshold in use and max-F1 threshold."""
+    names = unique_class_names(class_names)
+    per_class = {
+        name: {
+            "index": i,
+            "support": int(scores["support"][i]),
+            "ap": _finite(scores["ap"][i]),
+            "f1": _finite(scores["f1"][i]),
+            "threshold": float(scores["thresholds"][i]),
+            "best_threshold": float(scores["best_thresholds"][i]),
+        }
+        for i, name in enumerate(names)
+    }
+    return {
+        "split": split,
+        "task": "multilabel",
+        "images": int(scores.get("images", 0)),
+        **{k: _finite(scores[k]) for k in ("mAP", "mAP_micro", "f1_micro", "f1_macro", "exact_match")},
+        "per_class": per_class,
+    }

@@ -16,10 +16,16 @@ import torch.nn.functional as F
 class DeviceAugment:
     """Random erasing (``erasing_prob > 0``), then Mixup/CutMix (an alpha > 0) on a batch of even size.
 
-    ``label_smoothing`` and ``num_classes`` build Mixup's soft targets (smoothing included)."""
+    ``label_smoothing`` and ``num_classes`` build Mixup's soft targets (smoothing included);
+    ``multi_label``: the targets are multi-hot ``[N, K]`` floats, mixed as they are."""
 
     def __init__(
-        self, mixup: dict[str, Any] | None, erasing_prob: float, label_smoothing: float, num_classes: int
+        self,
+        mixup: dict[str, Any] | None,
+        erasing_prob: float,
+        label_smoothing: float,
+        num_classes: int,
+        multi_label: bool = False,
     ) -> None:
         cfg = {k: v for k, v in dict(mixup or {}).items() if v is not None}
         self.mixup = None
@@ -33,6 +39,7 @@ class DeviceAugment:
                 switch_prob=float(cfg.get("switch_prob", 0.5)),
                 label_smoothing=float(label_smoothing),
                 num_classes=int(num_classes),
+                multi_label=bool(multi_label),  # multi-hot targets mixed (and smoothed towards 0.5)
             )
         self.erasing = None
         if float(erasing_prob or 0.0) > 0:

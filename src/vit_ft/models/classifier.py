@@ -13,10 +13,10 @@ The module holds the steps and the optimizer (the eval steps shared with the lin
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from vit_ft.checkpoint_format import (
     MODEL_PREFIX,
@@ -26,11 +26,13 @@ from vit_ft.checkpoint_format import (
     strip_prefix,
 )
 from vit_ft.errors import ConfigError
-from vit_ft.models.augment import DeviceAugment, soft_target_loss
+from vit_ft.models.augment import DeviceAugment
 from vit_ft.models.backbone import build_network
 from vit_ft.models.compile import CompiledForward
 from vit_ft.models.ema import build_ema
 from vit_ft.models.features import network_logits, pre_logits
+from vit_ft.models.losses import build_loss
+from vit_ft.models.multilabel_loss import MultiLabelLoss, settle_task
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
 from vit_ft.weights.allowlist import check_checkpoint_hparams
@@ -54,6 +56,7 @@ class ViTClassifier(ClassifierSteps):
         freeze_backbone: bool = False,
         reset_head: bool = False,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | str | None = None,
         drop_path_rate: float = 0.0,
         timm_kwargs: dict[str, Any] | None = None,
         preprocessing_override: dict[str, Any] | None = None,
@@ -68,8 +71,12 @@ class ViTClassifier(ClassifierSteps):
         preprocessing: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
+        task: str = "single",
+        loss: str = "default",
+        asl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        task = settle_task(task, loss)  # auto (no data decided it): single
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing!r} must be in [0, 1)")
         if not isinstance(compile, bool):
@@ -110,12 +117,18 @@ class ViTClassifier(ClassifierSteps):
         self.label_smoothing = float(label_smoothing)
         # optimizer.* and scheduler.* come from the config (conf/optimizer, conf/scheduler): no recipe here.
         self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
-        self.augment = DeviceAugment(mixup, random_erasing, self.label_smoothing, self.num_classes)
+        ml = task == "multilabel"
+        self.augment = DeviceAugment(
+            mixup, random_erasing, self.label_smoothing, self.num_classes, multi_label=ml
+        )
+        # the loss: softmax cross-entropy (models/losses.py), or sigmoid + BCE/ASL on multi-hot targets
+        self.ml_loss = MultiLabelLoss(loss, self.label_smoothing, asl) if ml else None
+        self.loss = build_loss(self.num_classes, self.label_smoothing, class_weights)
         # The EMA copies the network as it is now, so this stays after every change to it.
         self.ema = build_ema(self.model, ema)
         self.compile_enabled, self.compile_mode = compile, str(compile_mode)
         self.compiled: CompiledForward | None = None
-        self._init_steps(self.num_classes)
+        self._init_steps(self.num_classes, task)
 
     @property
     def mixup_fn(self) -> Any:
@@ -179,16 +192,17 @@ class ViTClassifier(ClassifierSteps):
             self.compiled.probe(x)  # compile forward and backward once, or fall back to eager
         x, soft = self.augment(x, y)  # random erasing, then mixup/cutmix (soft targets)
         logits = self.net(x)
-        if soft is not None:
-            loss = soft_target_loss(logits, soft)
+        if self.ml_loss is not None:  # multi-label: no train/acc1
+            loss = self.ml_loss(logits, y if soft is None else soft, smoothed=soft is not None)
         else:
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-        self._log_train(loss, y, logits if soft is None else None)
+            loss = self.loss(logits, y, soft)
+        self._log_train(loss, y, logits if soft is None and self.ml_loss is None else None)
         return loss
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).float().softmax(-1)
+        logits = self(x).float()
+        return logits.sigmoid() if self.multilabel else logits.softmax(-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return self._optimizers_for(self.model)
@@ -196,7 +210,9 @@ class ViTClassifier(ClassifierSteps):
     # -- checkpoints: the record, LoRA's and the EMA's entries (each built by its owner) -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, lora=self.lora_info)
+        checkpoint[RECORD] = build_record(
+            self.trainer.estimated_stepping_batches, lora=self.lora_info, multilabel=self.multilabel_record()
+        )
         save_lora_entries(checkpoint["state_dict"], self.lora_info)
         if self.ema is not None:
             self.ema.save_entries(checkpoint["state_dict"], lora=self.lora_info)
@@ -220,8 +236,6 @@ class ViTClassifier(ClassifierSteps):
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
-    import os
-
     if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
         raise ConfigError(
             f"ckpt_path={path!r} is a folder (a sharded FSDP checkpoint); make it one file first: "

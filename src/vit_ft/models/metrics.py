@@ -3,8 +3,10 @@
 An evaluator is updated with ``(logits, targets)`` per batch and, at the end of the epoch, gives the
 ``(name, value)`` pairs the module logs, gathered over ranks (torchmetrics' ``compute`` is the
 collective; every rank calls it). :class:`SingleLabelMetrics` is the single-label one: loss, top-1,
-top-5 (with 5 or more classes) and, for ``val``/``test``, the analysis (confusion matrix, ECE,
-reliability bins, mean-per-class accuracy). Metric states are not persistent: checkpoints hold none.
+top-5 (with 5 or more classes), mean-per-class accuracy and, for ``val``/``test``, the analysis
+(confusion matrix, ECE, reliability bins). :class:`MultiLabelMetrics` is the multi-label one: loss,
+mAP, F1 at the thresholds in use, exact match, and per class AP, F1, support and the max-F1
+threshold. Metric states are not persistent: checkpoints hold none.
 """
 
 from __future__ import annotations
@@ -119,6 +121,32 @@ class AnalysisMetrics(torch.nn.Module):
             m.reset()
 
 
+class PerClassCounts(Metric):
+    """Images and right top-1 answers per class (sums, so DDP adds the ranks'); ``compute``: their mean
+    per-class accuracy over the classes with images (NaN without any): ``acc1_macro`` in O(K) memory."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        k = int(num_classes)
+        self.add_state("images", torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("right", torch.zeros(k, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        target = target.long()
+        right = (logits.argmax(dim=1) == target).long()
+        self.images.index_put_((target,), torch.ones_like(target), accumulate=True)
+        self.right.index_put_((target,), right, accumulate=True)
+
+    def compute(self) -> float:
+        images, right = self.images.cpu().double(), self.right.cpu().double()
+        has = images > 0
+        return float((right[has] / images[has]).mean()) if bool(has.any()) else float("nan")
+
+
 class MeanLoss(Metric):
     """The per-image mean of batch losses (each weighted by its batch size), as Lightning's epoch mean of
     a logged tensor is. The sum stays float32 whatever dtype a precision setting casts the module to."""
@@ -166,10 +194,15 @@ class Evaluator(nn.Module):
     def compute(self, analysis: bool = True) -> list[tuple[str, Any]]:
         raise NotImplementedError
 
+    def names(self) -> list[str]:
+        """Every ``<prefix>/<metric>`` name :meth:`compute` may give (what ``monitor`` may name)."""
+        raise NotImplementedError
+
 
 class SingleLabelMetrics(Evaluator):
-    """``<prefix>/loss`` (cross-entropy), ``acc1``, ``acc5`` (``num_classes >= 5``) and, with
-    ``analysis=True``, ``acc1_macro`` and ``ece`` (:attr:`analysis`: confusion, ece, reliability, acc1_macro)."""
+    """``<prefix>/loss`` (cross-entropy), ``acc1``, ``acc5`` (``num_classes >= 5``), ``acc1_macro`` (the
+    mean of the per-class accuracies, from a confusion matrix: what ``monitor=val/acc1_macro`` follows)
+    and, with ``analysis=True``, ``ece`` (:attr:`analysis`: confusion, ece, reliability, acc1_macro)."""
 
     progress = ("loss", "acc1")
 
@@ -180,6 +213,12 @@ class SingleLabelMetrics(Evaluator):
         self.acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
         self.acc5 = MulticlassAccuracy(num_classes=k, top_k=5, average="micro") if k >= 5 else None
         self.extra = AnalysisMetrics(k) if analysis else None
+        # acc1_macro's counts: the analysis' confusion matrix, or per-class counts of its own
+        self.per_class = None if analysis else PerClassCounts(k)
+        self.num_classes = k
+
+    def names(self) -> list[str]:
+        return stream_metric_names(self.prefix, self.num_classes, self.extra is not None)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         self.loss.update(F.cross_entropy(logits.float(), target), target.shape[0])
@@ -188,27 +227,185 @@ class SingleLabelMetrics(Evaluator):
             self.acc5.update(logits, target)
         if self.extra is not None:
             self.extra.update(logits, target)
+        else:
+            self.per_class.update(logits, target)
 
     def compute(self, analysis: bool = True) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         self.analysis = None
+        res = self.extra.compute() if self.extra is not None and analysis else None
         if _synced_count(self.loss):  # the same answer on every rank: all compute, or none
             out += [("loss", self.loss.compute()), ("acc1", self.acc1.compute())]
             if self.acc5 is not None:
                 out.append(("acc5", self.acc5.compute()))
-        if self.extra is not None and analysis:
-            res = self.extra.compute()
-            macro = per_class_accuracy(res["confusion"])[1]
-            macro = float("nan") if macro is None else macro
-            out += [("acc1_macro", macro), ("ece", res["ece"])]
+            if res is not None:
+                macro = _macro(res["confusion"])
+            elif self.extra is not None:  # the sanity check: the analysis is not computed
+                macro = _macro(self.extra.confusion.compute().cpu().numpy())
+            else:
+                macro = self.per_class.compute()
+            out.append(("acc1_macro", macro))
+        if res is not None:
+            macro = _macro(res["confusion"])
+            if not out:  # no image: the analysis still says NaN
+                out.append(("acc1_macro", macro))
+            out.append(("ece", res["ece"]))
             self.analysis = {"acc1_macro": macro, **res}
         self.reset()
         return [(f"{self.prefix}/{name}", value) for name, value in out]
 
     def reset(self) -> None:
-        for m in (self.loss, self.acc1, self.acc5, self.extra):
+        for m in (self.loss, self.acc1, self.acc5, self.extra, self.per_class):
             if m is not None:
                 m.reset()
+
+
+def stream_metric_names(prefix: str, num_classes: int, analysis: bool) -> list[str]:
+    """The names a :class:`SingleLabelMetrics` stream gives (``<prefix>/<metric>``)."""
+    out = ["loss", "acc1"] + (["acc5"] if int(num_classes) >= 5 else []) + ["acc1_macro"]
+    out += ["ece"] if analysis else []
+    return [f"{prefix}/{n}" for n in out]
+
+
+def _macro(confusion: Any) -> float:
+    """Mean per-class accuracy of a confusion matrix (classes with images); NaN without any."""
+    macro = per_class_accuracy(np.asarray(confusion))[1]
+    return float("nan") if macro is None else float(macro)
+
+
+class ScoreStore(Metric):
+    """Every image's sigmoid probabilities ``[N, K]`` and multi-hot targets, concatenated over ranks by
+    torchmetrics' state sync (``dist_reduce_fx="cat"``): exact average precision and per-class
+    thresholds need the scores themselves (binned curves would trade exactness for memory; at 50,000
+    images x 1,000 classes the scores take 200 MB on each rank at compute)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("probs", [], dist_reduce_fx="cat")
+        self.add_state("targets", [], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probs.append(probs.detach().float())
+        self.targets.append((targets >= 0.5).to(torch.uint8))
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def cat(x: Any) -> torch.Tensor:
+            return torch.cat(x) if isinstance(x, list) else x
+
+        return cat(self.probs), cat(self.targets)
+
+
+def ranked_curves(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per column of ``probs`` ``[N, K]`` (one sort of all columns at once): the exact average precision
+    (sklearn's definition: ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds, ties grouped; NaN
+    without a positive) and the threshold of max F1 (a prediction is ``prob >= threshold``)."""
+    s, order = probs.sort(dim=0, descending=True, stable=True)
+    y = targets.gather(0, order).double()
+    tp, fp = y.cumsum(0), (1 - y).cumsum(0)
+    cut = torch.ones_like(s, dtype=torch.bool)  # the last row of each run of equal scores
+    cut[:-1] = s[:-1] != s[1:]
+    pos = y.sum(0)
+    tp_cut = torch.where(cut, tp, torch.zeros_like(tp))
+    prev = torch.cat([torch.zeros_like(tp[:1]), tp_cut.cummax(0).values[:-1]])  # tp at the previous cut
+    precision = tp / (tp + fp)
+    ap = torch.where(cut, (tp - prev) * precision, torch.zeros_like(tp)).sum(0) / pos
+    f1 = torch.where(cut, 2 * tp / (tp + fp + pos), torch.full_like(tp, -1.0))
+    best = s.gather(0, f1.argmax(0, keepdim=True)).squeeze(0)
+    nan = torch.full_like(ap, float("nan"))
+    return {"ap": torch.where(pos > 0, ap, nan), "best": torch.where(pos > 0, best.double(), nan)}
+
+
+def multilabel_scores(
+    probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Multi-label metrics of ``probs`` ``[N, K]`` against multi-hot ``targets`` at ``thresholds`` (``[K]``,
+    default 0.5): ``mAP`` (macro AP over the classes with a positive), ``mAP_micro`` (AP of all pairs
+    pooled), ``f1_micro``, ``f1_macro`` (mean over classes that have a positive or a prediction),
+    ``exact_match`` (rows whose predicted set is the true one), and per class ``ap`` (NaN without a
+    positive), ``f1``, ``support``, and ``best_thresholds`` (per class the threshold of max F1 on these
+    scores; 0.5 for a class without a positive). Exact AP from one sort of all classes
+    (:func:`ranked_curves`): torchmetrics' functional AP loops over classes, 20x slower at 1,000."""
+    probs, targets = probs.float().cpu(), targets.cpu().long()
+    n, k = probs.shape
+    thr = torch.full((k,), 0.5) if thresholds is None else thresholds.float().cpu()
+    support = targets.sum(0)
+    has = support > 0
+    pred = (probs >= thr).long()
+    tp = (pred * targets).sum(0).double()
+    fp = (pred * (1 - targets)).sum(0).double()
+    fn = ((1 - pred) * targets).sum(0).double()
+    denom = 2 * tp + fp + fn
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+    nan = float("nan")
+    best = torch.full((k,), 0.5)
+    ap = torch.full((k,), nan, dtype=torch.float64)
+    ap_micro = nan
+    if n and bool(has.any()):
+        curves = ranked_curves(probs, targets)
+        ap = curves["ap"]
+        best = torch.where(has, curves["best"].float(), best)
+        ap_micro = float(ranked_curves(probs.reshape(-1, 1), targets.reshape(-1, 1))["ap"][0])
+    tot = 2 * tp.sum() + fp.sum() + fn.sum()
+    return {
+        "images": n,
+        "mAP": float(ap[has].mean()) if bool(has.any()) else nan,
+        "mAP_micro": ap_micro,
+        "f1_micro": float(2 * tp.sum() / tot) if tot > 0 else nan,
+        "f1_macro": float(f1[~f1.isnan()].mean()) if bool((~f1.isnan()).any()) else nan,
+        "exact_match": float((pred == targets).all(1).double().mean()) if n else nan,
+        "ap": ap.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "thresholds": thr.tolist(),
+        "best_thresholds": best.tolist(),
+    }
+
+
+class MultiLabelMetrics(Evaluator):
+    """``<prefix>/loss`` (BCE with logits), ``mAP``, ``mAP_micro``, ``f1_micro``, ``f1_macro`` (at
+    :attr:`thresholds`, the ones in use: the model's), ``exact_match``; :attr:`analysis` (with
+    ``analysis=True``): every :func:`multilabel_scores` entry, per class and the thresholds of max F1."""
+
+    progress = ("loss", "mAP")
+
+    def __init__(self, prefix: str, num_classes: int, analysis: bool = False) -> None:
+        super().__init__(prefix)
+        self.num_classes, self.keep_analysis = int(num_classes), bool(analysis)
+        self.loss = MeanLoss()
+        self.scores = ScoreStore()
+        self.thresholds: torch.Tensor | None = None  # set by the module before compute (None: 0.5)
+
+    NAMES = ("loss", "mAP", "mAP_micro", "f1_micro", "f1_macro", "exact_match")
+
+    def names(self) -> list[str]:
+        """Every ``<prefix>/<metric>`` name :meth:`compute` may give (what ``monitor`` may name)."""
+        return [f"{self.prefix}/{n}" for n in self.NAMES]
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss.update(F.binary_cross_entropy_with_logits(logits, target.float()), target.shape[0])
+        self.scores.update(logits.sigmoid(), target)
+
+    def compute(self, analysis: bool = True) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        self.analysis = None
+        if _synced_count(self.loss):  # the same answer on every rank: all compute, or none
+            probs, targets = self.scores.compute()  # every rank's scores (a collective under DDP)
+            res = multilabel_scores(probs, targets, self.thresholds)
+            out += [("loss", self.loss.compute())]
+            out += [(m, res[m]) for m in self.NAMES[1:]]
+            if self.keep_analysis and analysis:
+                self.analysis = res
+        self.reset()
+        return [(f"{self.prefix}/{name}", value) for name, value in out]
+
+    def reset(self) -> None:
+        self.loss.reset()
+        self.scores.reset()
 
 
 def _synced_count(m: MeanLoss) -> int:
@@ -219,10 +416,25 @@ def _synced_count(m: MeanLoss) -> int:
     return int(count)
 
 
-def eval_streams(num_classes: int, ema: bool) -> nn.ModuleDict:
+TRAIN_METRICS = ("train/loss", "train/acc1", "train/lr")  # what ClassifierSteps._log_train logs
+
+
+def known_metric_names(num_classes: int, ema: bool, task: str = "single") -> list[str]:
+    """Every metric a training run of a ``num_classes`` classifier logs while it trains (the train
+    steps' and the validation streams'): what ``monitor`` and ``optimized_metric`` may name."""
+    if task == "multilabel":  # no train/acc1 (ClassifierSteps._log_train logs none for multi-hot targets)
+        streams = ["val", "val_ema"] if ema else ["val"]
+        return [f"{p}/{n}" for p in streams for n in MultiLabelMetrics.NAMES] + ["train/loss", "train/lr"]
+    names = stream_metric_names("val", num_classes, analysis=True)
+    if ema:
+        names += stream_metric_names("val_ema", num_classes, analysis=False)
+    return names + list(TRAIN_METRICS)
+
+
+def eval_streams(num_classes: int, ema: bool, task: str = "single") -> nn.ModuleDict:
     """The evaluators of a classifier: ``val`` and ``test`` (with the analysis), ``val_ema`` and
-    ``test_ema`` (loss and accuracies of the EMA weights) when it keeps an EMA."""
+    ``test_ema`` (loss and accuracies of the EMA weights) when it keeps an EMA; single-label or
+    multi-label (``task``) alike."""
     prefixes = ["val", "test"] + (["val_ema", "test_ema"] if ema else [])
-    return nn.ModuleDict(
-        {p: SingleLabelMetrics(p, num_classes, analysis=not p.endswith("_ema")) for p in prefixes}
-    )
+    cls = MultiLabelMetrics if task == "multilabel" else SingleLabelMetrics
+    return nn.ModuleDict({p: cls(p, num_classes, analysis=not p.endswith("_ema")) for p in prefixes})

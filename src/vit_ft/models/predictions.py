@@ -101,6 +101,22 @@ class Predictions:
         return float(binary_calibration_error(conf, right, n_bins=n_bins, norm="l1", validate_args=False))
 
 
+@dataclass
+class MultiLabelPredictions:
+    """Per image of a split (record order) of a multi-label model: its record index, true labels
+    (multi-hot) and every class's sigmoid probability."""
+
+    index: np.ndarray  # int64 [N]
+    targets: np.ndarray  # bool [N, K]
+    probs: np.ndarray  # float32 [N, K]
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+MULTILABEL_CSV_HEADER = ("index", "file", "true_labels", "pred_labels", "exact", "probs")
+
+
 class PredictionPass(L.LightningModule):
     """Runs ``classifier`` over ``(index, x, label)`` batches given to ``trainer.predict``; keeps the top-k.
 
@@ -120,12 +136,29 @@ class PredictionPass(L.LightningModule):
         if batch is None:  # every image of this batch was skipped as unusable
             return None
         idx, x, y = batch
+        if getattr(self.classifier, "multilabel", False):  # every class's probability, multi-hot targets
+            self.parts.append((idx.long(), (y >= 0.5).to(torch.uint8), self.classifier(x).float().sigmoid()))
+            return None
         probs = self.classifier(x).float().softmax(-1)
         p, i = probs.topk(min(self.k, probs.shape[1]), dim=1)
         self.parts.append((idx.long(), y.long(), i, p))
         return None
 
     def on_predict_epoch_end(self) -> None:
+        if getattr(self.classifier, "multilabel", False):
+            n = int(self.classifier.num_classes)
+            if self.parts:
+                cols = [torch.cat([p[j] for p in self.parts]) for j in range(3)]
+            else:
+                cols = [
+                    torch.zeros(0, dtype=torch.long, device=self.device),
+                    torch.zeros(0, n, dtype=torch.uint8, device=self.device),
+                    torch.zeros(0, n, device=self.device),
+                ]
+            idx, t, p = gather_by_index(self.all_gather, int(self.trainer.world_size), *cols)
+            self.result = MultiLabelPredictions(idx.numpy(), t.numpy().astype(bool), p.numpy())
+            self.parts = []
+            return
         dev, k = self.device, min(self.k, int(getattr(self.classifier, "num_classes", self.k)))
         if self.parts:
             cols = [torch.cat([p[j] for p in self.parts]) for j in range(4)]
@@ -144,7 +177,7 @@ class PredictionPass(L.LightningModule):
 
 def predict_split(
     trainer: L.Trainer, classifier: torch.nn.Module, loader: Any, k: int = TOP_K
-) -> Predictions:
+) -> Predictions | MultiLabelPredictions:
     """Top-``k`` predictions of ``classifier`` on ``loader``'s ``(index, x, label)`` batches, every image
     once. Collective under DDP (every rank calls it; every rank gets the whole result)."""
     runner = PredictionPass(classifier, k)
@@ -180,6 +213,38 @@ def write_predictions_csv(
                     f"{float(preds.topk_prob[r, 0]):.6f}",
                     int(t == p),
                     json.dumps(topk, ensure_ascii=False),
+                ]
+            )
+    return str(path)
+
+
+def write_multilabel_csv(
+    path: str | os.PathLike,
+    preds: MultiLabelPredictions,
+    class_names: Sequence[str],
+    file_name: Callable[[int], str],
+    thresholds: Sequence[float],
+) -> str:
+    """``preds`` as a UTF-8 CSV (``MULTILABEL_CSV_HEADER``), written atomically: the true and the
+    predicted labels (probability at or over the class's threshold) separated by spaces, whether the
+    sets are equal, and ``probs``: a JSON object of every class's probability."""
+    names = unique_class_names(class_names)
+    thr = np.asarray(thresholds, dtype=np.float32)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = SafeCSVWriter(f)
+        w.writerow(MULTILABEL_CSV_HEADER)
+        for r in range(len(preds)):
+            i = int(preds.index[r])
+            true, pred = preds.targets[r], preds.probs[r] >= thr
+            probs = {names[c]: round(float(q), 6) for c, q in enumerate(preds.probs[r])}
+            w.writerow(
+                [
+                    i,
+                    file_name(i),
+                    " ".join(names[c] for c in np.flatnonzero(true)),
+                    " ".join(names[c] for c in np.flatnonzero(pred)),
+                    int(bool((true == pred).all())),
+                    json.dumps(probs, ensure_ascii=False),
                 ]
             )
     return str(path)

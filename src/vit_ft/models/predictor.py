@@ -10,6 +10,9 @@ states no names is taken as ImageNet (with a note), any other gets ``class_<i>``
 Images are decoded and resized by :func:`vit_ft.data.transforms.build_eval_transform` with the
 weights' preprocessing, so a prediction sees exactly the pixels ``eval.py`` feeds the model.
 Normalisation runs on the device, in batches; bf16 autocast on GPUs that support it.
+
+An ``.onnx`` file written by ``export.py format=onnx`` runs through ONNX Runtime (CUDA provider when
+present, else CPU) with the preprocessing and class names stored in it (:mod:`vit_ft.weights.onnx`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vit_ft.checkpoint_format import MULTILABEL_ATTR
 from vit_ft.data.decode import BadImageError
 from vit_ft.data.transforms import build_eval_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
@@ -32,6 +36,7 @@ from vit_ft.models.features import FeatureHeadNet, head_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.training.precision import autocast_dtype
 from vit_ft.weights import load_weights
+from vit_ft.weights.onnx import open_onnx, require
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -67,9 +72,12 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.labels = list(labels)
+        # a multi-label head: sigmoid probabilities, each label over its own threshold (None: softmax)
+        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
         self.preprocessing = preprocessing
         self.model = model.eval().to(self.device)
         self.normalizer = Normalize(preprocessing).to(self.device)
@@ -86,7 +94,7 @@ class Predictor:
         )
         with ctx:
             logits = self.model(x)
-        return logits.float().softmax(-1)
+        return logits.float().sigmoid() if self.thresholds is not None else logits.float().softmax(-1)
 
 
 def load_predictor(
@@ -98,14 +106,19 @@ def load_predictor(
     device: str | torch.device = "auto",
     precision: str = "auto",
     notes: list[str] | None = None,
+    threshold: float | None = None,
 ) -> Predictor:
     """A :class:`Predictor` for any weight source, its head kept (``notes`` collects what was
-    assumed or changed on the way)."""
+    assumed or changed on the way). A multi-label head (a multi-label vit-ft checkpoint, or exported
+    with its thresholds) predicts every label over its threshold: the weights' own, or ``threshold``
+    for all."""
     if weights is None or str(weights).strip() in ("", "???"):
         raise ConfigError(
             "weights is not set; pass a vit-ft .ckpt, a transformers directory or hub id, a timm tag or file, "
             "e.g. weights=google/vit-base-patch32-384"
         )
+    if str(weights).lower().endswith(".onnx"):
+        return load_onnx_predictor(str(weights), img_size=img_size, device=device, notes=notes)
     bb = load_weights(str(weights), backbone=backbone, img_size=img_size, timm_kwargs=timm_kwargs)
     if bb.num_classes < 1:
         raise ConfigError(
@@ -118,8 +131,35 @@ def load_predictor(
         if note:
             notes.append(note)
     features = head_features(bb.arch)  # a linear probe's head on token features (e.g. last4)
+    thresholds = getattr(bb.model, MULTILABEL_ATTR, None)
+    if threshold is not None:
+        if thresholds is None:
+            raise ConfigError(
+                f"threshold={threshold} applies to multi-label models, and weights={weights!r} is single-label "
+                "(softmax); leave threshold out (topk= picks how many classes are shown)"
+            )
+        thresholds = [float(threshold)] * len(thresholds)
     model = FeatureHeadNet(bb.model, features) if features else bb.model
-    return Predictor(model, labels, bb.preprocessing, device=device, precision=precision)
+    return Predictor(
+        model, labels, bb.preprocessing, device=device, precision=precision, thresholds=thresholds
+    )
+
+
+def load_onnx_predictor(
+    weights: str, *, img_size: int | None = None, device: str = "auto", notes: list[str] | None = None
+) -> Predictor:
+    """A :class:`Predictor` on ONNX Runtime for a vit-ft ``.onnx`` file: images are decoded and
+    normalised on the CPU as the file's metadata says, then fed to its session."""
+    require("onnxruntime")
+    net, pre, labels = open_onnx(weights, device="auto" if device in (None, "") else str(device))
+    if img_size is not None and int(img_size) != pre.img_size:
+        raise ConfigError(
+            f"img_size={img_size} but {weights} was exported at {pre.img_size} px; drop img_size "
+            f"or export again with img_size={img_size}"
+        )
+    if notes is not None:
+        notes.append(f"ONNX Runtime ({net.provider}) with the file's preprocessing")
+    return Predictor(net, labels, pre, device="cpu", precision="32")
 
 
 # -- batched prediction -----------------------------------------------------------------------------
@@ -221,13 +261,22 @@ def predict_images(
                 probs = predictor(batch)
                 top_p, top_i = probs.topk(k, dim=-1)
                 for row, i in enumerate(idx):
-                    yield {
-                        "image": paths[i],
-                        "topk": [
-                            {"index": int(c), "label": predictor.labels[int(c)], "prob": float(p)}
-                            for p, c in zip(top_p[row].tolist(), top_i[row].tolist())
-                        ],
-                    }
+                    rec: dict[str, Any] = {"image": paths[i]}
+                    if predictor.thresholds is not None:  # multi-label: every label over its threshold
+                        rec["labels"] = _over_thresholds(probs[row], predictor)
+                    rec["topk"] = [
+                        {"index": int(c), "label": predictor.labels[int(c)], "prob": float(p)}
+                        for p, c in zip(top_p[row].tolist(), top_i[row].tolist())
+                    ]
+                    yield rec
             bar.update(len(idx) + len(bad))
     finally:
         bar.close()
+
+
+def _over_thresholds(probs: torch.Tensor, predictor: Predictor) -> list[dict[str, Any]]:
+    """``[{"index", "label", "prob"}]`` of the labels at or over their thresholds, most probable first."""
+    thr = torch.tensor(predictor.thresholds, device=probs.device)
+    on = torch.nonzero(probs >= thr).flatten().tolist()
+    on.sort(key=lambda c: -float(probs[c]))
+    return [{"index": c, "label": predictor.labels[c], "prob": float(probs[c])} for c in on]

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_ft.checkpoint_format import ema_chosen
+from vit_ft.checkpoint_format import ema_chosen, multilabel_thresholds
 from vit_ft.compat import forget_step_logs, lightning_logs_now
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import unique_class_names
@@ -71,10 +71,14 @@ class ClassifierSteps(L.LightningModule):
     scheduler_cfg: dict[str, Any]
     ema: EmaWeights | None = None  # model.ema: see vit_ft.models.ema
 
-    def _init_steps(self, k: int) -> None:
-        """The metrics (one evaluator per stream) and the random state of a resume; after ``self.ema``."""
+    def _init_steps(self, k: int, task: str = "single") -> None:
+        """The metrics (one evaluator per stream) and the random state of a resume; after ``self.ema``.
+        ``task``: ``single`` or ``multilabel`` (per-class :attr:`thresholds`, 0.5 until chosen on val)."""
+        self.task = task
+        self.multilabel = task == "multilabel"
+        self.thresholds = torch.full((k,), 0.5) if self.multilabel else None
         self.train_acc1 = MulticlassAccuracy(num_classes=k, top_k=1, average="micro")
-        self.evaluators = eval_streams(k, ema=self.ema is not None)
+        self.evaluators = eval_streams(k, ema=self.ema is not None, task=task)
         self.eval_analysis: dict[str, Any] | None = None
         self.rng = RngResume()
 
@@ -107,10 +111,15 @@ class ClassifierSteps(L.LightningModule):
             if prefix not in self.evaluators:
                 continue
             ev = self.evaluators[prefix]
+            if self.multilabel:  # F1 and exact match at the thresholds in use
+                ev.thresholds = self.thresholds
             for name, value in ev.compute(analysis=not self.trainer.sanity_checking):
                 # Already gathered over ranks; sync_dist only keeps Lightning quiet.
                 self.log(name, value, sync_dist=True, prog_bar=name.rsplit("/", 1)[1] in ev.progress)
         res = self.evaluators[stage].analysis
+        if res is not None and self.multilabel and stage == "val" and self.trainer.state.fn == "fit":
+            # per class the threshold of max F1 on this validation: what the checkpoint saved now keeps
+            self.thresholds = torch.tensor(res["best_thresholds"], dtype=torch.float32)
         if res is not None:
             ok = self.class_names and len(self.class_names) == self.num_classes
             names = unique_class_names(self.class_names if ok else [str(i) for i in range(self.num_classes)])
@@ -186,7 +195,14 @@ class ClassifierSteps(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.rng.save(checkpoint, self._trainer)
 
+    def multilabel_record(self) -> dict[str, Any] | None:
+        """The checkpoint record's ``multilabel`` entry (the thresholds); ``None`` when single-label."""
+        return {"thresholds": self.thresholds.tolist()} if self.multilabel else None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        thr = multilabel_thresholds(checkpoint)
+        if self.multilabel and thr is not None and len(thr) == self.num_classes:
+            self.thresholds = torch.tensor(thr, dtype=torch.float32)
         self.rng.load(checkpoint)  # set back before the first resumed step
         restore_ema(self.ema, checkpoint, lambda ema_state: self._ema_state(ema_state, checkpoint))
 

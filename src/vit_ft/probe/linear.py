@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -81,6 +80,7 @@ class LinearProbe(ClassifierSteps):
         self.num_classes = int(classifier.num_classes)
         self.in_loop = bool(in_loop)
         self.label_smoothing = float(classifier.label_smoothing)
+        self.loss = classifier.loss  # models/losses.py: label smoothing and model.class_weights
         self.optimizer_cfg = dict(classifier.optimizer_cfg)
         self.scheduler_cfg = dict(classifier.scheduler_cfg)
         if not isinstance(self.head, nn.Linear) or not self.head.weight.numel():
@@ -104,7 +104,8 @@ class LinearProbe(ClassifierSteps):
         self._classifier_hparams = hp
         self.save_hyperparameters(hp, logger=False)
         self.ema = build_ema(self.head, hp.get("ema"))  # model.ema: the EMA of the head
-        self._init_steps(self.num_classes)
+        self.ml_loss = getattr(classifier, "ml_loss", None)  # multi-label: the classifier's BCE/ASL
+        self._init_steps(self.num_classes, getattr(classifier, "task", "single"))
 
     @property
     def head(self) -> nn.Module:
@@ -136,7 +137,11 @@ class LinearProbe(ClassifierSteps):
             return None
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        if self.ml_loss is not None:  # multi-label: multi-hot targets
+            loss = self.ml_loss(logits, y)
+            self._log_train(loss, y, None)
+            return loss
+        loss = self.loss(logits, y)
         self._log_train(loss, y, logits)
         return loss
 
@@ -189,7 +194,9 @@ class LinearProbe(ClassifierSteps):
                 ema = {"weight": w, "bias": b}
             self.ema.save_entries(sd, weights={k: v.cpu() for k, v in ema.items()}, under=HEAD_PREFIX)
         checkpoint["hyper_parameters"] = dict(self._classifier_hparams)
-        checkpoint[RECORD] = build_record(self.trainer.estimated_stepping_batches, probe=probe_state)
+        checkpoint[RECORD] = build_record(
+            self.trainer.estimated_stepping_batches, probe=probe_state, multilabel=self.multilabel_record()
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # the EMA's entries
@@ -212,22 +219,34 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
         super().__init__()
         self.base = base
         self.seed = base.seed
+        self.sampler, self.samples_per_epoch = base.sampler, base.samples_per_epoch  # data.sampler
         self.features = features
         self.class_names = base.class_names
         self.splits = {k: v for k, v in base.splits.items() if k in features}
         self.bad_image_report = base.bad_image_report
 
+    def labels(self, split: str) -> torch.Tensor:
+        """The cached split's targets: its labels, or multi-hot from the records for a multi-label task
+        (read from the data, not the cache: the cache's key holds each row's first label only)."""
+        f = self.features[split]
+        if getattr(self.base, "task", "single") != "multilabel":
+            return f.labels
+        hot = self.base.splits[split].multi_hot_all()
+        return torch.from_numpy(hot[f.indices.numpy()]).float()
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         f, bs = self.features[split], self.base.batch_for(train)
-        ds = TensorDataset(f.features, f.labels)
-        sampler = self.epoch_sampler(ds, bs, with_seeds=False) if train else None
-        return LoaderPolicy().loader(ds, bs, train=train, sampler=sampler)  # in memory: no workers
+        ds = TensorDataset(f.features, self.labels(split))
+        if not train:
+            return LoaderPolicy().loader(ds, bs)  # in memory: no workers
+        sampler = self.epoch_sampler(ds, bs, with_seeds=False, labels=f.labels)
+        return LoaderPolicy().loader(ds, bs, train=True, sampler=sampler, epoch_size=self.epoch_size(ds))
 
     def indexed_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """``(record index, features, label)`` batches of ``split`` (the image DataModule's method, on
         the cached features: a probe's predictions need no pass over the images)."""
         f = self.features[split]
-        ds = TensorDataset(f.indices, f.features, f.labels)
+        ds = TensorDataset(f.indices, f.features, self.labels(split))
         return LoaderPolicy().loader(ds, self.base.batch_for(False, batch_size), once=True)
 
     def train_dataloader(self) -> DataLoader:

@@ -199,7 +199,10 @@ def from_metrics(analysis: dict[str, Any], names: list[str]) -> Analysis:
 
 
 def analysis_of(run: RunFiles, eval_analysis: dict[str, Any] | None = None) -> Analysis | None:
-    """The best source there is: the in-memory analysis, the predictions CSV, metrics.json's analysis."""
+    """The best source there is: the in-memory analysis, the predictions CSV, metrics.json's analysis
+    (None for a multi-label run: its pages are report/multilabel.py's)."""
+    if (run.analysis or {}).get("task") == "multilabel" or (eval_analysis or {}).get("ap") is not None:
+        return None
     if eval_analysis is not None and eval_analysis.get("confusion") is not None:
         return from_eval(eval_analysis)
     names = run.class_names

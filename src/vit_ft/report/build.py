@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_ft.io import write_text_atomic
-from vit_ft.report import figures
+from vit_ft.report import figures, multilabel
 from vit_ft.report.analysis import Mistake, analysis_of, read_mistakes, select_mistakes, write_mistakes_csv
 from vit_ft.report.files import HISTORY_CSV, METRICS_JSON, RunFiles, predictions_files, read_run
 from vit_ft.report.markdown import render
@@ -126,7 +126,8 @@ def build(
     for name, title in PICTURES:
         path = out / name
         pictures.append((title, path, None if path.is_file() else why[name], notes.get(name)))
-    md = render(run, analysis, pictures, mistakes, mistakes_csv if mistakes_csv.is_file() else None)
+    extra = multilabel.section(run, out, draw=draw)  # a multi-label run's pages ([] otherwise)
+    md = render(run, analysis, pictures, mistakes, mistakes_csv if mistakes_csv.is_file() else None, extra)
     target = run.run_dir / REPORT_MD
     write_text_atomic(target, md)
     return target, dict(run.problems)

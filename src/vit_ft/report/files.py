@@ -211,6 +211,10 @@ def read_predictions(path: Path, problems: dict[str, str] | None = None) -> Pred
     try:
         for i, row in enumerate(csv_rows(path)):
             row_no = i + 1
+            if (
+                "true_labels" in row and "true_index" not in row
+            ):  # a multi-label model's: report/multilabel.py
+                return None
             t, p = int(row["true_index"]), int(row["pred_index"])
             prob = number(row.get("prob"))
             cols["index"].append(int(row.get("index") or i))
@@ -319,7 +323,9 @@ def read_run(run_dir: str | os.PathLike) -> RunFiles:
     config, config_file = load_config(d, problems)
     metrics = load_metrics(d, problems)
     split = str(((metrics or {}).get("analysis") or {}).get("split") or (metrics or {}).get("split") or "")
-    files = predictions_files(d)
+    extra = (metrics or {}).get("extra_eval")
+    extra = set(extra) if isinstance(extra, dict) else set()  # data.extra_eval sets: their own section
+    files = [p for p in predictions_files(d) if p.name[: -len(PREDICTIONS_SUFFIX)] not in extra]
     preferred = [p for p in files if p.name == f"{split}{PREDICTIONS_SUFFIX}"] + files
     predictions = None
     for p in preferred:

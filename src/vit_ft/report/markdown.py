@@ -209,6 +209,56 @@ def metrics_section(run: RunFiles, analysis: Analysis | None) -> list[str]:
     return out
 
 
+EXTRA_METRICS = ("acc1", "acc5", "real_acc1", "acc1_macro", "loss", "ece")
+
+
+def extra_eval_section(run: RunFiles) -> list[str]:
+    """``## More evaluation sets``: one row of metrics per set of ``data.extra_eval`` (``metrics.json``'s
+    ``extra_eval``), then per set its predictions file and its worst classes."""
+    sets = (run.metrics or {}).get("extra_eval")
+    if not isinstance(sets, dict) or not sets:
+        return []
+    out = ["## More evaluation sets", ""]
+    rows = []
+    for name, s in sets.items():
+        m = (s or {}).get("metrics") or {}
+        rows.append([name, (s or {}).get("images"), *(number(m.get(f"{name}/{k}")) for k in EXTRA_METRICS)])
+    out += table(["set", "images", *EXTRA_METRICS], rows)
+    for name, s in sets.items():
+        s = s or {}
+        out += [f"### {name}", ""]
+        subset = " (scored over the model's logits of these classes only)" if s.get("class_subset") else ""
+        out.append(f"- {s.get('classes')} classes{subset}")
+        if s.get("labels_file"):
+            out.append(
+                f"- `real_acc1`: top-1 against `{s['labels_file']}` ({s.get('real_images')} images listed)"
+            )
+        pred = s.get("predictions")
+        if isinstance(pred, str):
+            rel = Path(pred).name if (run.run_dir / Path(pred).name).is_file() else pred
+            out.append(f"- predictions: [{Path(pred).name}]({link(rel)})")
+        out.append("")
+        per_class = ((s.get("analysis") or {}).get("per_class")) or {}
+        scored = [(n, c) for n, c in per_class.items() if isinstance(c, dict) and c.get("acc1") is not None]
+        scored.sort(key=lambda nc: (nc[1]["acc1"], nc[0]))
+        if scored:
+            out += table(
+                ["class", "images", "top-1", "most often predicted as"],
+                [
+                    [
+                        n,
+                        c.get("images"),
+                        pct(c["acc1"]),
+                        f"{c['top_confusion']} ({c.get('top_confusion_count')})"
+                        if c.get("top_confusion")
+                        else "",
+                    ]
+                    for n, c in scored[:WORST_ROWS]
+                ],
+            )
+    return out
+
+
 def classes_section(analysis: Analysis) -> list[str]:
     out = [f"## Worst classes ({analysis.split})", ""]
     worst = analysis.worst(WORST_ROWS)
@@ -254,6 +304,7 @@ def render(
     pictures: list[tuple[str, Path, str | None, str | None]],
     mistakes: list[Mistake],
     mistakes_csv: Path | None,
+    extra: list[str] | None = None,
 ) -> str:
     """``pictures``: (title, path, why it is missing or None, a note that it is out of date or None);
     paths are linked relative to the run folder."""
@@ -267,6 +318,7 @@ def render(
     out += ["", "## What ran", ""]
     out += table(["", ""], what_ran(run, analysis))
     out += metrics_section(run, analysis)
+    out += extra_eval_section(run)
     out += ["## Pictures", ""]
     missing = [(t, why) for t, p, why, _ in pictures if why]
     for title, path, why, stale in pictures:
@@ -286,9 +338,11 @@ def render(
         ]
     if missing:
         out += ["Not drawn:", ""] + [f"- {t}: {why}" for t, why in missing] + [""]
+    if extra:  # e.g. the multi-label pages (report/multilabel.py)
+        out += extra
     if analysis is not None:
         out += classes_section(analysis)
-    else:
+    elif not extra:
         out += [
             "## Classes",
             "",

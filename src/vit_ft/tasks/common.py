@@ -5,6 +5,7 @@ The DataModule, the LightningModule, callbacks, loggers and the Trainer, in that
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any
@@ -18,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vit_ft.compat import install_ddp_relaunch
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_change
+from vit_ft.models.losses import resolve_class_weights
 from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
-from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan
+from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, follow_task, settle_recipe
 from vit_ft.tasks.resume import configured_callbacks
 from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
@@ -31,7 +33,10 @@ log = logging.getLogger("vit_ft")
 
 # -- objects -----------------------------------------------------------------------------------------
 def build_datamodule(cfg: DictConfig, stage: str) -> Any:
-    datamodule = instantiate(cfg.data, _convert_="all")
+    data = copy.copy(cfg.data)  # data.extra_eval is the tasks' (data/extra_eval.py), not the DataModule's
+    with open_dict(data):
+        data.pop("extra_eval", None)
+    datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup(stage)
     return datamodule
@@ -123,10 +128,40 @@ def build(plan: RunPlan) -> tuple[Any, Any, L.Trainer, list]:
         torch.set_float32_matmul_precision("high")
 
     datamodule = build_datamodule(cfg, "fit")
+    train = (datamodule.splits or {}).get("train")
+    settle_recipe(plan, len(train) if hasattr(train, "__len__") else None)  # batch, warmup, lr
+    datamodule.batch_size = int(cfg.data.batch_size)
     class_names = list(datamodule.class_names)
     check_resume_classes(plan, class_names)
+    # single or multilabel: decided once from the data, kept in the checkpoint's hyper-parameters
+    task = datamodule.configure_task(str(cfg.model.get("task", "auto")))
+    mode = (cfg.get("probe") or {}).get("mode")
+    if task == "multilabel" and mode in ("knn", "fewshot"):
+        raise ConfigError(
+            f"probe.mode={mode} scores one label per image, and this data is multi-label (a row has two labels); "
+            "use experiment=linear_probe (BCE on cached features), or single-label data"
+        )
+    if task == "multilabel" and str(cfg.data.get("sampler") or "none") != "none":
+        raise ConfigError(
+            f"data.sampler={cfg.data.sampler} draws by each image's one class, and this data is multi-label; "
+            "use data.sampler=none (model.loss=asl down-weights easy negatives)"
+        )
+    follow_task(plan, task)  # a multi-label run's best checkpoint and optimized_metric: val/mAP
+    check_monitor(plan, len(class_names), task)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("class_weights") is not None:  # balanced: from the train split's counts
+        if task == "multilabel":
+            raise ConfigError(
+                f"model.class_weights={model_cfg['class_weights']} weighs single-label cross-entropy, and this "
+                "data is multi-label; drop model.class_weights (model.loss=asl down-weights easy negatives)"
+            )
+        model_cfg["class_weights"] = resolve_class_weights(
+            model_cfg["class_weights"], datamodule.class_counts("train"), len(class_names)
+        )
+        log.info("class weights: %s", [round(w, 4) for w in model_cfg["class_weights"]])
     model = instantiate(
-        OmegaConf.to_container(cfg.model, resolve=True),
+        model_cfg,
+        task=task,
         num_classes=len(class_names),
         class_names=class_names,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),

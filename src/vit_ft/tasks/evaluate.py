@@ -5,24 +5,36 @@ and ``<split>_predictions.csv``."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
-from vit_ft.models.analysis import analysis_summary
 from vit_ft.models.classifier import ViTClassifier, load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer
-from vit_ft.tasks.outputs import predictions_and_analysis, to_float, write_metrics, write_report
+from vit_ft.tasks.outputs import (
+    eval_summary,
+    evaluate_extra_sets,
+    extra_summary_lines,
+    predictions_and_analysis,
+    prepare_extra_eval,
+    to_float,
+    write_metrics,
+    write_report,
+)
 from vit_ft.tasks.plan import make_plan, overridden
 
 log = logging.getLogger("vit_ft")
 
 
-def load_model(cfg: DictConfig) -> ViTClassifier:
-    """The checkpoint's classifier, or the weights with their own head, resolution and preprocessing."""
+def load_model(cfg: DictConfig, datamodule: Any) -> ViTClassifier:
+    """The checkpoint's classifier, or the weights with their own head, resolution and preprocessing;
+    the data's targets follow its task (single-label or multi-label)."""
     if cfg.get("ckpt_path"):
-        return load_classifier(str(cfg.ckpt_path))
+        model = load_classifier(str(cfg.ckpt_path))
+        datamodule.configure_task(model.task)
+        return model
     mc = OmegaConf.to_container(cfg.model, resolve=True)
     mc.pop("_target_", None)
     if not mc.get("weights"):
@@ -31,6 +43,7 @@ def load_model(cfg: DictConfig) -> ViTClassifier:
         )
     if not overridden("model.img_size"):
         mc["img_size"] = None  # the weights as they are: their own resolution, unless asked otherwise
+    mc["task"] = datamodule.configure_task(str(mc.get("task", "auto")))
     return ViTClassifier(**{**mc, "num_classes": None, "class_names": None})
 
 
@@ -40,10 +53,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     if not isinstance(write_csv, bool):
         raise ConfigError(f"predictions={write_csv!r} must be true or false (false: one pass, no CSV)")
     datamodule = build_datamodule(cfg, "test")
-    model = load_model(cfg)
+    model = load_model(cfg, datamodule)
     note = check_head_matches_data(model.class_names, model.num_classes, datamodule.class_names)
     if note:
         log.info("classes: %s", note)
+    names = model.class_names
+    model_classes = list(names) if names and len(names) == model.num_classes else list(datamodule.class_names)
+    extra_sets = prepare_extra_eval(
+        cfg, model_classes, getattr(model, "multilabel", False)
+    )  # checked before anything is evaluated
     pre = model.preprocessing
     datamodule.configure_preprocessing(pre)
     trainer = build_trainer(plan, callbacks=[], loggers=[], enable_checkpointing=False)
@@ -58,9 +76,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
     if write_csv:
         analysis, predictions_path = predictions_and_analysis(trainer, model, datamodule, split, output_dir)
     else:  # one pass only: the analysis of the evaluation itself (counts Lightning's DDP padding)
-        ea = model.eval_analysis
-        analysis = analysis_summary(ea["confusion"], list(datamodule.class_names), split=split, ece=ea["ece"])
+        analysis = eval_summary(model.eval_analysis, list(datamodule.class_names), split)
         predictions_path = None
+    extra, extra_metrics = {}, {}
+    if extra_sets:  # the weights the split was scored with (the checkpoint's EMA when use_for=eval)
+        extra, extra_metrics = evaluate_extra_sets(trainer, model, datamodule, extra_sets, output_dir, [])
+        metrics.update(extra_metrics)
     if trainer.is_global_zero:
         payload = {
             "split": split,
@@ -68,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
             "ckpt_path": cfg.get("ckpt_path"),
             "weights": cfg.model.get("weights"),
             "analysis": analysis,
+            **({"extra_eval": extra} if extra else {}),
         }
         path = write_metrics(output_dir, payload)
         print(f"\n{split} metrics ({len(datamodule.splits[split])} images):")
@@ -76,5 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float | None]:
         print(f"written to {path}")
         if predictions_path:
             print(f"predictions: {predictions_path}")
+        for line in extra_summary_lines(extra):
+            print(line)
         print(f"report        : {write_report(str(cfg.paths.output_dir), [])}")
     return metrics

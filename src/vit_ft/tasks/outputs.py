@@ -10,12 +10,21 @@ import os
 import sys
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vit_ft.data.extra_eval import extra_loader, load_extra_sets
 from vit_ft.errors import ConfigError
 from vit_ft.io import write_json_atomic, write_text_atomic
-from vit_ft.models.analysis import analysis_summary
-from vit_ft.models.predictions import predict_split, write_predictions_csv
+from vit_ft.models.analysis import analysis_summary, multilabel_summary
+from vit_ft.models.metrics import multilabel_scores
+from vit_ft.models.predictions import (
+    MultiLabelPredictions,
+    predict_split,
+    write_multilabel_csv,
+    write_predictions_csv,
+)
+from vit_ft.models.subset import PreparedSet, evaluate_set, prepare_sets
 from vit_ft.report import build_report, mistakes_of, picture_files
 from vit_ft.training.preemption import RESUMABLE_EXIT
 
@@ -72,7 +81,7 @@ def predictions_and_analysis(
         )
         if ea is None or ea["split"] != split:
             return None, None
-        return analysis_summary(ea["confusion"], names, split=split, ece=ea["ece"]), None
+        return eval_summary(ea, names, split), None
     preds = predict_split(trainer, model, loader)
     if not trainer.is_global_zero:
         return None, None
@@ -82,11 +91,100 @@ def predictions_and_analysis(
         return records.name(i) if hasattr(records, "name") else f"{split}[{i}]"
 
     os.makedirs(output_dir, exist_ok=True)
+    if isinstance(
+        preds, MultiLabelPredictions
+    ):  # every label and probability; metrics at the model's thresholds
+        thr = model.thresholds
+        path = write_multilabel_csv(
+            os.path.join(output_dir, f"{split}_predictions.csv"), preds, names, file_name, thr.tolist()
+        )
+        scores = multilabel_scores(torch.from_numpy(preds.probs), torch.from_numpy(preds.targets), thr)
+        return multilabel_summary(scores, names, split), path
     path = write_predictions_csv(
         os.path.join(output_dir, f"{split}_predictions.csv"), preds, names, file_name
     )
     analysis = analysis_summary(preds.confusion(len(names)), names, split=split, ece=preds.ece())
     return analysis, path
+
+
+def eval_summary(ea: dict[str, Any], names: list[str], split: str) -> dict[str, Any]:
+    """The ``analysis`` of ``metrics.json`` from a module's last evaluation (``eval_analysis``)."""
+    if "confusion" not in ea:  # a multi-label evaluation
+        return multilabel_summary(ea, names, split)
+    return analysis_summary(ea["confusion"], names, split=split, ece=ea["ece"])
+
+
+def prepare_extra_eval(
+    cfg: DictConfig, class_names: list[str], multilabel: bool = False
+) -> list[PreparedSet]:
+    """The sets of ``data.extra_eval``, read and matched to the model's classes (every check before any
+    evaluation: an unknown class, a bad labels file stop here with one line)."""
+    entries = (cfg.get("data") or {}).get("extra_eval")
+    if not entries:
+        return []
+    if multilabel:
+        raise ConfigError(
+            f"data.extra_eval ({', '.join(entries)}) scores single-label sets, and this model is multi-label; "
+            "evaluate each set with eval.py data=manifest data.val=<its manifest> instead"
+        )
+    return prepare_sets(load_extra_sets(OmegaConf.to_container(entries, resolve=True)), class_names)
+
+
+def evaluate_extra_sets(
+    trainer: Any, model: Any, datamodule: Any, prepared: list[PreparedSet], output_dir: str, loggers: list
+) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """Each extra set, one pass of ``model`` (every rank its share): its ``<name>/*`` metrics logged to
+    ``loggers``, ``<name>_predictions.csv`` written; ``(metrics.json's extra_eval section, the flat
+    metrics)`` on rank 0, empty dicts on the others. Collective under DDP: every rank calls it."""
+    section: dict[str, Any] = {}
+    flat: dict[str, float | None] = {}
+    for ps in prepared:
+        res = evaluate_set(trainer, model, extra_loader(datamodule, ps.set), ps)
+        if not trainer.is_global_zero:
+            continue
+        metrics = {k: to_float(v) for k, v in res.logged}
+        names = list(ps.set.class_names)
+        os.makedirs(output_dir, exist_ok=True)
+        path = write_predictions_csv(
+            os.path.join(output_dir, f"{ps.name}_predictions.csv"),
+            res.predictions,
+            names,
+            ps.set.records.name,
+        )
+        a = res.analysis
+        section[ps.name] = {
+            "images": len(res.predictions),
+            "skipped_images": len(ps.set) - len(res.predictions),  # unusable, with data.on_bad_image=skip
+            "classes": len(names),
+            "class_subset": ps.index is not None,
+            "labels_file": ps.set.labels_file,
+            "real_images": sum(1 for x in ps.accepted if x) if ps.accepted is not None else None,
+            "metrics": metrics,
+            "predictions": path,
+            "analysis": analysis_summary(a["confusion"], names, split=ps.name, ece=a["ece"]) if a else None,
+        }
+        flat.update(metrics)
+    if flat:
+        step = int(getattr(trainer, "global_step", 0))
+        for lg in loggers:
+            lg.log_metrics({k: v for k, v in flat.items() if v is not None}, step=step)
+            lg.save()
+    return section, flat
+
+
+def extra_summary_lines(section: dict[str, Any]) -> list[str]:
+    """One closing-summary line per extra set: its top-1 (and ReaL top-1), images, predictions CSV."""
+    out = []
+    for name, s in section.items():
+        m = s["metrics"]
+        real = m.get(f"{name}/real_acc1")
+        acc = m.get(f"{name}/acc1")
+        out.append(
+            f"{name:<14}: acc1 {'n/a' if acc is None else f'{acc:.4f}'}"
+            + ("" if real is None else f", real_acc1 {real:.4f}")
+            + f" ({s['images']} images) -> {s['predictions']}"
+        )
+    return out
 
 
 def write_report(output_dir: str, loggers: list) -> str | None:

@@ -1,10 +1,13 @@
 """The run plan: what a task decides from its composed config before building anything, decided once.
 
 :func:`make_plan` checks the config (:func:`check_config`, the one place config checks run), settles
-what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_for=eval`` follows),
+what it leaves open (``trainer.precision: null``, the metrics ``model.ema.use_for=eval`` follows, the
+``monitor`` metric and its mode),
 reads the checkpoint to resume from once (one :func:`check_checkpoint_file`, one
 ``torch.load(weights_only=True)``), decides the resume (``ckpt_path`` auto/explicit/none, a finished
-run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan.
+run with nothing to do) and builds the non-finite guard. ``tasks/common.build`` takes the plan and,
+once the DataModule knows the training set's size, :func:`settle_recipe` decides the small-data recipe
+(``recipe=auto``) and the learning rate (``optimizer.lr_base``), before the model and the Trainer.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
+from vit_ft.data.loader_policy import batches_per_epoch
+from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
+from vit_ft.models.metrics import known_metric_names
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
 from vit_ft.training.callbacks import NonFiniteLossGuard
 from vit_ft.training.precision import resolve_precision
+from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr
 from vit_ft.weights.io import check_checkpoint_file
 from vit_ft.weights.sources import looks_like_path
 
@@ -54,6 +61,9 @@ class RunPlan:
     checkpoint_hparams: dict[str, Any] | None = None  # ckpt_path's hyper_parameters, read once
     resuming_own_run: bool = False  # ckpt_path is this run folder's own last.ckpt (same wandb run)
     finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
+    monitor: str = "val/acc1"  # the metric the best checkpoint, early stopping and the summary follow
+    monitor_mode: str = "max"  # max or min (a loss, the calibration error)
+    recipe: RecipeDecision | None = None  # recipe=auto's decision (settle_recipe), None: not adapted
 
 
 # -- checks that end a run before it starts ---------------------------------------------------------
@@ -73,7 +83,10 @@ def check_config(cfg: DictConfig) -> NonFiniteLossGuard:
 
     positive_int("data.batch_size", cfg.data.get("batch_size"))
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+    derived = lr is None and cfg.optimizer.get("lr_base") is not None  # settle_recipe derives it
+    if not derived and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)
+    ):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number (the paper sweeps 0.003-0.06)")
     t = cfg.trainer
     max_steps, max_epochs = t.get("max_steps", -1), t.get("max_epochs", None)
@@ -132,18 +145,77 @@ def follow_ema(cfg: DictConfig) -> None:
         )
     if not ema_chosen(ema, "eval"):
         return
-    keys = [("optimized_metric", cfg)] + [
-        (f"callbacks.{n}.monitor", cb)
-        for n, cb in (cfg.get("callbacks") or {}).items()
-        if cb is not None and isinstance(cb.get("monitor"), str)
-    ]
     with open_dict(cfg):
-        for key, node in keys:
-            leaf = key.rsplit(".", 1)[-1]
+        for key, node, leaf in monitored_keys(cfg):  # monitor first: what follows ${monitor} follows it
             value = node.get(leaf)
             if isinstance(value, str) and value.startswith("val/") and not overridden(key):
                 node[leaf] = "val_ema/" + value[len("val/") :]
                 log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
+
+
+def metric_mode(name: str) -> str:
+    """``min`` for a metric that is better lower (a loss, the calibration error), else ``max``."""
+    leaf = str(name).rsplit("/", 1)[-1].lower()
+    return "min" if "loss" in leaf or leaf in ("ece", "lr") else "max"
+
+
+def monitored_keys(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """``(key, node, leaf)`` of every metric name the run follows: ``monitor``, ``optimized_metric``
+    and each callback's ``monitor``."""
+    keys = [("monitor", cfg, "monitor"), ("optimized_metric", cfg, "optimized_metric")]
+    keys += [
+        (f"callbacks.{n}.monitor", cb, "monitor")
+        for n, cb in (cfg.get("callbacks") or {}).items()
+        if cb is not None and isinstance(cb.get("monitor"), str)
+    ]
+    return [k for k in keys if k[1].get(k[2]) is not None]
+
+
+def settle_monitor(cfg: DictConfig) -> tuple[str, str]:
+    """``monitor`` (default ``val/acc1``) and its mode, set as ``mode`` of every callback that
+    monitors it (the best checkpoint, early stopping) unless given on the command line."""
+    name = str(cfg.get("monitor") or "val/acc1")
+    mode = metric_mode(name)
+    with open_dict(cfg):
+        for n, cb in (cfg.get("callbacks") or {}).items():
+            if cb is None or cb.get("monitor") != name or overridden(f"callbacks.{n}.mode"):
+                continue
+            if "mode" in cb or "EarlyStopping" in str(cb.get("_target_", "")):
+                cb.mode = mode
+    return name, mode
+
+
+EXTRA_SET_METRICS = ("loss", "acc1", "acc5", "acc1_macro", "ece", "real_acc1")  # models/subset.SubsetMetrics
+
+
+def check_monitor(plan: RunPlan, num_classes: int, task: str = "single") -> None:
+    """Every metric name the run follows is one it logs (:func:`known_metric_names`), or one line
+    listing those, before anything trains."""
+    cfg = plan.cfg
+    ema = (cfg.get("model") or {}).get("ema") or {}
+    known = known_metric_names(num_classes, ema=ema.get("decay") is not None, task=task)
+    # data.extra_eval's sets are scored after training: what a sweep may optimise, not what a checkpoint follows
+    extra = [f"{s}/{m}" for s in (cfg.get("data") or {}).get("extra_eval") or {} for m in EXTRA_SET_METRICS]
+    for key, node, leaf in monitored_keys(cfg):
+        name = str(node.get(leaf))
+        if name not in known and not (key == "optimized_metric" and name in extra):
+            raise ConfigError(f"{key}={name} is not a metric this run logs; use one of: {', '.join(known)}")
+
+
+def follow_task(plan: RunPlan, task: str) -> None:
+    """A multi-label run logs no accuracy: ``monitor``, ``optimized_metric`` and the callbacks'
+    ``monitor`` that name ``<stream>/acc1`` follow ``<stream>/mAP`` instead (unless set on the command
+    line); called once the data decided the task (``model.task``)."""
+    if task != "multilabel":
+        return
+    cfg = plan.cfg
+    with open_dict(cfg):
+        for key, node, leaf in monitored_keys(cfg):
+            value = node.get(leaf)
+            if isinstance(value, str) and value.endswith("/acc1") and not overridden(key):
+                node[leaf] = value[: -len("acc1")] + "mAP"
+                log.info("model.task=multilabel: %s follows %s", key, node[leaf])
+    plan.monitor = str(cfg.get("monitor") or plan.monitor)
 
 
 def overridden(key: str) -> bool:
@@ -159,12 +231,14 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
     ``last.ckpt`` (see tasks/resume.py) and the checkpoint must hold a training state. Otherwise
     (evaluation, k-NN, few-shot) a given ``ckpt_path`` file is checked and ``auto`` means none."""
     auto_resolved = ("trainer.precision",) if cfg.trainer.get("precision") in (None, "auto") else ()
+    auto_resolved += recipe_free_keys(cfg)
     guard = check_config(cfg)
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(
             cfg.trainer.get("precision"), str(cfg.trainer.get("accelerator"))
         )
     follow_ema(cfg)
+    monitor, monitor_mode = settle_monitor(cfg)
     check_weights_file(cfg)
     given = cfg.get("ckpt_path")
     given = None if given in (None, "") else str(given)
@@ -179,6 +253,8 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
         ckpt_path=explicit,
         guard=guard,
         checkpoint_hparams=hparams,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
     )
     if resume:
         decided = plan_resume(cfg, auto_resolved=auto_resolved)
@@ -191,3 +267,60 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
         with open_dict(cfg):
             cfg.ckpt_path = plan.ckpt_path
     return plan
+
+
+# -- the recipe: what the training set's size and the batch decide -----------------------------------
+RECIPE_KEYS = ("data.batch_size", "scheduler.warmup_steps")  # what recipe=auto may lower
+
+
+def recipe_free_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """Keys :func:`settle_recipe` settles from the data and the batch (the user left them to vit-ft):
+    a resumed run settles them again, the same way; they are not compared with the saved config."""
+    keys: tuple[str, ...] = ()
+    if cfg.get("recipe", "auto") == "auto":
+        keys += tuple(k for k in RECIPE_KEYS if not overridden(k))
+    opt = cfg.get("optimizer") or {}
+    if opt.get("lr") is None and opt.get("lr_base") is not None:
+        keys += ("optimizer.lr",)
+    return keys
+
+
+def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | None:
+    """``recipe=auto`` on ``train_size`` training images (None: unknown, streamed: nothing adapts),
+    then the learning rate from ``optimizer.lr_base`` at the run's global batch; each says so in one
+    line. Sets ``data.batch_size``, ``scheduler.warmup_steps`` and ``optimizer.lr`` in ``plan.cfg``;
+    values given on the command line are never changed. Once, before the model and the Trainer."""
+    cfg = plan.cfg
+    decision = None
+    if cfg.get("recipe", "auto") == "auto" and train_size and cfg.get("probe") is None:
+        t = cfg.trainer
+        decision = adapt_recipe(
+            int(train_size),
+            batch_size=int(cfg.data.batch_size),
+            warmup_steps=int(cfg.scheduler.get("warmup_steps") or 0),
+            max_epochs=t.get("max_epochs"),
+            max_steps=t.get("max_steps"),
+            steps_per_epoch=lambda n, b: batches_per_epoch(n, 1, b),
+            fixed={k for k in RECIPE_KEYS if overridden(k)},
+            multiple_of=int(t.get("accumulate_grad_batches") or 1),
+        )
+        with open_dict(cfg):
+            cfg.data.batch_size = decision.batch_size
+            cfg.scheduler.warmup_steps = decision.warmup_steps
+        if decision.line and is_rank_zero():
+            log.info(decision.line)
+    opt = cfg.optimizer
+    choice = resolve_lr(
+        lr=opt.get("lr"),
+        lr_base=opt.get("lr_base"),
+        lr_base_size=int(opt.get("lr_base_size") or 256),
+        lr_base_scale=opt.get("lr_base_scale"),
+        optimizer_name=str(opt.get("name", "sgd")),
+        global_batch=int(cfg.data.batch_size),
+    )
+    with open_dict(cfg):
+        opt.lr = choice.lr
+    if is_rank_zero():
+        log.info(choice.line)
+    plan.recipe = decision
+    return decision

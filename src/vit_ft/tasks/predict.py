@@ -1,10 +1,13 @@
 """Top-k class names for images: ``python predict.py weights=<weights> images=<file or folder>``.
 
 ``weights`` is anything vit-ft reads (a vit-ft ``.ckpt``, a transformers directory or hub id such as
-``google/vit-base-patch32-384``, a timm tag or file, an ``.npz``), used with its own head.
+``google/vit-base-patch32-384``, a timm tag or file, an ``.npz``), used with its own head, or an
+``.onnx`` file written by ``export.py format=onnx`` (run by ONNX Runtime with the preprocessing and
+class names stored in it; ``precision`` does not apply).
 ``images`` is an image file, a folder (searched recursively) or a list ``images=[a.jpg,b.png]``.
 Options: ``topk=5``, ``out=preds.jsonl`` (JSON lines ``{"image", "topk": [{"index", "label",
-"prob"}]}``), ``batch_size=32``, ``device=auto|cpu|cuda[:i]``, ``precision=auto|32|bf16|16``
+"prob"}]}``; a multi-label model adds ``"labels"``: every label over its threshold, and
+``threshold=0.5`` sets one threshold for all), ``batch_size=32``, ``device=auto|cpu|cuda[:i]``, ``precision=auto|32|bf16|16``
 (auto: bf16 autocast on GPUs that support it), ``num_workers`` (decoding processes; null:
 automatic), ``on_bad_image=error|skip``, ``quiet=true`` (no per-image printing), ``img_size`` /
 ``backbone`` / ``timm_kwargs`` (as in training). Predictions go to stdout, notes and the progress
@@ -51,6 +54,9 @@ class PredictConfig(NoRunDirConfig):
     img_size: int | None = None
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # for a plain timm state dict
     eval_crop: Any = "auto"  # auto: the weights' own eval crop | none: plain resize | a crop_pct, e.g. 0.875
+    threshold: float | None = (
+        None  # multi-label models: one threshold for every label (null: the weights' own)
+    )
 
 
 def predict(cfg: DictConfig) -> int:
@@ -77,12 +83,19 @@ def predict(cfg: DictConfig) -> int:
         img_size=cfg.img_size,
         timm_kwargs=OmegaConf.to_container(cfg.timm_kwargs, resolve=True),
         eval_crop=cfg.eval_crop,
+        threshold=cfg.threshold,
     )
 
 
 def format_prediction(record: dict[str, Any]) -> str:
-    """``path`` then one ``  probability  label`` line per class."""
+    """``path`` then one ``  probability  label`` line per class (a multi-label model: the labels over
+    their thresholds, or ``(no label over its threshold)``)."""
     lines = [record["image"]]
+    if "labels" in record:
+        lines += [f"  {t['prob']:.4f}  {t['label']}" for t in record["labels"]] or [
+            "  (no label over its threshold)"
+        ]
+        return "\n".join(lines)
     lines += [f"  {t['prob']:.4f}  {t['label']}" for t in record["topk"]]
     return "\n".join(lines)
 
@@ -128,12 +141,14 @@ def predict_files(
     quiet: bool = False,
     progress: bool | None = None,
     eval_crop: Any = "auto",
+    threshold: float | None = None,
 ) -> int:
     """The ``predict.py`` job: print (unless ``quiet``) and write (``out=``, JSON lines) the top-k
     classes of every image; return how many images were predicted."""
     check_options(topk=topk, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     parse_eval_crop(eval_crop)
-    check_weights_source(weights, "weights")
+    if not str(weights or "").lower().endswith(".onnx"):
+        check_weights_source(weights, "weights")
     paths = find_images(images)
     notes: list[str] = []
     predictor = load_predictor(
@@ -144,6 +159,7 @@ def predict_files(
         device=device,
         precision=precision,
         notes=notes,
+        threshold=threshold,
     )
     for note in notes:
         print(f"weights: {note}", file=sys.stderr)

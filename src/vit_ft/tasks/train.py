@@ -12,14 +12,18 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vit_ft.errors import ConfigError
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build, record_run_failure
 from vit_ft.tasks.fewshot import fewshot
 from vit_ft.tasks.knn import knn
 from vit_ft.tasks.outputs import (
+    evaluate_extra_sets,
+    extra_summary_lines,
     finish_wandb,
     predictions_and_analysis,
+    prepare_extra_eval,
     print_summary,
     to_float,
     write_metrics,
@@ -45,6 +49,12 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> float | None:
+    if cfg.get("probe") is not None and ((cfg.get("data") or {}).get("extra_eval") or {}):
+        mode = cfg.probe.get("mode") or "linear"
+        raise ConfigError(
+            f"data.extra_eval does not work with probe.mode={mode} yet; drop it, or score a fine-tuned "
+            "checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval.NAME.root=DIR"
+        )
     with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/resume.py)
         if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
             return fewshot(cfg)
@@ -66,6 +76,14 @@ def plan_training(cfg: DictConfig) -> RunPlan:
     return plan
 
 
+def load_checkpoint_weights(trainer: L.Trainer, model: L.LightningModule, path: str) -> None:
+    """``path``'s weights (and EMA) into ``model`` as ``trainer.test(ckpt_path=path)`` loads them: read by
+    the trainer's checkpoint IO, the module's hook first. Every rank calls it. (Not a sharded FSDP folder.)"""
+    ckpt = trainer.strategy.checkpoint_io.load_checkpoint(path)
+    model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=bool(getattr(model, "strict_loading", True)))
+
+
 def _train(cfg: DictConfig) -> float | None:
     loggers: list = []
     trainer = None
@@ -82,6 +100,9 @@ def _train(cfg: DictConfig) -> float | None:
         return value if value is not None and math.isfinite(value) else None
     try:
         datamodule, model, trainer, loggers = build(plan)
+        extra_sets = prepare_extra_eval(
+            cfg, list(datamodule.class_names), getattr(model, "multilabel", False)
+        )  # checked before training
         if cfg.get("probe") is not None:  # linear probe, on cached features by default
             settings = LinearProbeSettings.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))
             model, datamodule = prepare_linear_probe(
@@ -108,14 +129,26 @@ def _train(cfg: DictConfig) -> float | None:
                     trainer, model, datamodule, "val", output_dir
                 )
         test_metrics: dict[str, float | None] = {}
-        if cfg.get("test") and "test" in (datamodule.splits or {}):
+        tested = bool(cfg.get("test") and "test" in (datamodule.splits or {}))
+        if tested:
             res = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
             test_metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
+        extra: dict[str, Any] = {}
+        extra_metrics: dict[str, float | None] = {}
+        if extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
+            if best_path and not tested:
+                load_checkpoint_weights(trainer, model, best_path)
+            with model.ema_weights_for("eval"):
+                extra, extra_metrics = evaluate_extra_sets(
+                    trainer, model, datamodule, extra_sets, output_dir, loggers
+                )
 
         metric_name = str(cfg.get("optimized_metric") or "val/acc1")
         best_score = to_float(getattr(ckpt_cb, "best_model_score", None)) if ckpt_cb else None
         monitored = getattr(ckpt_cb, "monitor", None) if ckpt_cb else None
-        value = best_score if monitored == metric_name and best_score is not None else final.get(metric_name)
+        # optimized_metric=<set>/acc1: a sweep can follow an extra set (rank 0 holds its value)
+        scored = {**extra_metrics, **final}
+        value = best_score if monitored == metric_name and best_score is not None else scored.get(metric_name)
         if trainer.is_global_zero:
             payload = {
                 "optimized_metric": metric_name,
@@ -131,6 +164,7 @@ def _train(cfg: DictConfig) -> float | None:
                 "bad_images": datamodule.bad_image_report(),
                 "run_dir": output_dir,
                 "analysis": analysis,
+                **({"extra_eval": extra} if extra else {}),
             }
             write_metrics(output_dir, payload)
             report = write_report(output_dir, loggers)
@@ -141,6 +175,7 @@ def _train(cfg: DictConfig) -> float | None:
                     f"best checkpoint: {best_path}",
                     f"last checkpoint: {last_path}",
                     *([f"val predictions: {predictions_path}"] if predictions_path else []),
+                    *extra_summary_lines(extra),
                     f"report        : {report}",
                 ],
                 loggers,

@@ -1,7 +1,8 @@
 """Optimizer and learning-rate schedule.
 
 Parameter groups, weight-decay exclusions (biases, norms, ``pos_embed``, ``cls_token``) and layer-wise
-decay come from timm's ``create_optimizer_v2``; the schedule — per-step linear warmup, then cosine
+decay come from timm's ``create_optimizer_v2`` (``lr`` is the run's, already derived from
+``optimizer.lr_base`` and the batch by the run plan: training/recipe.py); the schedule — per-step linear warmup, then cosine
 (or linear, or constant) decay over the run's optimizer steps — is a ``LambdaLR``, which multiplies
 each group's factor by the group's ``lr_scale`` (timm's layer-wise decay: block ``i`` of a depth-``d``
 ViT trains at ``layer_decay ** (d - i)`` times the head's rate, the embeddings at ``layer_decay ** (d + 1)``).
@@ -29,6 +30,9 @@ def build_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     layer_decay: float | None = None,
+    lr_base: float | None = None,  # lr_base, lr_base_size, lr_base_scale: already turned into ``lr``
+    lr_base_size: int | None = None,  # by the run plan (training/recipe.py resolve_lr)
+    lr_base_scale: str | None = None,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
     if not isinstance(lr, (int, float)) or lr <= 0:

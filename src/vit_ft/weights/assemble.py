@@ -18,6 +18,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
+from vit_ft.checkpoint_format import MULTILABEL_ATTR
 from vit_ft.errors import ConfigError
 from vit_ft.labels import class_names_for
 from vit_ft.preprocessing import Preprocessing, preprocessing_from_timm
@@ -190,6 +191,9 @@ def assemble(
     else:
         prep = pre.with_size(target)  # the crop travels too
     model.eval()
+    if keep and ckpt.thresholds is not None and len(ckpt.thresholds) == target_classes:
+        # a multi-label head: its thresholds travel with the network to the writers (problem_type)
+        setattr(model, MULTILABEL_ATTR, [float(t) for t in ckpt.thresholds])
     return Backbone(
         model=model,
         arch=arch,

@@ -29,6 +29,7 @@ class Checkpoint:
     hint: Callable[[], str] | None = None  # what to do when sd does not fit arch
     class_names_from: Any = None  # for labels.class_names_for; False: the file stated its names
     pos_antialias: bool = True  # how position embeddings are resampled (False: as transformers does)
+    thresholds: list[float] | None = None  # a multi-label head's per-class thresholds (None: single-label)
 
 
 @dataclass

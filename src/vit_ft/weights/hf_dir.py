@@ -143,4 +143,14 @@ def read_hf_dir(
         preprocessing=prep,
         notes=notes,
         pos_antialias=model_type in fam.pos_antialias,
+        thresholds=_hf_thresholds(cfg, int(sd["head.weight"].shape[0])) if "head.weight" in sd else None,
     )
+
+
+def _hf_thresholds(cfg: dict[str, Any], k: int) -> list[float] | None:
+    """A multi-label head's thresholds (``problem_type: multi_label_classification``; vit-ft writes
+    ``thresholds`` beside it, 0.5 each without)."""
+    if cfg.get("problem_type") != "multi_label_classification" or k < 1:
+        return None
+    thr = cfg.get("thresholds")
+    return [float(t) for t in thr] if isinstance(thr, list) and len(thr) == k else [0.5] * k

@@ -26,6 +26,7 @@ from vit_ft.checkpoint_format import (
     ema_chosen,
     feature_record,
     has_prefix,
+    multilabel_thresholds,
     strip_prefix,
 )
 from vit_ft.compat import load_vit_npz
@@ -164,6 +165,7 @@ def read_timm_state_dict(
         default_size, prefix = meta_defaults(arch)
         kw["img_size"] = native_img_size(sd, kw, prefix) or default_size
         kw.setdefault("num_classes", head_classes(sd))
+    thr = info.get("thresholds")  # a multi-label head's (vit-ft's metadata)
     return Checkpoint(
         sd,
         arch,
@@ -171,6 +173,7 @@ def read_timm_state_dict(
         class_names=class_names,
         preprocessing=preprocessing,
         notes=notes,
+        thresholds=[float(t) for t in thr] if isinstance(thr, list) else None,
         hint=state_dict_hint(sd),
     )
 
@@ -249,6 +252,9 @@ def read_vit_ft_ckpt(
         kw.setdefault("img_size", meta_defaults(arch)[0])
         kw.setdefault("num_classes", head_classes(sd))
     names = hp.get("class_names")
+    thresholds = None
+    if hp.get("task") == "multilabel":  # the per-class thresholds chosen on val (0.5 when none were)
+        thresholds = multilabel_thresholds(ckpt) or [0.5] * int(kw["num_classes"])
     return Checkpoint(
         sd,
         arch,
@@ -256,6 +262,7 @@ def read_vit_ft_ckpt(
         class_names=list(names) if names else None,
         preprocessing=prep,
         notes=notes,
+        thresholds=thresholds,
     )
 
 

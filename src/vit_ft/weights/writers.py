@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from vit_ft.checkpoint_format import MULTILABEL_ATTR
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import PIL_FILTER_CODES, Preprocessing
 from vit_ft.weights.families import for_network
@@ -68,6 +69,9 @@ def save_timm_safetensors(
             "class_names": list(class_names) if class_names else None,
             "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
         }
+        thresholds = getattr(model, MULTILABEL_ATTR, None)
+        if thresholds is not None:  # a multi-label head: sigmoid, each class over its own threshold
+            info["thresholds"] = list(thresholds)
         meta[METADATA_KEY] = json.dumps(info)
     save_file(tensors(model), str(path), metadata=meta)
     return path
@@ -137,6 +141,12 @@ def save_hf_pretrained(
     recorded for reference."""
     check_plain_head(arch)
     cfg, tensors = hf_export(backbone_model, class_names)
+    thresholds = getattr(backbone_model, MULTILABEL_ATTR, None)
+    if (
+        thresholds is not None
+    ):  # transformers then uses sigmoid + BCE; the thresholds are vit-ft's (val max-F1)
+        cfg["problem_type"] = "multi_label_classification"
+        cfg["thresholds"] = [float(t) for t in thresholds]
     if arch is not None:
         cfg["vit_ft_arch"] = arch
     out = Path(out_dir)

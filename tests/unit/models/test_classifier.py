@@ -125,8 +125,17 @@ def test_hyperparameters_are_the_constructor_arguments_a_checkpoint_rebuilds_fro
     m = tiny_classifier()
     assert list(m.hparams) == [
         *("backbone", "weights", "img_size", "freeze_backbone", "reset_head", "label_smoothing"),
-        *("drop_path_rate", "timm_kwargs", "preprocessing_override", "optimizer", "scheduler", "mixup"),
+        *(
+            "class_weights",
+            "drop_path_rate",
+            "timm_kwargs",
+            "preprocessing_override",
+            "optimizer",
+            "scheduler",
+            "mixup",
+        ),
         *("random_erasing", "ema", "compile", "compile_mode", "grad_checkpointing", "lora"),
+        *("task", "loss", "asl"),
         *("arch", "preprocessing", "class_names", "num_classes"),
     ]
     again = ViTClassifier(**m.hparams)  # load_from_checkpoint's path: arch + preprocessing given

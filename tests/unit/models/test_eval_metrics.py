@@ -174,7 +174,7 @@ def test_streams_per_prefix_and_ema_streams_without_the_analysis():
     ev = with_ema["val_ema"]
     assert ev.extra is None and ev.acc5 is None  # 3 classes: no top-5
     ev.update(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
-    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1"]
+    assert [n for n, _ in ev.compute()] == ["val_ema/loss", "val_ema/acc1", "val_ema/acc1_macro"]
 
 
 def test_the_loss_mean_weights_batches_and_stays_float32_under_a_bf16_module():
@@ -196,7 +196,8 @@ def _two_ranks(rank: int, port: int, logits: torch.Tensor, y: torch.Tensor, out)
         full, empty = SingleLabelMetrics("val", 6, analysis=True), SingleLabelMetrics("val_ema", 6)
         for part in [slice(0, 10)] if rank == 0 else [slice(10, 18), slice(18, None)]:
             full.update(logits[part], y[part])  # the ranks' batches differ in count and size
-        out.put((rank, dict(full.compute()), dict(empty.compute())))  # no rank saw a batch: all skip
+        pairs = {k: float(v) for k, v in full.compute()}  # plain floats: no tensor outlives its process
+        out.put((rank, pairs, dict(empty.compute())))  # no rank saw a batch: all skip
     finally:
         dist.destroy_process_group()
 

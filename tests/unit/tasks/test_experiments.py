@@ -56,6 +56,7 @@ def test_experiment_composes_to_the_papers_recipe(name):
     check_config(cfg)
     # every data key is an argument of the data module (hf.yaml/imagenet.yaml belong to another module)
     data = OmegaConf.to_container(cfg.data, resolve=False)
+    data.pop("extra_eval")  # the tasks' (data/extra_eval.py), taken out before the DataModule is built
     cls = get_class(data.pop("_target_"))
     import inspect
 

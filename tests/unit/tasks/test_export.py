@@ -42,4 +42,4 @@ def test_export_cli_bad_input(tmp_path, capsys):
     )
     assert "are both required" in error(out="x")
     assert "name different sources" in error(ckpt_path="a.ckpt", weights="b.ckpt", out="x")
-    assert "format='onnx'" in error(ckpt_path="a.ckpt", out="x", format="onnx")
+    assert "format='tflite'" in error(ckpt_path="a.ckpt", out="x", format="tflite")

@@ -144,6 +144,7 @@ def test_every_key_is_ranged_or_listed_as_not_ranged():
 
 def test_the_enums_are_the_code_s():
     from vit_ft.checkpoint_format import EMA_USES
+    from vit_ft.data.resumable import SAMPLERS
     from vit_ft.probe.settings import FEATURE_TYPES, MODES
     from vit_ft.training.callbacks import NONFINITE_ACTIONS
     from vit_ft.training.precision import PRECISIONS
@@ -152,6 +153,7 @@ def test_the_enums_are_the_code_s():
 
     assert set(RANGES["probe.features"].values) == set(FEATURE_TYPES)
     assert set(RANGES["probe.mode"].values) == set(MODES)
+    assert set(RANGES["data.sampler"].values) == set(SAMPLERS)
     assert set(RANGES["model.ema.use_for"].values) == set(EMA_USES)
     assert set(RANGES["trainer.on_nonfinite"].values) == set(NONFINITE_ACTIONS)
     assert set(PRECISIONS) <= set(RANGES["trainer.precision"].values)
@@ -170,7 +172,7 @@ def test_the_line_names_the_key_the_value_and_the_range():
     cfg.optimizer.layer_decay = 0.75
     cfg.optimizer.lr = math.inf
     with pytest.raises(
-        ConfigError, match=r"^optimizer.lr=inf is out of range: must be a number in \(0, 10\]$"
+        ConfigError, match=r"^optimizer.lr=inf is out of range: must be a number in \(0, 10\] or null$"
     ):
         check_ranges(cfg)
 
@@ -193,7 +195,7 @@ def test_a_plain_dict_and_absent_keys():
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10]"),
+        ("optimizer.lr=1e300", "optimizer.lr=1e+300 is out of range: must be a number in (0, 10] or null"),
         ("data.hflip=2", "data.hflip=2 is out of range: must be a number in [0, 1]"),
         (
             "optimizer.layer_decay=0",

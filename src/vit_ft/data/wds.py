@@ -1,0 +1,587 @@
+"""``data=webdataset``: train and evaluate on WebDataset tar shards, exactly resumable, equal on every rank.
+
+The shards (written by :mod:`vit_ft.data.shards`, or any WebDataset of ``{key}.jpg|png|...`` +
+``{key}.cls``) are read sequentially from local paths, ``pipe:`` commands, http(s) URLs or ``hf://``
+(webdataset's ``gopen``), brace patterns expanded. The index (``index.json`` beside the shards, or
+``data.index``) gives each shard's sample count and labels, so everything is known before reading:
+
+- **The epoch is a pure function of (seed, epoch).** Its stream is the shards in an order shuffled with
+  ``(seed, epoch)``, each shard's samples through a shuffle buffer of ``data.shuffle_buffer`` whose draws
+  are seeded with ``(seed, epoch, shard)``: position ``p`` of the epoch is one known sample.
+- **Equal ranks, honest lengths.** An epoch trains on ``floor(total / ranks)`` samples per rank (the last
+  ``total mod ranks`` positions of the epoch's stream are left out; they change with the shard order):
+  rank ``r`` takes the contiguous block ``[r n, (r+1) n)``, so every rank yields the same number of
+  batches however unevenly the shards split, and the loader's length is what it yields.
+- **Exact resume.** The training order is an :class:`~vit_ft.data.resumable.EpochSampler` over epoch
+  positions (:class:`StreamSampler`), resumed by the DataModule's state like a folder run's; a
+  sample's augmentation draws from ``sample_rng(sample_seed(seed, epoch, position))``. Skipping the
+  positions already trained on reads tar headers only (local files are skipped with seeks).
+- **Readers stream.** The dataset is map-style over positions (so Lightning keeps the sampler and
+  counts batches), but each DataLoader worker keeps one tar open and reads forward: a batch's samples
+  are consecutive positions of the stream; bytes of samples the buffer holds back are kept only for the
+  positions this worker will be asked for (at most about ``shuffle_buffer`` samples).
+
+Evaluation splits are read in index order (Lightning's sampler spreads them over ranks); the probe, k-NN
+and predictions get each sample once, by its index-order id. Bad images follow ``data.on_bad_image``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from vit_ft.data.bad_images import UnusableImageError, unusable_message
+from vit_ft.data.datamodule import ImageDataModule
+from vit_ft.data.decode import BadImageError
+from vit_ft.data.resumable import EpochSampler, sample_rng, sample_seed
+from vit_ft.data.shards import IMAGE_EXTS, INDEX_NAME
+from vit_ft.data.transforms import PlannedJpeg
+from vit_ft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_IMAGE_EXTS = frozenset(IMAGE_EXTS)
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+def expand_urls(spec: Any, key: str = "data.train") -> list[str]:
+    """Shard URLs of ``spec``: one string (brace patterns ``{000000..000127}`` expanded) or a list."""
+    from braceexpand import braceexpand
+
+    if spec is None or (isinstance(spec, str) and spec.strip() in ("", "???")):
+        raise ConfigError(f"{key} is not set; pass {key}=/path/to/train-{{000000..000127}}.tar (shards)")
+    items = [spec] if isinstance(spec, str) else list(spec)
+    urls = [u for item in items for u in braceexpand(str(item))]
+    if not urls:
+        raise ConfigError(f"{key}={spec!r} names no shard; pass a path or pattern of .tar shards")
+    return urls
+
+
+def _local(url: str) -> str | None:
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    return os.path.expanduser(url)
+
+
+def open_url(url: str) -> tuple[Any, bool]:
+    """``(binary file object, seekable)`` for a local path, ``pipe:`` command, http(s) or hf:// URL."""
+    path = _local(url)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"shard {url!r} does not exist; check data.train / data.val")
+        return open(path, "rb"), True
+    import webdataset as wds
+
+    return wds.gopen(url, "rb"), False
+
+
+def _default_index(url: str) -> str | None:
+    if url.startswith("pipe:"):
+        return None
+    return url.rsplit("/", 1)[0] + "/" + INDEX_NAME if "/" in url else INDEX_NAME
+
+
+def load_index(url: str) -> dict | None:
+    """The parsed ``index.json`` at ``url`` (path or URL); ``None`` when there is none."""
+    path = _local(url)
+    if path is not None and not os.path.isfile(path):
+        return None
+    try:
+        f, _ = open_url(url)
+        with f:
+            data = f.read()
+        return json.loads(data) if data else None
+    except (OSError, ValueError, ConfigError) as e:
+        log.info("no shard index at %s (%s)", url, e)
+        return None
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """WebDataset's ``(key, extension)`` of a tar member: the name up to the first dot of its base name."""
+    head, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return os.path.join(head, stem), ext.lower()
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:  # a pipe may return less
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _number(field: bytes) -> int:
+    """A tar header number: octal text, or GNU base-256 (first byte 0x80) for large sizes."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    text = field.strip(b"\0 ")
+    return int(text, 8) if text else 0
+
+
+def _pax(data: bytes) -> dict[bytes, bytes]:
+    out = {}
+    while data:
+        length = int(data.split(b" ", 1)[0])
+        key, _, value = data[:length].split(b" ", 1)[1][:-1].partition(b"=")
+        out[key], data = value, data[length:]
+    return out
+
+
+def iter_members(url: str):
+    """``(sample index in the shard, extension, read)`` of every file of shard ``url`` (the sample index
+    counts keys); ``read()`` returns the file's bytes until the next member is asked for. Only headers are
+    parsed (ustar, GNU long names, pax paths and sizes); unread data is skipped with a seek (local files)
+    or read past (streams). Python's ``tarfile`` parses a header ~10x slower, which a reader of small
+    images pays on every sample."""
+    f, seekable = open_url(url)
+
+    def skip(n: int) -> None:
+        if seekable:
+            f.seek(n, os.SEEK_CUR)
+        else:
+            while n > 0:
+                got = len(f.read(min(n, 1 << 20)))
+                if not got:
+                    return
+                n -= got
+
+    try:
+        last, idx, name_next, size_next = None, -1, None, None
+        while True:
+            hdr = _read_exact(f, 512)
+            if len(hdr) < 512 or not hdr.strip(b"\0"):
+                return
+            size = _number(hdr[124:136]) if size_next is None else size_next
+            typ, padded = hdr[156:157], (size + 511) & ~511
+            if typ in (b"L", b"x", b"g"):  # GNU long name / pax headers: the next member's name, size
+                meta = _read_exact(f, padded)[:size]
+                if typ == b"L":
+                    name_next = meta.rstrip(b"\0").decode("utf-8", "replace")
+                elif typ == b"x":
+                    pax = _pax(meta)
+                    name_next = pax[b"path"].decode("utf-8", "replace") if b"path" in pax else name_next
+                    size_next = int(pax[b"size"]) if b"size" in pax else None
+                continue
+            name = name_next
+            if name is None:
+                name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                prefix = hdr[345:500].split(b"\0", 1)[0] if hdr[257:263] == b"ustar\x00" else b""
+                if prefix:
+                    name = prefix.decode("utf-8", "replace") + "/" + name
+            name_next, size_next = None, None
+            if typ not in (b"0", b"\0", b"7"):  # not a regular file
+                skip(padded)
+                continue
+            key, ext = _member_key(name)
+            if key != last:
+                idx, last = idx + 1, key
+            done = [False]
+
+            def read(size: int = size, padded: int = padded, done: list = done) -> bytes:
+                done[0] = True
+                data = _read_exact(f, size)
+                skip(padded - size)
+                return data
+
+            yield idx, ext, read
+            if not done[0]:
+                skip(padded)
+    finally:
+        f.close()
+
+
+def scan_shard(url: str) -> list[int]:
+    """The labels (``.cls``; -1 when missing) of the samples of ``url``, in order (no index needed)."""
+    labels: list[int] = []
+    for idx, ext, read in iter_members(url):
+        while len(labels) <= idx:
+            labels.append(-1)
+        if ext == "cls":
+            labels[idx] = int(read().decode().strip())
+    return labels
+
+
+# -- a split: shards, counts, labels -------------------------------------------------------------
+class ShardSplit:
+    """The records of one split of shards: ``len``, ``labels`` (index order: shard by shard), names."""
+
+    def __init__(
+        self, urls: list[str], counts: list[int], labels: np.ndarray, split: str, source: str | None = None
+    ) -> None:
+        self.urls, self.split, self.source = list(urls), split, source  # source: the index's fingerprint
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.labels) != int(self.offsets[-1]):
+            raise ConfigError(f"the {split} shards' labels ({len(self.labels)}) do not match their counts")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """``(shard number, sample index in the shard)`` of index-order id ``i``."""
+        s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return s, int(i - self.offsets[s])
+
+    def name(self, i: int) -> str:
+        s, j = self.locate(i)
+        return f"{self.urls[s]} (sample {j})"
+
+    def fingerprint(self) -> str:
+        return json.dumps([self.urls, self.counts.tolist(), self.source])
+
+
+def load_split(spec: Any, split: str, index_url: str | None, key: str) -> tuple[ShardSplit, dict | None]:
+    """The :class:`ShardSplit` of ``spec`` and the index it came from (counts from the index, or a header
+    scan of every shard when there is none)."""
+    urls = expand_urls(spec, key)
+    index_url = index_url or _default_index(urls[0])
+    index = load_index(index_url) if index_url else None
+    known = {}
+    for entries in ((index or {}).get("splits") or {}).values():
+        for e in entries["shards"]:
+            known[e["name"]] = e
+    counts, labels = [], []
+    if index is not None:
+        for u in urls:
+            e = known.get(u.rsplit("/", 1)[-1].split("?")[0])
+            if e is None:
+                raise ConfigError(
+                    f"shard {u!r} is not in the index {index_url}; point data.index at the index written "
+                    "with these shards (python -m vit_ft.data.shards writes it)"
+                )
+            counts.append(int(e["count"]))
+            labels.extend(e["labels"])
+    else:
+        log.warning(
+            "%s: no shard index (%s); reading every shard's headers to count its samples", key, index_url
+        )
+        for u in urls:
+            got = scan_shard(u)
+            counts.append(len(got))
+            labels.extend(got)
+        if any(c < 0 for c in labels):
+            raise ConfigError(
+                f"{key}: a sample has no .cls label; write shards with python -m vit_ft.data.shards"
+            )
+    source = ((index or {}).get("source") or {}).get("fingerprint")
+    return ShardSplit(urls, counts, np.asarray(labels, np.int64), split, source), index
+
+
+# -- the epoch's order ---------------------------------------------------------------------------
+def buffer_permutation(n: int, buffer: int, seed: int) -> np.ndarray:
+    """``out[k]`` = the input index of the ``k``-th sample a shuffle buffer of ``buffer`` samples emits
+    from a stream of ``n`` (a random one of the buffer each time it is full, then the rest at random)."""
+    if buffer <= 1 or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    rng, buf, out = random.Random(seed), [], []
+    for i in range(n):
+        buf.append(i)
+        if len(buf) >= buffer:
+            j = rng.randrange(len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out.append(buf.pop())
+    while buf:
+        j = rng.randrange(len(buf))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        out.append(buf.pop())
+    return np.asarray(out, dtype=np.int64)
+
+
+class EpochPlan:
+    """Position -> sample of one training epoch: shards in a ``(seed, epoch)`` order, each through the
+    seeded shuffle buffer."""
+
+    def __init__(self, counts: np.ndarray, seed: int, epoch: int, buffer: int, shuffle: bool = True) -> None:
+        self.counts, self.seed, self.epoch, self.buffer = counts, int(seed), int(epoch), int(buffer)
+        n = len(counts)
+        self.order = (
+            np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, 7]).permutation(n)
+            if shuffle
+            else np.arange(n)
+        )
+        self.starts = np.concatenate([[0], np.cumsum(counts[self.order])]).astype(np.int64)
+        self.slot_of = np.empty(n, dtype=np.int64)
+        self.slot_of[self.order] = np.arange(n)
+        self.shuffle = shuffle
+        self._perms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def perm(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(output -> input, input -> output)`` of shard ``s`` this epoch."""
+        if s not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            buf = self.buffer if self.shuffle else 0
+            out = buffer_permutation(int(self.counts[s]), buf, sample_seed(self.seed, self.epoch, -1 - s))
+            inv = np.empty_like(out)
+            inv[out] = np.arange(len(out))
+            self._perms[s] = (out, inv)
+        return self._perms[s]
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """``(shard, input index in it)`` of epoch position ``position``."""
+        slot = int(np.searchsorted(self.starts, position, side="right")) - 1
+        s = int(self.order[slot])
+        return s, int(self.perm(s)[0][position - self.starts[slot]])
+
+    def position(self, s: int, j: int) -> int:
+        """The epoch position of input ``j`` of shard ``s``."""
+        return int(self.starts[self.slot_of[s]] + self.perm(s)[1][j])
+
+
+# -- reading -------------------------------------------------------------------------------------
+class ShardReader:
+    """One process's reading state: one open shard, read forward; bytes of samples it will be asked for
+    later (``want``) kept, every other one skipped by its header."""
+
+    MAX_KEPT = 10_000  # samples held back at most (a full buffer is ~data.shuffle_buffer); beyond: re-read
+
+    def __init__(self, split: ShardSplit) -> None:
+        self.split = split
+        self.shard: int | None = None
+        self._it: Any = None
+        self.cursor = -1  # sample index of the last member read in the open shard
+        self.kept: dict[int, tuple[bytes, str]] = {}
+        self.opened = 0  # shards opened (tests, benchmark)
+
+    def _open(self, s: int) -> None:
+        self.close()
+        self.shard, self._it, self.cursor, self.kept = s, iter_members(self.split.urls[s]), -1, {}
+        self.opened += 1
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+        self._it = None
+
+    def get(self, s: int, j: int, want: Any = None) -> tuple[bytes, str]:
+        """The image bytes and extension of sample ``j`` of shard ``s``. ``want(j2)``: keep sample
+        ``j2``'s bytes if it is passed on the way (it will be asked for later)."""
+        if s != self.shard or (j <= self.cursor and j not in self.kept):
+            self._open(s)
+        if j in self.kept:
+            return self.kept.pop(j)
+        for idx, ext, read in self._it:
+            self.cursor = idx
+            if ext in _IMAGE_EXTS and (idx == j or (want is not None and want(idx))):
+                if idx not in self.kept:
+                    data = read()
+                    if idx == j:
+                        return data, ext
+                    if len(self.kept) < self.MAX_KEPT:
+                        self.kept[idx] = (data, ext)
+            if idx > j:
+                raise BadImageError(
+                    self.split.name(int(self.split.offsets[s]) + j), "no image file in the sample"
+                )
+        raise ConfigError(
+            f"shard {self.split.urls[s]} ends before sample {j}: it holds fewer samples than its index says; "
+            "write the index again with the shards (python -m vit_ft.data.shards)"
+        )
+
+
+class ShardDataset(Dataset):
+    """A split of shards through ``transform``. Keys: an index-order id (evaluation) or, for training,
+    ``(epoch, position)`` from a :class:`StreamSampler`. ``size``: the dataset's length (training: the
+    samples an epoch uses over all ranks)."""
+
+    def __init__(
+        self,
+        split: ShardSplit,
+        transform: Any,
+        *,
+        on_bad_image: str = "error",
+        bad: torch.Tensor | None = None,
+        seed: int = 0,
+        buffer: int = 0,
+        train: bool = False,
+        size: int | None = None,
+    ) -> None:
+        self.split, self.transform, self.on_bad_image = split, transform, on_bad_image
+        self.bad = bad if bad is not None else torch.zeros(len(split), dtype=torch.uint8).share_memory_()
+        self.seed, self.buffer, self.train = int(seed), int(buffer), bool(train)
+        self.size = len(split) if size is None else int(size)
+        self.layout: tuple[int, int, int] | None = None  # training: (rank start, rank samples, loader batch)
+        self._plan: EpochPlan | None = None
+        self._reader: ShardReader | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # open files stay in their process
+        return state
+
+    def __len__(self) -> int:
+        return self.size
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = EpochPlan(self.split.counts, self.seed, epoch, self.buffer, shuffle=self.train)
+        return self._plan
+
+    @property
+    def reader(self) -> ShardReader:
+        if self._reader is None:
+            self._reader = ShardReader(self.split)
+        return self._reader
+
+    def _want(self, plan: EpochPlan, s: int, now: int) -> Any:
+        """Which samples of shard ``s`` this process will be asked for after position ``now``: those of
+        its rank's block in the loader batches it serves (batch ``t`` goes to worker ``t % workers``)."""
+        if self.layout is None:
+            return None
+        start, n, bs = self.layout
+        info = get_worker_info()
+        k, w = (info.num_workers, info.id) if info is not None else (1, 0)
+
+        def want(j: int) -> bool:
+            p = plan.position(s, j)
+            return now < p < start + n and ((p - start) // bs) % k == w
+
+        return want
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        if isinstance(key, tuple):  # training: (epoch, position)
+            epoch, position = int(key[0]), int(key[1])
+            plan = self.plan(epoch)
+            s, j = plan.locate(position)
+            seed = sample_seed(self.seed, epoch, position)
+            want = self._want(plan, s, position)
+        else:
+            s, j = self.split.locate(int(key))
+            seed, want = None, None
+        i = int(self.split.offsets[s]) + j
+        if self.bad[i]:
+            return None
+        try:
+            data, _ = self.reader.get(s, j, want)
+            if seed is None:
+                x = self.transform(data)
+            else:
+                with sample_rng(seed):
+                    x = self.transform(data)
+        except BadImageError as e:
+            name = self.split.name(i)
+            if self.on_bad_image == "skip":
+                self.bad[i] = 1
+                log.warning("skipping unusable image %s (%s)", name, e.reason)
+                return None
+            raise UnusableImageError(unusable_message(name, e.reason)) from None
+        if isinstance(x, PlannedJpeg):
+            x = x._replace(index=i)
+        return x, int(self.split.labels[i])
+
+
+class StreamSampler(EpochSampler):
+    """An :class:`EpochSampler` over the positions of the epoch's shard stream: rank ``r`` of ``W``
+    yields ``(epoch, position)`` for its contiguous block ``[r n, (r+1) n)``, ``n = len(dataset) / W``,
+    from ``start`` on."""
+
+    def __iter__(self):
+        if self.passes:
+            self.epoch, self.start = self.epoch + 1, 0
+        self.passes += 1
+        base = self.rank * self.num_samples
+        for pos in range(self.start, self.num_samples):
+            yield self.epoch, base + pos
+
+
+# -- the DataModule ------------------------------------------------------------------------------
+class WebDatasetDataModule(ImageDataModule):
+    """``data=webdataset``: ``train`` / ``val`` / ``test`` shard paths or URLs (brace patterns, lists)."""
+
+    def __init__(
+        self,
+        train: Any = None,
+        val: Any = None,
+        test: Any = None,
+        index: str | None = None,
+        classes: list[str] | None = None,
+        shuffle_buffer: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(shuffle_buffer) < 0:
+            raise ConfigError(f"data.shuffle_buffer={shuffle_buffer!r} must be 0 (no shuffling) or more")
+        self.train_urls, self.val_urls, self.test_urls = train, val, test
+        self.index, self.classes, self.shuffle_buffer = index, classes, int(shuffle_buffer)
+
+    def load_splits(self) -> tuple[list[str], dict[str, Any]]:
+        splits: dict[str, Any] = {}
+        train, index = load_split(self.train_urls, "train", self.index, "data.train")
+        splits["train"] = train
+        val = self.val_urls
+        if val is None:
+            entry = ((index or {}).get("splits") or {}).get("val")
+            if entry is None:
+                raise ConfigError(
+                    "data.val is not set and the shard index has no val split; pass data.val=<val shards>"
+                )
+            val = [train.urls[0].rsplit("/", 1)[0] + "/" + e["name"] for e in entry["shards"]]
+        splits["val"], _ = load_split(val, "val", self.index, "data.val")
+        if self.test_urls is not None:
+            splits["test"], _ = load_split(self.test_urls, "test", self.index, "data.test")
+        n_classes = 1 + max(int(r.labels.max(initial=-1)) for r in splits.values())
+        names = list(self.classes) if self.classes else (index or {}).get("classes")
+        if not names:
+            names = [str(c) for c in range(n_classes)]
+        if len(names) < n_classes:
+            raise ConfigError(
+                f"the shards have label {n_classes - 1} but {len(names)} class names {names[:5]}...; "
+                "give data.classes all the class names (or use the shards' index)"
+            )
+        return list(names), splits
+
+    def dataset(self, split: str, transform: Any, train: bool) -> Dataset:
+        records = self.splits[split]
+        size = None
+        if train:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            size = len(records) // world * world
+            if size == 0:
+                raise ConfigError(
+                    f"the train shards hold {len(records)} samples, fewer than the {world} ranks"
+                )
+        return ShardDataset(
+            records,
+            transform,
+            on_bad_image=self.on_bad_image,
+            bad=self.ledger.record_flags(split, len(records)),
+            seed=int(self.seed),
+            buffer=self.shuffle_buffer,
+            train=train,
+            size=size,
+        )
+
+    def epoch_sampler(
+        self, ds: Any, batch_size: int, *, with_seeds: bool = True, labels: Any = None
+    ) -> EpochSampler:
+        if self.sampler != "none":  # a weighted draw reads images in any order; shards are read forward
+            raise ConfigError(
+                f"data.sampler={self.sampler} needs random access to the images, but data=webdataset reads "
+                "its shards in order; use data.sampler=none with shards (or model.class_weights=balanced)"
+            )
+        base = super().epoch_sampler(ds, batch_size, with_seeds=with_seeds)
+        sampler = StreamSampler(
+            ds,
+            num_replicas=base.num_replicas,
+            rank=base.rank,
+            seed=base.seed,
+            epoch=base.epoch,
+            start=base.start,
+        )
+        if isinstance(ds, ShardDataset):
+            ds.layout = (sampler.rank * sampler.num_samples, sampler.num_samples, int(batch_size))
+        self._train_sampler = sampler
+        return sampler

@@ -1,0 +1,400 @@
+"""ONNX files of a network: written verified, read back with their preprocessing and class names.
+
+:func:`write_onnx` exports a network that maps normalised images ``pixel_values`` (float ``[B, 3, H, W]``)
+to ``logits`` (``[B, classes]``), with a dynamic batch axis, through PyTorch's TorchScript exporter at
+opset 17 (what ONNX Runtime and TensorRT >= 8.6 read). That exporter handles every timm ViT vit-ft
+trains, fused attention (``F.scaled_dot_product_attention``) included, in well under a second for a small
+one; the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) is the fallback when it fails (in torch
+2.14 the dynamo exporter cannot decompose BEiT and takes 5-10 s per model). ``dtype=fp16`` exports a
+half-precision copy (fp16 input and output).
+
+The file is written beside the target, then ONNX Runtime runs it on the given inputs at batch 1 and at
+the full batch and compares it with the PyTorch network (fp32): the largest ``|logit_onnx - logit_torch|``
+must stay within :data:`RTOL` times the largest ``|logit_torch|`` (floored at :data:`SCALE_FLOOR`, so that
+a near-zero head is not held below float rounding). Over it, :class:`~vit_ft.errors.RunFault` (one line)
+and no file; else the file is renamed onto the target.
+
+The preprocessing travels in the file's ``metadata_props`` (:data:`META_KEYS`): ``class_names`` and
+``mean``/``std`` as JSON lists, ``img_size``, ``interpolation``, ``crop_pct`` (JSON, null: plain resize),
+``crop_mode``, ``vit_ft_version``, ``dtype``, ``arch`` (the timm model), ``input``, and ``verification``
+(what the check measured); ``thresholds`` is reserved for a multi-label head. :func:`open_onnx` reads them
+back into a :class:`~vit_ft.preprocessing.Preprocessing` and an :class:`OnnxNet` that runs the file in
+ONNX Runtime (CUDA provider when present and asked for, else CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import vit_ft
+from vit_ft.errors import ConfigError, RunFault
+from vit_ft.io import atomic_path
+from vit_ft.preprocessing import Preprocessing
+from vit_ft.weights.io import first_line
+
+OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6
+OPSETS = (17, 18)
+DTYPES = ("fp32", "fp16")
+RTOL = {"fp32": 1e-4, "fp16": 1e-2}  # max |dlogit| / max |logit|; fp16 carries ~3 decimal digits
+MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph
+SCALE_FLOOR = 1e-2  # logits smaller than this are compared as if their largest were this
+INPUT, OUTPUT = "pixel_values", "logits"
+EXTRA = 'pip install -e ".[onnx]"'
+META_KEYS = (
+    "vit_ft_version",
+    "class_names",
+    "img_size",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "dtype",
+    "arch",
+    "input",
+    "verification",
+    "thresholds",
+)
+INPUT_TEXT = (
+    "pixel_values: float NCHW RGB, resized as img_size/interpolation/crop_pct say, (x/255 - mean) / std"
+)
+
+
+def require(*modules: str) -> None:
+    """One :class:`ConfigError` line naming the extra when ``onnx`` / ``onnxruntime`` is missing."""
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            raise ConfigError(
+                f"ONNX export and prediction need the {name} package, which is not installed; run {EXTRA}"
+            ) from None
+
+
+def providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime providers for ``device`` (``auto``: CUDA when ONNX Runtime has it, else CPU)."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    name = str(device or "auto")
+    if name == "cpu":
+        return ["CPUExecutionProvider"]
+    if name.startswith("cuda"):
+        if "CUDAExecutionProvider" not in have:
+            raise ConfigError(
+                f"device={name!r} but this onnxruntime has no CUDA provider (it has {', '.join(have)}); "
+                "install onnxruntime-gpu or pass device=cpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if name != "auto":
+        raise ConfigError(f"device={name!r} cannot run an ONNX file; use auto, cpu or cuda")
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
+
+
+class _Forward(nn.Module):
+    """``net(x)`` with ``x`` as the only argument: tracing timm's EVA directly turns its
+    ``is_causal=False`` default into a tensor, which ``F.scaled_dot_product_attention`` refuses."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """Write ``net`` to ``path`` (TorchScript exporter, else dynamo); return the exporter used."""
+    errors = []
+    for exporter in ("torchscript", "dynamo"):
+        noise = io.StringIO()  # the exporters' progress lines and deprecation warnings
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(noise):
+                warnings.simplefilter("ignore")
+                if exporter == "torchscript":
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(path),
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=[INPUT],
+                        output_names=[OUTPUT],
+                        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                        do_constant_folding=True,
+                    )
+                else:
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(path),
+                        dynamo=True,
+                        opset_version=opset,
+                        input_names=[INPUT],
+                        output_names=[OUTPUT],
+                        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                        external_data=False,
+                        verbose=False,
+                    )
+            return exporter
+        except Exception as e:  # noqa: BLE001 - any exporter failure: try the other, then one line
+            errors.append(f"{exporter}: {first_line(e)[:200]}")
+            path.unlink(missing_ok=True)
+    raise RunFault(f"ONNX export failed ({'; '.join(errors)}); export format=timm or hf instead")
+
+
+@dataclass
+class Verification:
+    """What :func:`verify` measured: per batch size, the largest |dlogit|, the scale and top-1 agreement."""
+
+    dtype: str
+    rtol: float
+    inputs: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["max_abs_dlogit"] <= self.rtol * r["scale"] for r in self.rows)
+
+    def lines(self) -> list[str]:
+        return [
+            f"verify batch {r['batch']}: max |dlogit| {r['max_abs_dlogit']:.3g} "
+            f"(tolerance {self.rtol:g} x {r['scale']:.3g}), top-1 agreement {r['top1_agree']}/{r['batch']}"
+            for r in self.rows
+        ]
+
+    def to_json(self) -> str:
+        return json.dumps({"dtype": self.dtype, "rtol": self.rtol, "inputs": self.inputs, "rows": self.rows})
+
+
+def verify(session: Any, net: nn.Module, x: torch.Tensor, dtype: str, inputs: str) -> Verification:
+    """Run ``session`` and the fp32 ``net`` on ``x[:1]`` and on all of ``x``; compare the logits."""
+    result = Verification(dtype=dtype, rtol=RTOL[dtype], inputs=inputs)
+    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    for xb in (x[:1], x) if len(x) > 1 else (x,):
+        with torch.inference_mode():
+            ref = net(xb).float()
+        out = torch.from_numpy(
+            session.run([OUTPUT], {INPUT: xb.numpy().astype(np_dtype)})[0].astype(np.float32)
+        )
+        if out.shape != ref.shape:
+            raise RunFault(
+                f"the ONNX file gives logits of shape {list(out.shape)}, PyTorch {list(ref.shape)}"
+            )
+        bad = not torch.isfinite(out).all()
+        result.rows.append(
+            {
+                "batch": len(xb),
+                "max_abs_dlogit": float("inf") if bad else float((out - ref).abs().max()),
+                "scale": max(float(ref.abs().max()), SCALE_FLOOR),
+                "top1_agree": int((out.argmax(-1) == ref.argmax(-1)).sum()),
+            }
+        )
+    return result
+
+
+def metadata(
+    preprocessing: Preprocessing, class_names: list[str], *, dtype: str, arch: dict[str, Any] | None
+) -> dict[str, str]:
+    pre = preprocessing
+    return {
+        "vit_ft_version": vit_ft.__version__,
+        "class_names": json.dumps(list(class_names), ensure_ascii=False),
+        "img_size": str(int(pre.img_size)),
+        "mean": json.dumps([float(v) for v in pre.mean]),
+        "std": json.dumps([float(v) for v in pre.std]),
+        "interpolation": str(pre.interpolation),
+        "crop_pct": json.dumps(pre.crop_pct),
+        "crop_mode": str(pre.crop_mode),
+        "dtype": dtype,
+        "arch": str((arch or {}).get("name") or ""),
+        "input": INPUT_TEXT,
+    }
+
+
+def write_onnx(
+    net: nn.Module,
+    target: str | os.PathLike,
+    *,
+    preprocessing: Preprocessing,
+    class_names: list[str],
+    inputs: torch.Tensor,
+    inputs_text: str = "fixed random inputs",
+    dtype: str = "fp32",
+    opset: int = OPSET,
+    arch: dict[str, Any] | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> tuple[Path, Verification, str]:
+    """Export ``net`` (normalised images -> logits) to ``target``, verified; see the module docstring.
+
+    ``inputs``: normalised float images (at least 2 for the batch > 1 check). Returns the path, the
+    verification and the exporter used; nothing is left at ``target`` (or beside it) on failure."""
+    require("onnx", "onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported for ONNX; use dtype=fp32 or fp16")
+    if int(opset) not in OPSETS:
+        raise ConfigError(f"opset={opset!r} is not supported; use opset=17 (default) or 18")
+    target = Path(target)
+    net = net.eval()
+    half = dtype == "fp16"
+    size = sum(t.numel() for t in net.state_dict().values()) * (2 if half else 4)
+    if size >= MAX_BYTES:
+        raise ConfigError(
+            f"the network is {size / 1e9:.1f} GB in {dtype}, over the 2 GB one ONNX file can hold "
+            "(vit-ft writes no external data files); export with dtype=fp16"
+            + (" or format=timm" if half else "")
+        )
+    exported = _Forward(copy.deepcopy(net).half() if half else net).eval()
+    x = inputs.float()
+    with atomic_path(target, suffix=".tmp.onnx") as tmp:
+        with torch.inference_mode(False), torch.no_grad():
+            exporter = _export(exported, x[:2].half() if half else x[:2], tmp, int(opset))
+        model = onnx.load(str(tmp))
+        meta = metadata(preprocessing, class_names, dtype=dtype, arch=arch)
+        meta.update(extra_metadata or {})
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        result = verify(session, net, x, dtype, inputs_text)
+        if not result.ok:
+            worst = max(result.rows, key=lambda r: r["max_abs_dlogit"] / r["scale"])
+            raise RunFault(
+                f"the ONNX file does not match PyTorch: max |dlogit| {worst['max_abs_dlogit']:.3g} at batch "
+                f"{worst['batch']} is over {result.rtol:g} x max |logit| {worst['scale']:.3g} ({dtype}); "
+                "nothing was written - try dtype=fp32 or another opset"
+            )
+        meta["verification"] = result.to_json()
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+    return target, result, exporter
+
+
+# -- reading ----------------------------------------------------------------------------------------
+class OnnxNet(nn.Module):
+    """An ONNX Runtime session as a module: normalised float images in, float32 logits out (on the
+    input's device)."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+        self.input_dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
+        self.provider = session.get_providers()[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().float().cpu().numpy().astype(self.input_dtype)
+        out = self.session.run([OUTPUT], {INPUT: arr})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+
+def _bad(path: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"weights={path!r} {what}; pass an ONNX file written by "
+        "python export.py ckpt_path=<run>/checkpoints/best.ckpt format=onnx out=model.onnx"
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
+    """(the file's ``metadata_props``, an ONNX Runtime CPU session); one line for an unreadable file."""
+    require("onnxruntime")
+    import onnxruntime as ort
+
+    src = str(path)
+    p = Path(src).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"weights={src!r} does not exist (cwd {Path.cwd()}); pass the path of an .onnx file"
+        )
+    try:
+        session = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidProtobuf / ...
+        raise _bad(src, f"is not a readable ONNX model ({first_line(e)[:160]})") from None
+    return dict(session.get_modelmeta().custom_metadata_map), session
+
+
+def parse_metadata(meta: dict[str, str], path: str) -> tuple[Preprocessing, list[str]]:
+    """The preprocessing and class names :func:`metadata` wrote; one line for a foreign file."""
+    missing = [k for k in ("class_names", "img_size", "mean", "std") if k not in meta]
+    if missing:
+        raise _bad(
+            path, f"holds no vit-ft metadata ({', '.join(missing)} missing), so its preprocessing is unknown"
+        )
+    try:
+        names = json.loads(meta["class_names"])
+        pre = {
+            "img_size": int(meta["img_size"]),
+            "mean": json.loads(meta["mean"]),
+            "std": json.loads(meta["std"]),
+            "interpolation": meta.get("interpolation", "bilinear"),
+            "crop_pct": json.loads(meta.get("crop_pct", "null")),
+            "crop_mode": meta.get("crop_mode", "center"),
+        }
+    except (TypeError, ValueError) as e:
+        raise _bad(path, f"has damaged vit-ft metadata ({first_line(e)})") from None
+    if not isinstance(names, list) or not names:
+        raise _bad(path, "has damaged vit-ft metadata (class_names is not a list of names)")
+    return Preprocessing.from_dict(pre), [str(n) for n in names]
+
+
+def open_onnx(path: str | os.PathLike, device: str = "auto") -> tuple[OnnxNet, Preprocessing, list[str]]:
+    """An :class:`OnnxNet` for a vit-ft ONNX file, with its preprocessing and class names."""
+    import onnxruntime as ort
+
+    meta, session = read_metadata(path)
+    pre, names = parse_metadata(meta, str(path))
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT] or OUTPUT not in [o.name for o in outputs]:
+        raise _bad(
+            str(path), f"has inputs {[i.name for i in inputs]}, not the single {INPUT!r} vit-ft writes"
+        )
+    chosen = providers(device)
+    if chosen != ["CPUExecutionProvider"]:
+        session = ort.InferenceSession(str(Path(str(path)).expanduser()), providers=chosen)
+    return OnnxNet(session), pre, names
+
+
+def describe(path: str | os.PathLike) -> list[str]:
+    """Lines for ``python -m vit_ft.onnx_info``: the metadata, the input/output and the opset."""
+    meta, session = read_metadata(path)
+    pre, names = parse_metadata(meta, str(path))
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    lines = [str(path)]
+    lines.append(f"  classes        : {len(names)}: {shown}")
+    lines.append(f"  img_size       : {pre.img_size}")
+    lines.append(f"  mean / std     : {list(pre.mean)} / {list(pre.std)}")
+    lines.append(f"  interpolation  : {pre.interpolation}")
+    crop = "none (plain resize to img_size)" if pre.crop_pct is None else f"{pre.crop_pct} ({pre.crop_mode})"
+    lines.append(f"  crop_pct       : {crop}")
+    for key in ("dtype", "arch", "vit_ft_version", "thresholds"):
+        if meta.get(key):
+            lines.append(f"  {key:<15}: {meta[key]}")
+    for kind, items in (("input", session.get_inputs()), ("output", session.get_outputs())):
+        for i in items:
+            lines.append(f"  {kind:<15}: {i.name} {i.type} {list(i.shape)}")
+    if meta.get("verification"):
+        try:
+            v = json.loads(meta["verification"])
+            rows = ", ".join(
+                f"batch {r['batch']} max |dlogit| {r['max_abs_dlogit']:.3g}, top-1 {r['top1_agree']}/{r['batch']}"
+                for r in v["rows"]
+            )
+            lines.append(f"  verified       : {rows} (tolerance {v['rtol']:g} relative; {v['inputs']})")
+        except (ValueError, KeyError, TypeError):
+            lines.append(f"  verified       : {meta['verification']}")
+    lines.append(f"  preprocessing  : {INPUT_TEXT}")
+    return lines

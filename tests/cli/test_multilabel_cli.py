@@ -1,0 +1,123 @@
+"""Multi-label through the real CLI, one trained run shared: train.py on a generated manifest (coloured
+squares present or absent = labels), then eval.py, predict.py and export.py on its checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.helpers import ML_CLASSES, TINY, make_multilabel_manifest, read_metrics, run_cli
+
+pytestmark = pytest.mark.cli
+
+
+@pytest.fixture(scope="module")
+def ml_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlabel")
+    data = make_multilabel_manifest(tmp / "data", n_train=32, n_val=16)
+    with open(data / "train.csv", "a") as f:
+        f.write("img/gone.png,red\n")  # a bad row: left out, counted (data.on_bad_image=skip)
+    run_dir = tmp / "run"
+    data_args = ["data=manifest", f"data.train={data / 'train.csv'}", f"data.val={data / 'val.csv'}"]
+    proc = run_cli(
+        "train.py",
+        *data_args,
+        *TINY,
+        "trainer.max_epochs=3",
+        "data.on_bad_image=skip",
+        "model.mixup.mixup_alpha=0.4",  # multi-hot targets mixed
+        "model.label_smoothing=0.05",
+        f"hydra.run.dir={run_dir}",
+        tmp_path=tmp,
+    )
+    return tmp, data, run_dir, data_args, proc
+
+
+def test_train_decides_multilabel_and_writes_its_outputs(ml_run):
+    _, _, run_dir, _, proc = ml_run
+    assert "model.task=auto: multilabel" in proc.stdout + proc.stderr
+    m = read_metrics(run_dir)
+    assert m["status"] == "completed" and m["optimized_metric"] == "val/mAP"  # followed from val/acc1
+    assert m["best"]["metric"] == "val/mAP" and m["value"] > 0.6  # chance: about the labels' prevalence
+    for key in ("val/mAP", "val/mAP_micro", "val/f1_micro", "val/f1_macro", "val/exact_match", "val/loss"):
+        assert key in m["final"], key
+    assert m["bad_images"]["count"] == 1 and "gone.png" in m["bad_images"]["files"][0]
+    a = m["analysis"]
+    assert a["task"] == "multilabel" and a["images"] == 16 and sorted(a["per_class"]) == list(ML_CLASSES)
+    assert set(a["per_class"]["red"]) >= {"ap", "f1", "support", "threshold"}
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["hyper_parameters"]["task"] == "multilabel"
+    thr = last["vit_ft"]["multilabel"]["thresholds"]
+    assert [a["per_class"][c]["threshold"] for c in ML_CLASSES] == pytest.approx(thr)
+    with open(run_dir / "val_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and set(json.loads(rows[0]["probs"])) == set(ML_CLASSES)
+
+
+def test_eval_gives_the_same_metrics(ml_run):
+    tmp, _, run_dir, data_args, _ = ml_run
+    out = tmp / "eval"
+    run_cli(
+        "eval.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        *data_args,
+        "trainer=cpu",
+        "trainer.precision=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.on_bad_image=skip",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={out}",
+        tmp_path=tmp,
+    )
+    ours, trained = read_metrics(out), read_metrics(run_dir)
+    assert ours["metrics"]["val/mAP"] == pytest.approx(trained["final"]["val/mAP"], abs=1e-5)
+    for name, row in trained["analysis"]["per_class"].items():
+        assert ours["analysis"]["per_class"][name] == pytest.approx(row, abs=1e-5)
+
+
+def test_predict_gives_the_labels_over_the_checkpoint_thresholds(ml_run):
+    tmp, data, run_dir, _, _ = ml_run
+    out = tmp / "preds.jsonl"
+    images = [str(data / "img" / f"val_{i}.png") for i in range(16)]
+    run_cli(
+        "predict.py",
+        f"weights={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"images=[{','.join(images)}]",
+        f"out={out}",
+        "quiet=true",
+        "device=cpu",
+        tmp_path=tmp,
+    )
+    got = {r["image"]: r for r in map(json.loads, out.read_text().splitlines())}
+    with open(run_dir / "val_predictions.csv", newline="") as f:
+        csv_rows = {r["file"]: r for r in csv.DictReader(f)}
+    for path in images:
+        rec, row = got[path], csv_rows[path]
+        assert sorted(t["label"] for t in rec["labels"]) == sorted(row["pred_labels"].split())
+        probs = json.loads(row["probs"])
+        for t in rec["topk"]:
+            assert t["prob"] == pytest.approx(probs[t["label"]], abs=1e-4)
+
+
+def test_export_writes_problem_type_and_thresholds(ml_run):
+    tmp, _, run_dir, _, _ = ml_run
+    out = tmp / "exported"
+    run_cli("export.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={out}", tmp_path=tmp)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    thr = last["vit_ft"]["multilabel"]["thresholds"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["problem_type"] == "multi_label_classification" and cfg["thresholds"] == pytest.approx(thr)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "timm_model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["vit_ft"])["thresholds"] == pytest.approx(thr)
+    # read back: a multi-label head with its thresholds, from either file
+    from vit_ft.checkpoint_format import MULTILABEL_ATTR
+    from vit_ft.weights import load_weights
+
+    for src in (out, out / "timm_model.safetensors"):
+        assert getattr(load_weights(str(src)).model, MULTILABEL_ATTR) == pytest.approx(thr)
