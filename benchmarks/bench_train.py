@@ -1,7 +1,9 @@
 """Training throughput: vit-ft's LightningModule + Trainer versus a bare PyTorch loop, eager and
 with ``model.compile=true``.
 
-Same model (ViT-B/32 at 384 by default), batch, data, optimizer, clipping and precision, in one run;
+Same model (ViT-B/32 at 384 by default), batch, data, optimizer (fused SGD where torch has it, as vit-ft
+builds it), clipping and precision, in one run; vit-ft runs with its non-finite guard on (as train.py
+does: it clips with the norm it checks, decided on the device, read only at logging steps);
 prints images/s side by side, the ratios (vit-ft/bare: goal >= 0.95; compiled/eager vit-ft: goal >= 1.0
 on CPU, a gain on GPU), the model FLOP/s of each as a fraction of this machine's matmul peak at that
 precision (measured in the same run), and the compile time (the first step's forward and backward
@@ -27,7 +29,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from vit_ft.models.classifier import ViTClassifier
+from vit_ft.training.callbacks import NonFiniteLossGuard
 from vit_ft.training.optim import build_optimizer, build_scheduler
+
+try:  # the optimizer vit-ft builds (fused where torch has a fused kernel)
+    from vit_ft.models.steps import fused_optimizer
+except ImportError:  # an older vit-ft: the plain one
+    fused_optimizer = None
 
 
 def make_model(args: argparse.Namespace, compile: bool = False) -> ViTClassifier:
@@ -72,7 +80,8 @@ def bare_loop(args: argparse.Namespace, precision: str) -> float:
     module = make_model(args).to(args.device)
     model = module.model
     model.train()
-    opt = build_optimizer(model, name="sgd", lr=0.01, momentum=0.9)
+    cfg = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
+    opt = fused_optimizer(model, cfg) if fused_optimizer is not None else build_optimizer(model, **cfg)
     sched = build_scheduler(opt, total_steps=args.steps + args.warmup, warmup_steps=2)
     loader = make_data(args, args.steps + args.warmup)
     t0 = None
@@ -125,7 +134,7 @@ def lightning_loop(args: argparse.Namespace, precision: str, compile: bool = Fal
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=50,
-        callbacks=[timer],
+        callbacks=[timer, NonFiniteLossGuard()],  # the guard is always on in train.py
     )
     trainer.fit(model, train_dataloaders=make_data(args, args.steps + args.warmup))
     return args.steps * args.batch / (timer.t1 - timer.t0), model.compiled

@@ -26,6 +26,26 @@ def cpu_bf16_supported() -> bool:
 
 
 # -- lightning 2.6.6 ----------------------------------------------------------------------------------
+def lightning_logs_now(trainer: Any) -> bool:
+    """Whether the training step running now (or ending, in ``on_train_batch_end``) is one of Lightning's
+    logging steps (``trainer.log_every_n_steps``): Lightning's own test."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def forget_step_logs(trainer: Any) -> None:
+    """Take the last logging step's per-step ``training_step`` values out of Lightning's current results:
+    the progress bar and ``callback_metrics`` would otherwise read them back from the device every step
+    (the bar keeps the last numbers it read; ``callback_metrics`` keeps the last values, as tensors)."""
+    results = getattr(trainer, "_results", None)
+    kept = trainer._logger_connector._callback_metrics  # what callback_metrics shows of them (tensors)
+    for _, item in list(results.valid_items()) if results is not None else ():
+        if item.meta.fx == "training_step" and item.meta.on_step and not item.meta.on_epoch:
+            value = results._get_cache(item, True)
+            if isinstance(value, torch.Tensor):
+                kept[item.meta.name] = value  # a reference, nothing is read
+            item.has_reset = True  # Lightning's own mark of an entry not logged since (valid_items)
+
+
 def install_ddp_relaunch(command: Callable[[int], tuple[list[str], str]]) -> None:
     """Make Lightning's DDP launcher start ranks > 0 with ``command(local_rank) -> (argv, cwd)``.
 

@@ -15,6 +15,8 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_ft.checkpoint_format import ema_chosen, multilabel_thresholds
+from vit_ft.compat import forget_step_logs, lightning_logs_now
+from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import unique_class_names
 from vit_ft.models.ema import EmaWeights, restore_ema
 from vit_ft.models.metrics import eval_streams
@@ -22,6 +24,35 @@ from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.training.rng import RngResume
 
 log = logging.getLogger(__name__)
+
+
+def logging_step(trainer: Any) -> bool:
+    """Whether the training step running now logs: Lightning's logging steps (``log_every_n_steps``,
+    the test Lightning itself applies) and the run's first step (the first row of ``history.csv``)."""
+    return trainer.global_step == 0 or lightning_logs_now(trainer)
+
+
+FUSED_TYPES = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def fused_optimizer(module: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` with ``fused=True`` where torch has a fused kernel (SGD, Adam, AdamW on
+    CPU or CUDA, unless ``optimizer.fused``/``foreach`` is given): one kernel per step, and a skipped
+    step that the non-finite guard decides on the device (``found_inf``) without a host read."""
+    opt = build_optimizer(module, **cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if (
+        type(opt) not in FUSED_TYPES
+        or "fused" in cfg
+        or "foreach" in cfg
+        or not params
+        or any(p.device.type not in ("cpu", "cuda") or not p.is_floating_point() for p in params)
+    ):
+        return opt
+    try:
+        return build_optimizer(module, **cfg, fused=True)
+    except (ConfigError, RuntimeError, ValueError, TypeError):  # a dtype or device it does not take
+        return opt
 
 
 class ClassifierSteps(L.LightningModule):
@@ -52,7 +83,11 @@ class ClassifierSteps(L.LightningModule):
         self.rng = RngResume()
 
     def _log_train(self, loss: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> None:
-        """``train/loss``, ``train/lr`` every step; ``train/acc1`` when labels are hard (no mixup)."""
+        """``train/loss``, ``train/lr`` and, when labels are hard (no mixup), ``train/acc1``: only at
+        Lightning's logging steps (``trainer.log_every_n_steps``) and the first step, so that the steps
+        between make no device-to-host read (a logged value is read back for the progress bar)."""
+        if not logging_step(self.trainer):
+            return
         if logits is not None:
             self.train_acc1(logits, y)
             self.log("train/acc1", self.train_acc1, on_step=True, on_epoch=False)
@@ -144,7 +179,7 @@ class ClassifierSteps(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------------
     def _optimizers_for(self, module: torch.nn.Module, **overrides: Any) -> dict[str, Any]:
         """timm optimizer over ``module``'s trainable parameters, warmup + decay per optimizer step."""
-        opt = build_optimizer(module, **{**self.optimizer_cfg, **overrides})
+        opt = fused_optimizer(module, {**self.optimizer_cfg, **overrides})
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(self.scheduler_cfg.get("warmup_steps", 0) or 0)
         if warmup >= total:
@@ -173,3 +208,5 @@ class ClassifierSteps(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.rng.restore(self.trainer)
+        if not logging_step(self.trainer):
+            forget_step_logs(self.trainer)

@@ -108,7 +108,11 @@ class Preemption(Callback):
 
     ``requeue``: under SLURM (a batch job, not submitit's), requeue the job with ``scontrol requeue`` after
     SIGUSR1. A launcher's own handler for a signal (submitit's, for its ``SUBMITIT_PREEMPT_SIGNAL``, USR2
-    by default) is called after the checkpoint is saved, so that it requeues the job as it would have."""
+    by default) is called after the checkpoint is saved, so that it requeues the job as it would have.
+
+    On one process the flag is a Python attribute (no device work). Under DDP the ranks agree on it with
+    one all-reduce every ``check_every`` optimizer steps (a signal waits at most that many steps), not
+    every step: each agreement is a collective and a device-to-host read."""
 
     def __init__(
         self,
@@ -116,8 +120,10 @@ class Preemption(Callback):
         filename: str | None = None,
         signals: Sequence[str] = ("SIGTERM", "SIGUSR1"),
         requeue: bool = True,
+        check_every: int = 10,
     ) -> None:
         self.dirpath, self.requeue = str(dirpath), bool(requeue)
+        self.check_every = max(1, int(check_every))  # optimizer steps between two agreements (DDP)
         self.filename = os.path.basename(self.resume_file(self.dirpath, filename))
         self.signals = [str(s) if str(s).startswith("SIG") else f"SIG{s}" for s in signals]
         for name in self.signals:
@@ -179,9 +185,12 @@ class Preemption(Callback):
         if self._pending is not None or not is_step_boundary(trainer, batch_idx):
             return
         local = self.received is not None
-        stop = (
-            local if trainer.world_size == 1 else trainer.strategy.reduce_boolean_decision(local, all=False)
-        )
+        if trainer.world_size == 1:
+            stop = local
+        elif trainer.global_step % self.check_every:  # the ranks agree every check_every steps only:
+            return  # each agreement is a collective and a device-to-host read
+        else:
+            stop = trainer.strategy.reduce_boolean_decision(local, all=False)
         if not stop:
             return
         signum = self.received or int(signal.SIGTERM)  # another rank got it
