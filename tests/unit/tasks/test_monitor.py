@@ -52,9 +52,13 @@ def test_an_unknown_metric_is_one_line_listing_the_known_ones(tmp_path):
         check_monitor(plan, num_classes=3)
     assert str(e.value) == (
         "monitor=val/acc1_mcro is not a metric this run logs; use one of: val/loss, val/acc1, "
-        "val/acc1_macro, val/ece, train/loss, train/acc1, train/lr"
+        "val/acc1_macro, val/ece, train/loss, train/acc1, train/lr, epoch, step"
     )
     plan = make_plan(compose_cfg([*BASE, "optimized_metric=val/acc5"], tmp_path), resume=False)
     with pytest.raises(ConfigError, match=r"^optimized_metric=val/acc5 is not a metric this run logs"):
         check_monitor(plan, num_classes=3)  # 3 classes: no top-5
     check_monitor(plan, num_classes=5)
+    # Lightning's ModelCheckpoint may follow the step (keep the latest); a k-NN run names its own metrics
+    check_monitor(make_plan(compose_cfg([*BASE, "monitor=step"], tmp_path), resume=False), num_classes=3)
+    knn = compose_cfg([*BASE, "experiment=knn", "optimized_metric=knn/k20/acc1"], tmp_path)
+    check_monitor(make_plan(knn, resume=False), num_classes=3)
