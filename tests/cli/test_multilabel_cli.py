@@ -121,3 +121,32 @@ def test_export_writes_problem_type_and_thresholds(ml_run):
 
     for src in (out, out / "timm_model.safetensors"):
         assert getattr(load_weights(str(src)).model, MULTILABEL_ATTR) == pytest.approx(thr)
+
+
+def test_onnx_export_carries_the_thresholds_and_predicts_the_same_labels(ml_run):
+    tmp, data, run_dir, _, _ = ml_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    onnx_file = tmp / "deploy" / "model.onnx"
+    run_cli("export.py", f"ckpt_path={ckpt}", "format=onnx", f"out={onnx_file}", "card=false", tmp_path=tmp)
+    thr = torch.load(ckpt, map_location="cpu", weights_only=True)["vit_ft"]["multilabel"]["thresholds"]
+    from vit_ft.weights.onnx import read_metadata
+
+    assert json.loads(read_metadata(onnx_file)[0]["thresholds"]) == pytest.approx(thr)
+    images = [str(data / "img" / f"val_{i}.png") for i in range(16)]
+    outs = {}
+    for name, weights in (("ckpt", ckpt), ("onnx", onnx_file)):
+        outs[name] = tmp / f"preds_{name}.jsonl"
+        run_cli(
+            "predict.py",
+            f"weights={weights}",
+            f"images=[{','.join(images)}]",
+            f"out={outs[name]}",
+            "quiet=true",
+            "device=cpu",
+            tmp_path=tmp,
+        )
+    got = {n: [json.loads(r) for r in p.read_text().splitlines()] for n, p in outs.items()}
+    assert [sorted(t["label"] for t in r["labels"]) for r in got["onnx"]] == [
+        sorted(t["label"] for t in r["labels"]) for r in got["ckpt"]
+    ]
+    assert any(r["labels"] for r in got["onnx"])  # some image is over a threshold

@@ -302,7 +302,8 @@ class ScoreStore(Metric):
 def ranked_curves(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per column of ``probs`` ``[N, K]`` (one sort of all columns at once): the exact average precision
     (sklearn's definition: ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds, ties grouped; NaN
-    without a positive) and the threshold of max F1 (a prediction is ``prob >= threshold``)."""
+    without a positive) and the threshold of max F1 (a prediction is ``prob >= threshold``; halfway
+    between the last score predicted positive and the next lower score)."""
     s, order = probs.sort(dim=0, descending=True, stable=True)
     y = targets.gather(0, order).double()
     tp, fp = y.cumsum(0), (1 - y).cumsum(0)
@@ -314,7 +315,12 @@ def ranked_curves(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
     precision = tp / (tp + fp)
     ap = torch.where(cut, (tp - prev) * precision, torch.zeros_like(tp)).sum(0) / pos
     f1 = torch.where(cut, 2 * tp / (tp + fp + pos), torch.full_like(tp, -1.0))
-    best = s.gather(0, f1.argmax(0, keepdim=True)).squeeze(0)
+    # The threshold sits halfway between the chosen score and the next lower one (0 below the last): a
+    # threshold equal to a val image's score would flip that image's label on the slightest numerical
+    # difference (another batch size, ONNX Runtime, a GPU).
+    below = torch.cat([s[1:], torch.zeros_like(s[:1])])
+    at = f1.argmax(0, keepdim=True)
+    best = ((s.gather(0, at) + below.gather(0, at)) / 2).squeeze(0)
     nan = torch.full_like(ap, float("nan"))
     return {"ap": torch.where(pos > 0, ap, nan), "best": torch.where(pos > 0, best.double(), nan)}
 

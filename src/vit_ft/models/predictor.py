@@ -118,7 +118,9 @@ def load_predictor(
             "e.g. weights=google/vit-base-patch32-384"
         )
     if str(weights).lower().endswith(".onnx"):
-        return load_onnx_predictor(str(weights), img_size=img_size, device=device, notes=notes)
+        return load_onnx_predictor(
+            str(weights), img_size=img_size, device=device, notes=notes, threshold=threshold
+        )
     bb = load_weights(str(weights), backbone=backbone, img_size=img_size, timm_kwargs=timm_kwargs)
     if bb.num_classes < 1:
         raise ConfigError(
@@ -131,22 +133,35 @@ def load_predictor(
         if note:
             notes.append(note)
     features = head_features(bb.arch)  # a linear probe's head on token features (e.g. last4)
-    thresholds = getattr(bb.model, MULTILABEL_ATTR, None)
-    if threshold is not None:
-        if thresholds is None:
-            raise ConfigError(
-                f"threshold={threshold} applies to multi-label models, and weights={weights!r} is single-label "
-                "(softmax); leave threshold out (topk= picks how many classes are shown)"
-            )
-        thresholds = [float(threshold)] * len(thresholds)
+    thresholds = chosen_thresholds(getattr(bb.model, MULTILABEL_ATTR, None), threshold, weights)
     model = FeatureHeadNet(bb.model, features) if features else bb.model
     return Predictor(
         model, labels, bb.preprocessing, device=device, precision=precision, thresholds=thresholds
     )
 
 
+def chosen_thresholds(
+    stored: list[float] | None, threshold: float | None, weights: str
+) -> list[float] | None:
+    """A multi-label head's thresholds: the stored per-class ones, or ``threshold=`` for all of them;
+    one line when ``threshold=`` is given for single-label weights."""
+    if threshold is None:
+        return stored
+    if stored is None:
+        raise ConfigError(
+            f"threshold={threshold} applies to multi-label models, and weights={weights!r} is single-label "
+            "(softmax); leave threshold out (topk= picks how many classes are shown)"
+        )
+    return [float(threshold)] * len(stored)
+
+
 def load_onnx_predictor(
-    weights: str, *, img_size: int | None = None, device: str = "auto", notes: list[str] | None = None
+    weights: str,
+    *,
+    img_size: int | None = None,
+    device: str = "auto",
+    notes: list[str] | None = None,
+    threshold: float | None = None,
 ) -> Predictor:
     """A :class:`Predictor` on ONNX Runtime for a vit-ft ``.onnx`` file: images are decoded and
     normalised on the CPU as the file's metadata says, then fed to its session."""
@@ -159,7 +174,8 @@ def load_onnx_predictor(
         )
     if notes is not None:
         notes.append(f"ONNX Runtime ({net.provider}) with the file's preprocessing")
-    return Predictor(net, labels, pre, device="cpu", precision="32")
+    thresholds = chosen_thresholds(getattr(net, MULTILABEL_ATTR, None), threshold, weights)
+    return Predictor(net, labels, pre, device="cpu", precision="32", thresholds=thresholds)
 
 
 # -- batched prediction -----------------------------------------------------------------------------

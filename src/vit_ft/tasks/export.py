@@ -19,12 +19,14 @@ Hydra output folder).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from vit_ft.checkpoint_format import MULTILABEL_ATTR
 from vit_ft.data.decode import BadImageError
 from vit_ft.data.folder import find_images
 from vit_ft.data.transforms import build_eval_transform
@@ -119,6 +121,7 @@ def export_onnx(bb: Backbone, out: Path, source: str, *, dtype: str, opset: int)
     features = head_features(bb.arch)  # a linear probe's head on token features
     net = FeatureHeadNet(bb.model, features) if features else bb.model
     x, where = verification_inputs(source, bb.preprocessing)
+    thresholds = getattr(bb.model, MULTILABEL_ATTR, None)  # a multi-label head's (predict.py reads them)
     target.parent.mkdir(parents=True, exist_ok=True)
     with heartbeat(f"export: writing and verifying {target}"):
         path, result, exporter = write_onnx(
@@ -131,6 +134,7 @@ def export_onnx(bb: Backbone, out: Path, source: str, *, dtype: str, opset: int)
             dtype=dtype,
             opset=opset,
             arch=bb.arch,
+            extra_metadata={"thresholds": json.dumps(thresholds)} if thresholds else None,
         )
     for line in result.lines():
         print(line)

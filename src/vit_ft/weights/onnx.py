@@ -17,7 +17,7 @@ and no file; else the file is renamed onto the target.
 The preprocessing travels in the file's ``metadata_props`` (:data:`META_KEYS`): ``class_names`` and
 ``mean``/``std`` as JSON lists, ``img_size``, ``interpolation``, ``crop_pct`` (JSON, null: plain resize),
 ``crop_mode``, ``vit_ft_version``, ``dtype``, ``arch`` (the timm model), ``input``, and ``verification``
-(what the check measured); ``thresholds`` is reserved for a multi-label head. :func:`open_onnx` reads them
+(what the check measured); ``thresholds``, a multi-label head's per-class thresholds (JSON). :func:`open_onnx` reads them
 back into a :class:`~vit_ft.preprocessing.Preprocessing` and an :class:`OnnxNet` that runs the file in
 ONNX Runtime (CUDA provider when present and asked for, else CPU).
 """
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import vit_ft
+from vit_ft.checkpoint_format import MULTILABEL_ATTR
 from vit_ft.errors import ConfigError, RunFault
 from vit_ft.io import atomic_path
 from vit_ft.preprocessing import Preprocessing
@@ -365,7 +366,13 @@ def open_onnx(path: str | os.PathLike, device: str = "auto") -> tuple[OnnxNet, P
     chosen = providers(device)
     if chosen != ["CPUExecutionProvider"]:
         session = ort.InferenceSession(str(Path(str(path)).expanduser()), providers=chosen)
-    return OnnxNet(session), pre, names
+    net = OnnxNet(session)
+    if meta.get("thresholds"):  # a multi-label head: sigmoid and these per-class thresholds
+        thresholds = [float(t) for t in json.loads(meta["thresholds"])]
+        if len(thresholds) != len(names):
+            raise _bad(str(path), f"has {len(thresholds)} thresholds for {len(names)} classes")
+        setattr(net, MULTILABEL_ATTR, thresholds)
+    return net, pre, names
 
 
 def describe(path: str | os.PathLike) -> list[str]:

@@ -61,9 +61,10 @@ def test_scores_equal_the_reference_and_hand_values():
     assert res["f1_macro"] == pytest.approx(np.mean(per))
     assert res["exact_match"] == pytest.approx(np.mean((pred == TARGETS).all(1)))
     assert res["support"] == [3, 2, 2, 0]
-    # max-F1 thresholds: class 2 is separable at 0.35 (F1 1); class 0 best at 0.4 (F1 6/7)
-    assert res["best_thresholds"][2] == pytest.approx(0.35) and res["best_thresholds"][0] == pytest.approx(
-        0.4
+    # max-F1 thresholds, halfway to the next lower score: class 2 is separable between 0.35 and 0.3 (F1 1);
+    # class 0 best between 0.4 and 0.2 (F1 6/7)
+    assert res["best_thresholds"][2] == pytest.approx(0.325) and res["best_thresholds"][0] == pytest.approx(
+        0.3
     )
     assert res["best_thresholds"][3] == 0.5
     thr = torch.tensor(res["best_thresholds"])
