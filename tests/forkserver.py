@@ -19,8 +19,10 @@ Protocol: one JSON request per line on the server's stdin, one JSON reply per li
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,6 +149,17 @@ class ForkServer:
         if not ready:
             raise RuntimeError("the CLI fork server did not start")
         self._n = 0
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """End the server (its stdin closes, its loop ends) and remove its capture folder."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def run(self, cmd: list[str], cwd: Path, env: dict[str, str], timeout: float):
         self._n += 1

@@ -7,9 +7,11 @@ generated, models are random-init tiny ViTs.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -106,6 +108,7 @@ def server_env() -> dict[str, str]:
     global _SERVER_HOME
     if _SERVER_HOME is None:
         _SERVER_HOME = Path(tempfile.mkdtemp(prefix="vit-ft-cli-server-"))
+        atexit.register(shutil.rmtree, _SERVER_HOME, True)
     return clean_env(_SERVER_HOME)
 
 
