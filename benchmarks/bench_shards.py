@@ -28,7 +28,7 @@ from PIL import Image
 
 from vit_ft.data import ImageFolderDataModule, WebDatasetDataModule
 from vit_ft.data.shards import write_shards
-from vit_ft.data.wds import iter_members
+from vit_ft.data.tar_stream import iter_members
 from vit_ft.preprocessing import Preprocessing
 
 

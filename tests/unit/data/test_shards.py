@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.helpers import make_image_folder
-from vit_ft.data import WebDatasetDataModule
+from vit_ft.data import WebDatasetDataModule, tar_stream
 from vit_ft.data import wds as wds_mod
 from vit_ft.data.bad_images import UnusableImageError
 from vit_ft.data.shards import write_shards
@@ -163,7 +163,7 @@ def test_skipping_reads_tar_headers_not_image_bytes(shards, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(wds_mod, "open_url", lambda url: (Counting(open(url, "rb")), True))
+    monkeypatch.setattr(tar_stream, "open_url", lambda url: (Counting(open(url, "rb")), True))
     split = wds_mod.ShardSplit([str(path)], [entry["count"]], np.array(entry["labels"]), "train")
     data, _ = wds_mod.ShardReader(split).get(0, entry["count"] - 1)
     with tarfile.open(path) as tf:
