@@ -97,3 +97,39 @@ def test_old_checkpoint_resumes(data, tmp_path):
     after = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert before["global_step"] == 8 and after["global_step"] == 12
     assert any(k.startswith("model_ema.") for k in after["state_dict"])
+
+
+OLD_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "old_run"
+
+
+def test_an_old_run_folder_resumes_with_ckpt_path_auto_as_it_ran(data, tmp_path):
+    """Written before recipe/monitor/lr_base existed: the same command (run longer) continues it with the
+    configured batch and warmup and its own lr, not recipe=auto's or lr_base x batch."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run_dir)
+    saved = run_dir / "config_resolved.yaml"
+    saved.write_text(saved.read_text().replace("root: /tmp/oldrun_data", f"root: {data}"))
+    old = [o for o in TINY16 if o not in ("optimizer=adamw", "optimizer.lr=0.002")]  # lr: the saved one
+    proc = run_cli(
+        "train.py",
+        *old,
+        f"data.root={data}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        tmp_path=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert "was written by an older vit-ft: it resumes as it ran" in out and "another config" not in out
+    assert "recipe=auto:" not in out and "lr 0.002: optimizer.lr as given" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 8 and metrics["epoch"] == 2
+    # the same command again: the folder is now today's and finished
+    again = run_cli(
+        "train.py",
+        *old,
+        f"data.root={data}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        tmp_path=tmp_path,
+    )
+    assert "nothing to do" in again.stdout

@@ -260,7 +260,7 @@ def make_plan(cfg: DictConfig, *, resume: bool) -> RunPlan:
         monitor_mode=monitor_mode,
     )
     if resume:
-        decided = plan_resume(cfg, auto_resolved=auto_resolved)
+        decided = plan_resume(cfg, auto_resolved=auto_resolved, given=overridden)
         plan.ckpt_path, plan.resuming_own_run = decided.ckpt_path, decided.resuming_own_run
         plan.finished = decided.finished
         if plan.ckpt_path and explicit is None:  # found in the run folder: checked as if given

@@ -19,14 +19,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
@@ -36,6 +36,7 @@ from vit_ft.training.preemption import Preemption
 
 log = logging.getLogger("vit_ft")
 
+OLDER_KEYS = "older_keys"  # in a resumed older run's config: the ADDED_KEYS values it keeps
 # Keys that may change between the interrupted run and its resumption: how long it runs, what it shows,
 # where it logs (a key and everything under it); everything else is compared. A callback's own such
 # keys are named by its class (``FREE_ON_RESUME``), see :func:`callback_free_keys`.
@@ -53,8 +54,28 @@ IGNORED_KEYS = (
     "logger",
     "resolved_preprocessing",
     "class_names",
+    OLDER_KEYS,
 )
 LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+
+ANY = object()  # an added key whose value does not change how an older run runs
+# Keys added after run folders were already being written, each with the value that does what a run did
+# before the key existed. A run folder whose saved config lacks one resumes with that value (unless the
+# command line sets another: then a difference like any other), so ``ckpt_path=auto`` continues it.
+ADDED_KEYS: dict[str, Any] = {
+    "recipe": "paper",  # before recipe=auto: the configured batch and warmup
+    "monitor": "val/acc1",
+    "optimizer.lr_base": None,  # before lr_base: optimizer.lr as given (taken from the saved config)
+    "optimizer.lr_base_size": ANY,
+    "optimizer.lr_base_scale": ANY,
+    "data.sampler": "none",
+    "data.samples_per_epoch": None,
+    "data.extra_eval": {},
+    "model.class_weights": None,
+    "model.loss": "default",
+    "model.task": "auto",
+    "model.asl": ANY,  # its settings apply only with model.loss=asl
+}
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -118,6 +139,46 @@ def config_differences(
     return diffs
 
 
+def _saved_has(flat_saved: dict[str, Any], key: str) -> bool:
+    return any(k == key or k.startswith(key + ".") for k in flat_saved)
+
+
+def adopt_added_keys(
+    saved: dict[str, Any], cfg: DictConfig, given: Callable[[str], bool]
+) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]:
+    """A run folder written before some of :data:`ADDED_KEYS` existed: ``cfg`` takes each missing key's
+    older value (a key ``given`` on the command line keeps the user's value, compared as usual), and
+    ``optimizer.lr`` the saved one when ``optimizer.lr_base`` did not exist yet. ``cfg.older_keys``
+    records them, so that the folder, once rewritten, resumes the same way again. Returns the saved config
+    completed with those values, the keys left free (:data:`ANY`), and the values ``cfg`` took."""
+    flat = flatten(saved)
+    saved = json.loads(json.dumps(saved))  # a copy to complete
+    pending = {str(e["key"]): e.get("value") for e in saved.get(OLDER_KEYS) or [] if isinstance(e, dict)}
+    free: list[str] = []
+    for key, old in ADDED_KEYS.items():
+        if _saved_has(flat, key) or OmegaConf.select(cfg, key, default=ANY) is ANY:
+            continue
+        if old is ANY:
+            free.append(key)
+            continue
+        node = saved
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = old
+        pending[key] = old
+        if key == "optimizer.lr_base" and (saved.get("optimizer") or {}).get("lr") is not None:
+            pending["optimizer.lr"] = saved["optimizer"]["lr"]  # the lr it ran with, as given
+    kept = {k: v for k, v in pending.items() if not given(k)}
+    adopted = {k: v for k, v in kept.items() if OmegaConf.select(cfg, k) != v}
+    with open_dict(cfg):
+        for key, value in adopted.items():
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        if kept:
+            cfg[OLDER_KEYS] = [{"key": k, "value": v} for k, v in kept.items()]
+    return saved, tuple(free), adopted
+
+
 def relocated(node: Any, old: Any, new: str) -> Any:
     """``node`` with every string under the folder ``old`` moved to the same place under ``new``."""
     if not isinstance(old, str) or not old or os.path.abspath(old) == os.path.abspath(new):
@@ -156,11 +217,16 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumePlan:
+def plan_resume(
+    cfg: DictConfig,
+    auto_resolved: tuple[str, ...] = (),
+    given: Callable[[str], bool] = lambda key: False,
+) -> ResumePlan:
     """What ``ckpt_path`` means for this run (see the module's doc); raises ConfigError on a different config.
 
     ``auto_resolved``: keys the user left to vit-ft (``trainer.precision: null``), which may resolve
-    differently on the machine a requeued job lands on; not compared."""
+    differently on the machine a requeued job lands on; not compared. ``given(key)``: the key was set on
+    the command line (a run folder older than one of :data:`ADDED_KEYS` keeps the user's value of it)."""
     run_dir = str(cfg.paths.output_dir)
     ckpt = cfg.get("ckpt_path")
     own = own_last_checkpoint(cfg)
@@ -180,13 +246,22 @@ def plan_resume(cfg: DictConfig, auto_resolved: tuple[str, ...] = ()) -> ResumeP
     current = OmegaConf.to_container(cfg, resolve=True)
     # A moved or copied run folder: paths derived from the folder are not settings.
     saved = relocated(saved, (saved.get("paths") or {}).get("output_dir"), run_dir)
-    free = auto_resolved + callback_free_keys(saved.get("callbacks"), cfg.get("callbacks"))
+    saved, older, adopted = adopt_added_keys(saved, cfg, given)
+    if adopted:
+        current = OmegaConf.to_container(cfg, resolve=True)
+    free = auto_resolved + older + callback_free_keys(saved.get("callbacks"), cfg.get("callbacks"))
     diffs = config_differences(saved, current, free)  # type: ignore[arg-type]
     if diffs:
         raise ConfigError(
             f"ckpt_path=auto: {run_dir} holds a run with another config ({'; '.join(diffs)}); run the same "
             "config to resume it, pass ckpt_path=<file> to resume from its checkpoint anyway, or use another "
             "hydra.run.dir"
+        )
+    if adopted and is_rank_zero():
+        log.info(
+            "ckpt_path=auto: %s was written by an older vit-ft: it resumes as it ran (%s)",
+            run_dir,
+            ", ".join(f"{k}={'null' if v is None else v}" for k, v in adopted.items()),
         )
     metrics = _read_json(os.path.join(run_dir, "metrics.json"))
     flat_saved, flat_now = flatten(saved), flatten(current)

@@ -213,3 +213,27 @@ def test_the_own_checkpoint_is_the_configs_last_checkpoint(tmp_path):
     assert own_last_checkpoint(cfg) == str(tmp_path / "run" / "checkpoints" / "latest.ckpt")
     del cfg.callbacks["last_checkpoint"]
     assert own_last_checkpoint(cfg) is None  # no writer of a last checkpoint: nothing to resume
+
+
+def test_a_run_folder_older_than_the_recipe_and_lr_base_keys_resumes_as_it_ran(tmp_path):
+    last = interrupted_run(tmp_path / "run")  # saved: optimizer.lr 0.002, no recipe/monitor/lr_base
+    now = {"recipe": "auto", "monitor": "val/acc1", "data": {"sampler": "none"}}
+    cfg = config(tmp_path / "run", optimizer__lr=None)
+    cfg.merge_with(now)
+    cfg.optimizer.merge_with({"lr_base": 0.01, "lr_base_size": 512, "lr_base_scale": None})
+    plan = plan_resume(cfg, auto_resolved=("optimizer.lr",))
+    assert plan.ckpt_path == last and plan.resuming_own_run
+    # the run continues as it ran: the configured recipe, the saved lr, not lr_base x batch
+    assert cfg.recipe == "paper" and cfg.optimizer.lr_base is None and cfg.optimizer.lr == 0.002
+    assert cfg.monitor == "val/acc1" and cfg.data.sampler == "none"
+    # a value given on the command line is the user's: compared with the older behaviour, and refused
+    given = config(tmp_path / "run", optimizer__lr=None)
+    given.merge_with(now)
+    given.optimizer.merge_with({"lr_base": 0.01})
+    with pytest.raises(ConfigError) as e:
+        plan_resume(given, auto_resolved=("optimizer.lr",), given=lambda key: key == "recipe")
+    assert "recipe: 'paper' -> 'auto'" in str(e.value) and "\n" not in str(e.value)
+    # today's folders hold every key: nothing is adopted from ADDED_KEYS
+    fresh = config(tmp_path / "new", optimizer__lr=None)
+    fresh.merge_with(now)
+    assert plan_resume(fresh).ckpt_path is None and fresh.recipe == "auto"
