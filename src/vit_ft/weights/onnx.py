@@ -8,11 +8,9 @@ one; the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) is the fallba
 2.14 the dynamo exporter cannot decompose BEiT and takes 5-10 s per model). ``dtype=fp16`` exports a
 half-precision copy (fp16 input and output).
 
-The file is written beside the target, then ONNX Runtime runs it on the given inputs at batch 1 and at
-the full batch and compares it with the PyTorch network (fp32): the largest ``|logit_onnx - logit_torch|``
-must stay within :data:`RTOL` times the largest ``|logit_torch|`` (floored at :data:`SCALE_FLOOR`, so that
-a near-zero head is not held below float rounding). Over it, :class:`~vit_ft.errors.RunFault` (one line)
-and no file; else the file is renamed onto the target.
+The file is written beside the target and kept (renamed onto the target) only when ONNX Runtime's logits
+match PyTorch's (:mod:`~vit_ft.weights.onnx_verify`); else :class:`~vit_ft.errors.RunFault` (one line)
+and no file.
 
 The preprocessing travels in the file's ``metadata_props`` (:data:`META_KEYS`): ``class_names`` and
 ``mean``/``std`` as JSON lists, ``img_size``, ``interpolation``, ``crop_pct`` (JSON, null: plain resize),
@@ -30,7 +28,6 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +41,12 @@ from vit_ft.errors import ConfigError, RunFault
 from vit_ft.io import atomic_path
 from vit_ft.preprocessing import Preprocessing
 from vit_ft.weights.io import first_line
+from vit_ft.weights.onnx_verify import Verification, verify
 
 OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6
 OPSETS = (17, 18)
 DTYPES = ("fp32", "fp16")
-RTOL = {"fp32": 1e-4, "fp16": 1e-2}  # max |dlogit| / max |logit|; fp16 carries ~3 decimal digits
 MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph
-SCALE_FLOOR = 1e-2  # logits smaller than this are compared as if their largest were this
 INPUT, OUTPUT = "pixel_values", "logits"
 EXTRA = 'pip install -e ".[onnx]"'
 META_KEYS = (
@@ -116,6 +112,22 @@ class _Forward(nn.Module):
         return self.net(x)
 
 
+def _exporter_options(exporter: str) -> dict[str, Any]:
+    """What differs between the two exporters: the dynamic batch axis, constant folding, one file."""
+    if exporter == "torchscript":
+        return {
+            "dynamo": False,
+            "dynamic_axes": {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            "do_constant_folding": True,
+        }
+    return {
+        "dynamo": True,
+        "dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1)}},
+        "external_data": False,
+        "verbose": False,
+    }
+
+
 def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
     """Write ``net`` to ``path`` (TorchScript exporter, else dynamo); return the exporter used."""
     errors = []
@@ -124,86 +136,20 @@ def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> st
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(noise):
                 warnings.simplefilter("ignore")
-                if exporter == "torchscript":
-                    torch.onnx.export(
-                        net,
-                        (example,),
-                        str(path),
-                        dynamo=False,
-                        opset_version=opset,
-                        input_names=[INPUT],
-                        output_names=[OUTPUT],
-                        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                        do_constant_folding=True,
-                    )
-                else:
-                    torch.onnx.export(
-                        net,
-                        (example,),
-                        str(path),
-                        dynamo=True,
-                        opset_version=opset,
-                        input_names=[INPUT],
-                        output_names=[OUTPUT],
-                        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-                        external_data=False,
-                        verbose=False,
-                    )
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(path),
+                    opset_version=opset,
+                    input_names=[INPUT],
+                    output_names=[OUTPUT],
+                    **_exporter_options(exporter),
+                )
             return exporter
         except Exception as e:  # noqa: BLE001 - any exporter failure: try the other, then one line
             errors.append(f"{exporter}: {first_line(e)[:200]}")
             path.unlink(missing_ok=True)
     raise RunFault(f"ONNX export failed ({'; '.join(errors)}); export format=timm or hf instead")
-
-
-@dataclass
-class Verification:
-    """What :func:`verify` measured: per batch size, the largest |dlogit|, the scale and top-1 agreement."""
-
-    dtype: str
-    rtol: float
-    inputs: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r["max_abs_dlogit"] <= self.rtol * r["scale"] for r in self.rows)
-
-    def lines(self) -> list[str]:
-        return [
-            f"verify batch {r['batch']}: max |dlogit| {r['max_abs_dlogit']:.3g} "
-            f"(tolerance {self.rtol:g} x {r['scale']:.3g}), top-1 agreement {r['top1_agree']}/{r['batch']}"
-            for r in self.rows
-        ]
-
-    def to_json(self) -> str:
-        return json.dumps({"dtype": self.dtype, "rtol": self.rtol, "inputs": self.inputs, "rows": self.rows})
-
-
-def verify(session: Any, net: nn.Module, x: torch.Tensor, dtype: str, inputs: str) -> Verification:
-    """Run ``session`` and the fp32 ``net`` on ``x[:1]`` and on all of ``x``; compare the logits."""
-    result = Verification(dtype=dtype, rtol=RTOL[dtype], inputs=inputs)
-    np_dtype = np.float16 if dtype == "fp16" else np.float32
-    for xb in (x[:1], x) if len(x) > 1 else (x,):
-        with torch.inference_mode():
-            ref = net(xb).float()
-        out = torch.from_numpy(
-            session.run([OUTPUT], {INPUT: xb.numpy().astype(np_dtype)})[0].astype(np.float32)
-        )
-        if out.shape != ref.shape:
-            raise RunFault(
-                f"the ONNX file gives logits of shape {list(out.shape)}, PyTorch {list(ref.shape)}"
-            )
-        bad = not torch.isfinite(out).all()
-        result.rows.append(
-            {
-                "batch": len(xb),
-                "max_abs_dlogit": float("inf") if bad else float((out - ref).abs().max()),
-                "scale": max(float(ref.abs().max()), SCALE_FLOOR),
-                "top1_agree": int((out.argmax(-1) == ref.argmax(-1)).sum()),
-            }
-        )
-    return result
 
 
 def metadata(
@@ -269,14 +215,7 @@ def write_onnx(
         meta = metadata(preprocessing, class_names, dtype=dtype, arch=arch)
         meta.update(extra_metadata or {})
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        result = verify(session, net, x, dtype, inputs_text)
-        if not result.ok:
-            worst = max(result.rows, key=lambda r: r["max_abs_dlogit"] / r["scale"])
-            raise RunFault(
-                f"the ONNX file does not match PyTorch: max |dlogit| {worst['max_abs_dlogit']:.3g} at batch "
-                f"{worst['batch']} is over {result.rtol:g} x max |logit| {worst['scale']:.3g} ({dtype}); "
-                "nothing was written - try dtype=fp32 or another opset"
-            )
+        result = verify(OnnxNet(session), net, x, dtype, inputs_text)
         meta["verification"] = result.to_json()
         del model.metadata_props[:]
         for key, value in meta.items():

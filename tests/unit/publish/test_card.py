@@ -14,16 +14,8 @@ from huggingface_hub import ModelCard, metadata_load
 
 from vit_ft.errors import ConfigError
 from vit_ft.preprocessing import Preprocessing
-from vit_ft.publish.card import (
-    MARK,
-    Origin,
-    check_card_folder,
-    classes_table,
-    hub_id,
-    render,
-    reproduce,
-    write_card,
-)
+from vit_ft.publish.card import MARK, check_card_folder, classes_table, render, write_card
+from vit_ft.publish.card_facts import Exported, Origin, hub_id, reproduce
 from vit_ft.report.analysis import Analysis, ClassResult
 from vit_ft.report.files import read_run
 
@@ -107,17 +99,15 @@ def _fake_run(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _card(origin: Origin, **kw) -> str:
-    from vit_ft.publish.card import Exported
-
     args = dict(
         origin=origin,
         model_name="tiny",
-        exported=Exported(),
-        folder=Path("."),
-        where="exported/tiny",
-        repo_id=None,
-        arch={"name": "vit_tiny_patch16_224", "kwargs": {"num_classes": 3}},
-        pre=Preprocessing(img_size=32),
+        exported=Exported(
+            arch={"name": "vit_tiny_patch16_224", "kwargs": {"num_classes": 3}},
+            pre=Preprocessing(img_size=32),
+            folder=Path("."),
+            where="exported/tiny",
+        ),
         class_names=["a", "b|c", "d"],
         params=1000,
         license="mit",

@@ -20,6 +20,7 @@ from vit_ft.models.features import FeatureHeadNet, feature_dim
 from vit_ft.preprocessing import Preprocessing
 from vit_ft.weights import load_weights, save_timm_safetensors
 from vit_ft.weights import onnx as vonnx
+from vit_ft.weights.onnx_verify import RTOL
 
 pytest.importorskip("onnxruntime")
 
@@ -87,7 +88,7 @@ def test_fp16(fam, tmp_path):
     name, size, _ = FAMILIES[fam]
     net = _model(name, size)
     path, result, _ = _write(net, tmp_path / "m.onnx", size, dtype="fp16")
-    assert result.rtol == vonnx.RTOL["fp16"] and result.ok
+    assert result.rtol == RTOL["fp16"] and result.ok
     assert max(r["max_abs_dlogit"] / r["scale"] for r in result.rows) > 1e-6  # really half precision
     onnx_net, _, _ = vonnx.open_onnx(path, device="cpu")
     assert onnx_net.input_dtype == np.float16
@@ -171,7 +172,7 @@ def test_export_task_from_other_weight_sources(hf_dir, tmp_path, capsys):
 
 
 def test_over_tolerance_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setitem(vonnx.RTOL, "fp32", 0.0)
+    monkeypatch.setitem(RTOL, "fp32", 0.0)
     net = _model("vit_tiny_patch16_224", 32)
     with pytest.raises(RunFault, match=r"does not match PyTorch: max \|dlogit\| .* nothing was written"):
         _write(net, tmp_path / "m.onnx", 32)
