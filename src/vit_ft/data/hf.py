@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from vit_ft.compat import hf_dataset_fingerprint
-from vit_ft.data.bad_images import STREAM_SLOTS, UnusableImageError, unusable_message
+from vit_ft.data.bad_images import STREAM_SLOTS, skip_or_raise
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import stratified_split
@@ -264,12 +264,10 @@ class StreamingRecords(IterableDataset):
                 where = f"{self.split}[{n}]" + (
                     f" ({e.path})" if e.path not in ("<bytes>", "<image>") else ""
                 )
-                if self.on_bad_image == "skip":
-                    if self.epoch == 1:
-                        log.warning("skipping unusable image %s (%s)", where, e.reason)
-                        self.bad_counts[slot] += 1
-                    continue
-                raise UnusableImageError(unusable_message(where, e.reason)) from None
+                skip_or_raise(self.on_bad_image, where, e.reason, first=self.epoch == 1)
+                if self.epoch == 1:  # each epoch meets it again: counted in the first
+                    self.bad_counts[slot] += 1
+                continue
             yield x, label
 
 

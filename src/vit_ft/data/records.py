@@ -8,19 +8,16 @@ are merged over ranks). What a bad image leads to is :mod:`vit_ft.data.bad_image
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vit_ft.data.bad_images import UnusableImageError, unusable_message
+from vit_ft.data.bad_images import skip_or_raise
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import FileIndex
 from vit_ft.data.resumable import sample_rng
 from vit_ft.data.transforms import PlannedJpeg
-
-log = logging.getLogger(__name__)
 
 
 class FileRecords:
@@ -77,11 +74,9 @@ class TransformedDataset(Dataset):
                     x = self._transform(i)
         except BadImageError as e:
             name = self.records.name(i) if hasattr(self.records, "name") else e.path
-            if self.on_bad_image == "skip":
-                self.bad[i] = 1
-                log.warning("skipping unusable image %s (%s)", name, e.reason)
-                return None
-            raise UnusableImageError(unusable_message(name, e.reason)) from None
+            skip_or_raise(self.on_bad_image, name, e.reason)
+            self.bad[i] = 1
+            return None
         if isinstance(x, PlannedJpeg):
             x = x._replace(index=i)
         if getattr(self.records, "multilabel", False):  # a multi-label task: the multi-hot float vector

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vit_ft.data.bad_images import UnusableImageError, unusable_message
+from vit_ft.data.bad_images import skip_or_raise
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError
 from vit_ft.data.resumable import EpochSampler, sample_rng, sample_seed
@@ -309,12 +309,9 @@ class ShardDataset(Dataset):
                 with sample_rng(seed):
                     x = self.transform(data)
         except BadImageError as e:
-            name = self.split.name(i)
-            if self.on_bad_image == "skip":
-                self.bad[i] = 1
-                log.warning("skipping unusable image %s (%s)", name, e.reason)
-                return None
-            raise UnusableImageError(unusable_message(name, e.reason)) from None
+            skip_or_raise(self.on_bad_image, self.split.name(i), e.reason)
+            self.bad[i] = 1
+            return None
         if isinstance(x, PlannedJpeg):
             x = x._replace(index=i)
         return x, int(self.split.labels[i])
