@@ -36,14 +36,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vit_ft.data.bad_images import skip_or_raise
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError
-from vit_ft.data.resumable import EpochSampler, sample_rng, sample_seed
+from vit_ft.data.records import transformed
+from vit_ft.data.resumable import EpochSampler, sample_seed
 from vit_ft.data.shard_order import EpochPlan, StreamSampler
 from vit_ft.data.shards import IMAGE_EXTS
 from vit_ft.data.tar_stream import default_index, expand_urls, iter_members, load_index, scan_shard
-from vit_ft.data.transforms import PlannedJpeg
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -239,22 +238,15 @@ class ShardDataset(Dataset):
             s, j = self.split.locate(int(key))
             seed, want = None, None
         i = int(self.split.offsets[s]) + j
-        if self.bad[i]:
-            return None
-        try:
-            data, _ = self.reader.get(s, j, want)
-            if seed is None:
-                x = self.transform(data)
-            else:
-                with sample_rng(seed):
-                    x = self.transform(data)
-        except BadImageError as e:
-            skip_or_raise(self.on_bad_image, self.split.name(i), e.reason)
-            self.bad[i] = 1
-            return None
-        if isinstance(x, PlannedJpeg):
-            x = x._replace(index=i)
-        return x, int(self.split.labels[i])
+        x = transformed(
+            self.split,
+            i,
+            seed,
+            lambda: self.transform(self.reader.get(s, j, want)[0]),
+            self.bad,
+            self.on_bad_image,
+        )
+        return None if x is None else (x, int(self.split.labels[i]))
 
 
 # -- the DataModule ------------------------------------------------------------------------------
