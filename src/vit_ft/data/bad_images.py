@@ -5,6 +5,7 @@ A bad image is met in one of three places: a DataLoader worker decoding a record
 streamed split (no record index: it counts it in its slot), or the main process decoding a batch on the
 device (``data.decode_device=cuda``). :class:`BadImageLedger` holds all three and gives the one report
 that ``metrics.json`` shows; ``on_bad_image=error`` turns any of them into one :class:`UnusableImageError`.
+What the policy does with one bad image, wherever it is met, is :func:`skip_or_raise`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 STREAM_SLOTS = 1024  # per-worker counters of a streamed split (a worker writes slot id % STREAM_SLOTS)
 REPORTED_FILES = 1000  # files listed in the report at most
+ON_BAD_IMAGE = ("error", "skip")  # the values of data.on_bad_image (and of the tools' own option)
 
 
 class UnusableImageError(ConfigError):
@@ -41,6 +43,22 @@ def unusable_message(path: str, reason: str) -> str:
     return f"unusable image {path}: {reason}; fix or remove it, or set data.on_bad_image=skip"
 
 
+def check_on_bad_image(value: Any, key: str = "data.on_bad_image") -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a policy (``key``: the option as the user wrote it)."""
+    if value not in ON_BAD_IMAGE:
+        raise ConfigError(f"{key}={value!r} must be 'error' or 'skip'")
+
+
+def skip_or_raise(on_bad_image: str, name: str, reason: str, *, first: bool = True) -> None:
+    """What ``on_bad_image`` does with an image that cannot be decoded: ``error`` raises one
+    :class:`UnusableImageError` naming it; ``skip`` logs it (when ``first``: the first time it is met) and
+    returns, for the caller to leave it out and flag or count it."""
+    if on_bad_image != "skip":
+        raise UnusableImageError(unusable_message(name, reason)) from None
+    if first:
+        log.warning("skipping unusable image %s (%s)", name, reason)
+
+
 class BadImageLedger:
     """The bad images of one DataModule, over its splits, worker processes and the device.
 
@@ -48,8 +66,7 @@ class BadImageLedger:
     """
 
     def __init__(self, on_bad_image: str = "error") -> None:
-        if on_bad_image not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'error' or 'skip'")
+        check_on_bad_image(on_bad_image)
         self.on_bad_image = on_bad_image
         self.flags: dict[str, torch.Tensor] = {}  # map-style split -> uint8 flag per record (shared)
         self.stream_counts: dict[str, torch.Tensor] = {}  # streamed split -> int64 per worker slot (shared)
@@ -78,20 +95,18 @@ class BadImageLedger:
             name = records.name(index)
         else:
             name = f"{split} ({file_name})"
-        if self.on_bad_image != "skip":
-            raise UnusableImageError(unusable_message(name, reason))
-        if index >= 0 and split in self.flags:
-            flags = self.flags[split]
+        flags = self.flags.get(split) if index >= 0 else None
+        if flags is not None:
             first = not bool(flags[index])
-            flags[index] = 1  # shared memory: the workers leave it out from now on
         else:  # streamed: no index; count each file once (by name, or by content for raw bytes)
             key = (split, file_name if file_name != "<bytes>" else zlib.crc32(data.cpu().numpy()))
             first = key not in self._seen_on_device
+        skip_or_raise(self.on_bad_image, name, reason, first=first)
+        if flags is not None:
+            flags[index] = 1  # shared memory: the workers leave it out from now on
+        elif first:
             self._seen_on_device.add(key)
-            if first:
-                self.device_counts[split] = self.device_counts.get(split, 0) + 1
-        if first:
-            log.warning("skipping unusable image %s (%s)", name, reason)
+            self.device_counts[split] = self.device_counts.get(split, 0) + 1
 
     def files(self, splits: dict[str, Any]) -> list[str]:
         """The flagged files of the map-style splits (their names; ``split[i]`` without one)."""

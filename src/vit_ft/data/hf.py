@@ -4,7 +4,8 @@
 of class folders, parquet files, ...) or a folder written by ``save_to_disk``. Images are read as raw
 bytes (``datasets.Image(decode=False)``) and decoded by :mod:`vit_ft.data.decode`, so they take the same
 fast path and bad-image handling as files on disk. Class names come from the ``ClassLabel`` feature
-(integer labels without one are named ``"0"``, ``"1"``, ...; string labels are sorted).
+(integer labels without one are named ``"0"``, ``"1"``, ...; string labels are sorted). A label column
+that is a ``Sequence(ClassLabel)`` (a label set per row) is :mod:`vit_ft.data.hf_multilabel`'s.
 
 With ``streaming=True`` nothing is downloaded up front: the split is read as an ``IterableDataset``,
 shuffled through a buffer, split over DDP ranks (``split_dataset_by_node``) and over DataLoader
@@ -23,11 +24,10 @@ import torch
 from torch.utils.data import IterableDataset
 
 from vit_ft.compat import hf_dataset_fingerprint
-from vit_ft.data.bad_images import STREAM_SLOTS, UnusableImageError, unusable_message
+from vit_ft.data.bad_images import STREAM_SLOTS, skip_or_raise
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import stratified_split
-from vit_ft.data.manifest import multi_hot_row, multi_hot_rows
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,58 +149,6 @@ class HFRecords:
         return f"{self.split}[{i}]" + (f" ({path})" if path else "")
 
 
-class HFLabelSetRecords(HFRecords):
-    """Records whose label column is a ``Sequence(ClassLabel)``: each row's label set in compressed rows
-    (``ptr``, ``ids``); ``labels`` is each row's first label (``-1``: none); ``multilabel`` (set by the
-    data module once the task is decided) makes the target multi-hot."""
-
-    def __init__(
-        self, ds: Any, image_column: str, ptr: np.ndarray, ids: np.ndarray, k: int, split: str
-    ) -> None:
-        first = np.where(
-            np.diff(ptr) > 0, ids[np.minimum(ptr[:-1], max(len(ids) - 1, 0))] if len(ids) else -1, -1
-        )
-        super().__init__(ds, image_column, first.astype(np.int64), split)
-        self.ptr, self.ids, self.num_classes, self.multilabel = ptr, ids, int(k), False
-
-    def label_counts(self) -> np.ndarray:
-        return np.diff(self.ptr)
-
-    def multi_hot(self, i: int) -> torch.Tensor:
-        return multi_hot_row(self.ids[self.ptr[i] : self.ptr[i + 1]], self.num_classes)
-
-    def multi_hot_all(self) -> np.ndarray:
-        return multi_hot_rows(self.ptr, self.ids, self.num_classes)
-
-    def subset(self, keep: np.ndarray) -> HFLabelSetRecords:
-        sets = [self.ids[self.ptr[i] : self.ptr[i + 1]] for i in keep]
-        ptr = np.zeros(len(keep) + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([len(x) for x in sets]) if len(sets) else []
-        ids = np.concatenate(sets).astype(np.int64) if sets else np.zeros(0, np.int64)
-        return HFLabelSetRecords(
-            self.ds.select(keep), self.image_column, ptr, ids, self.num_classes, self.split
-        )
-
-
-def label_sets(ds: Any, label_column: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
-    """``(class names, row offsets, class ids)`` of a ``Sequence(ClassLabel)`` column; None for another."""
-    import datasets
-
-    feature = ds.features[label_column]
-    inner = getattr(feature, "feature", None)
-    if not isinstance(
-        feature, (datasets.Sequence, getattr(datasets, "List", datasets.Sequence))
-    ) or not isinstance(inner, datasets.ClassLabel):
-        return None
-    col = ds.with_format("arrow")[label_column].combine_chunks()
-    if len(col) == 0:
-        return list(inner.names), np.zeros(1, np.int64), np.zeros(0, np.int64)
-    ptr = np.asarray(col.offsets.to_numpy(), dtype=np.int64)
-    ptr = ptr - ptr[0]
-    ids = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    return list(inner.names), ptr, ids
-
-
 class StreamingRecords(IterableDataset):
     """An ``IterableDataset`` split: transformed samples, bad images skipped (counted) or one clear error.
 
@@ -264,12 +212,10 @@ class StreamingRecords(IterableDataset):
                 where = f"{self.split}[{n}]" + (
                     f" ({e.path})" if e.path not in ("<bytes>", "<image>") else ""
                 )
-                if self.on_bad_image == "skip":
-                    if self.epoch == 1:
-                        log.warning("skipping unusable image %s (%s)", where, e.reason)
-                        self.bad_counts[slot] += 1
-                    continue
-                raise UnusableImageError(unusable_message(where, e.reason)) from None
+                skip_or_raise(self.on_bad_image, where, e.reason, first=self.epoch == 1)
+                if self.epoch == 1:  # each epoch meets it again: counted in the first
+                    self.bad_counts[slot] += 1
+                continue
             yield x, label
 
 
@@ -349,9 +295,20 @@ class HFDataModule(ImageDataModule):
                 _check_columns(dd[split].features, self.image_column, self.label_column, split)
         if self.streaming:
             return self._streaming_splits(dd, val_split)
-        sets = label_sets(dd[self.train_split], self.label_column)
+        from vit_ft.data import hf_multilabel  # it builds on HFRecords, so it is imported here
+
+        sets = hf_multilabel.label_sets(dd[self.train_split], self.label_column)
         if sets is not None:  # Sequence(ClassLabel): label sets (a multi-label task, or one label a row)
-            return self._label_set_splits(dd, val_split, sets)
+            return hf_multilabel.label_set_splits(
+                dd,
+                sets,
+                train_split=self.train_split,
+                val_split=val_split,
+                image_column=self.image_column,
+                label_column=self.label_column,
+                val_fraction=self.val_fraction,
+                seed=self.seed,
+            )
 
         class_names, labels = class_names_and_labels(dd[self.train_split], self.label_column)
         train = dd[self.train_split]
@@ -384,29 +341,10 @@ class HFDataModule(ImageDataModule):
             out[k] = HFRecords(ds, self.image_column, lab, k)
         return class_names, out
 
-    def _label_set_splits(
-        self, dd: Any, val_split: str | None, sets: tuple
-    ) -> tuple[list[str], dict[str, Any]]:
-        names, ptr, ids = sets
-        train = HFLabelSetRecords(dd[self.train_split], self.image_column, ptr, ids, len(names), "train")
-        if val_split is None:
-            tr, va = stratified_split(train.labels, self.val_fraction, self.seed)
-            return names, {"train": train.subset(tr), "val": train.subset(va)}
-        val_sets = label_sets(dd[val_split], self.label_column)
-        if val_sets is None or val_sets[0] != names:
-            raise ConfigError(
-                f"splits {self.train_split!r} and {val_split!r}: the label column {self.label_column!r} is a "
-                "Sequence(ClassLabel) in one and not the same one in the other; give both the same classes"
-            )
-        val = HFLabelSetRecords(dd[val_split], self.image_column, val_sets[1], val_sets[2], len(names), "val")
-        return names, {"train": train, "val": val}
-
     def single_label_rows(self) -> None:
-        for split, records in list((self.splits or {}).items()):
-            if isinstance(records, HFLabelSetRecords) and (records.labels < 0).any():
-                keep = np.flatnonzero(records.labels >= 0)
-                log.warning("%s: leaving out %d row(s) without a label", split, len(records) - len(keep))
-                self.splits[split] = records.subset(keep)
+        from vit_ft.data import hf_multilabel
+
+        hf_multilabel.single_label_rows(self.splits or {})
 
     def _streaming_splits(self, dd: Any, val_split: str | None) -> tuple[list[str], dict[str, Any]]:
         import datasets

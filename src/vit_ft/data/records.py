@@ -3,24 +3,24 @@
 A source provides, per split, *records*: ``len(records)``, ``records.load(i) -> PIL RGB image`` and
 ``records.labels`` (int64 numpy array); :class:`TransformedDataset` adds the transform and the
 handling of bad images, :class:`IndexedDataset` the record index (for passes whose shares of a split
-are merged over ranks). What a bad image leads to is :mod:`vit_ft.data.bad_images`'s.
+are merged over ranks). :func:`transformed` is what a worker gives for one record, for these and for
+the shards' dataset (:mod:`vit_ft.data.wds`); what a bad image leads to is :mod:`vit_ft.data.bad_images`'s.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vit_ft.data.bad_images import UnusableImageError, unusable_message
+from vit_ft.data.bad_images import skip_or_raise
 from vit_ft.data.decode import BadImageError, load_image
 from vit_ft.data.folder import FileIndex
 from vit_ft.data.resumable import sample_rng
 from vit_ft.data.transforms import PlannedJpeg
-
-log = logging.getLogger(__name__)
 
 
 class FileRecords:
@@ -67,23 +67,9 @@ class TransformedDataset(Dataset):
         """``key``: a record index, or ``(index, sample_seed)`` from an :class:`EpochSampler`: the
         transform then draws its randomness from that seed alone (see :func:`sample_rng`)."""
         i, seed = key if isinstance(key, tuple) else (key, None)
-        if self.bad[i]:
+        x = transformed(self.records, i, seed, lambda: self._transform(i), self.bad, self.on_bad_image)
+        if x is None:
             return None
-        try:
-            if seed is None:
-                x = self._transform(i)
-            else:
-                with sample_rng(seed):
-                    x = self._transform(i)
-        except BadImageError as e:
-            name = self.records.name(i) if hasattr(self.records, "name") else e.path
-            if self.on_bad_image == "skip":
-                self.bad[i] = 1
-                log.warning("skipping unusable image %s (%s)", name, e.reason)
-                return None
-            raise UnusableImageError(unusable_message(name, e.reason)) from None
-        if isinstance(x, PlannedJpeg):
-            x = x._replace(index=i)
         if getattr(self.records, "multilabel", False):  # a multi-label task: the multi-hot float vector
             return x, self.records.multi_hot(i)
         return x, int(self.records.labels[i])
@@ -92,6 +78,25 @@ class TransformedDataset(Dataset):
         if self._source is not None:
             return self.transform(self._source(i))
         return self.transform(self.records.load(i))
+
+
+def transformed(
+    records: Any, i: int, seed: int | None, make: Callable[[], Any], bad: torch.Tensor, on_bad_image: str
+) -> Any:
+    """What a worker gives for record ``i`` of a map-style split: ``make()`` (the record through its
+    transform), drawing its randomness from ``seed`` alone when there is one (:func:`sample_rng`). A bad
+    image gives None, flagged in ``bad`` (shared memory: never read again), or one clear error, as
+    ``on_bad_image`` says; a record already flagged gives None at once."""
+    if bad[i]:
+        return None
+    try:
+        with nullcontext() if seed is None else sample_rng(seed):
+            x = make()
+    except BadImageError as e:
+        skip_or_raise(on_bad_image, records.name(i) if hasattr(records, "name") else e.path, e.reason)
+        bad[i] = 1
+        return None
+    return x._replace(index=i) if isinstance(x, PlannedJpeg) else x
 
 
 class IndexedDataset(Dataset):

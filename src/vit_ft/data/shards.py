@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_ft.data.bad_images import check_on_bad_image
 from vit_ft.data.decode import check_image
 from vit_ft.errors import ConfigError
 from vit_ft.io import write_json_atomic
@@ -231,8 +232,7 @@ def write_shards(
     seed: int = 0,
 ) -> dict:
     """Convert ``source`` into shards under ``out``; return the index (also written to ``out/index.json``)."""
-    if on_bad_image not in ("error", "skip"):
-        raise ConfigError(f"--on-bad-image={on_bad_image!r} must be 'error' or 'skip'")
+    check_on_bad_image(on_bad_image, "--on-bad-image")
     target = parse_size(shard_size)
     dm = open_source(source, kind, val_fraction, seed)
     os.makedirs(os.path.join(out, ".parts"), exist_ok=True)

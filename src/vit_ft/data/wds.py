@@ -5,17 +5,18 @@ The shards (written by :mod:`vit_ft.data.shards`, or any WebDataset of ``{key}.j
 (webdataset's ``gopen``), brace patterns expanded. The index (``index.json`` beside the shards, or
 ``data.index``) gives each shard's sample count and labels, so everything is known before reading:
 
-- **The epoch is a pure function of (seed, epoch).** Its stream is the shards in an order shuffled with
-  ``(seed, epoch)``, each shard's samples through a shuffle buffer of ``data.shuffle_buffer`` whose draws
-  are seeded with ``(seed, epoch, shard)``: position ``p`` of the epoch is one known sample.
+- **The epoch is a pure function of (seed, epoch)** (:mod:`vit_ft.data.shard_order`). Its stream is the
+  shards in an order shuffled with ``(seed, epoch)``, each shard's samples through a shuffle buffer of
+  ``data.shuffle_buffer`` whose draws are seeded with ``(seed, epoch, shard)``: position ``p`` of the
+  epoch is one known sample.
 - **Equal ranks, honest lengths.** An epoch trains on ``floor(total / ranks)`` samples per rank (the last
   ``total mod ranks`` positions of the epoch's stream are left out; they change with the shard order):
   rank ``r`` takes the contiguous block ``[r n, (r+1) n)``, so every rank yields the same number of
   batches however unevenly the shards split, and the loader's length is what it yields.
 - **Exact resume.** The training order is an :class:`~vit_ft.data.resumable.EpochSampler` over epoch
-  positions (:class:`StreamSampler`), resumed by the DataModule's state like a folder run's; a
-  sample's augmentation draws from ``sample_rng(sample_seed(seed, epoch, position))``. Skipping the
-  positions already trained on reads tar headers only (local files are skipped with seeks).
+  positions (:class:`~vit_ft.data.shard_order.StreamSampler`), resumed by the DataModule's state like a
+  folder run's; a sample's augmentation draws from ``sample_rng(sample_seed(seed, epoch, position))``.
+  Skipping the positions already trained on reads tar headers only (local files are skipped with seeks).
 - **Readers stream.** The dataset is map-style over positions (so Lightning keeps the sampler and
   counts batches), but each DataLoader worker keeps one tar open and reads forward: a batch's samples
   are consecutive positions of the stream; bytes of samples the buffer holds back are kept only for the
@@ -29,20 +30,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vit_ft.data.bad_images import UnusableImageError, unusable_message
 from vit_ft.data.datamodule import ImageDataModule
 from vit_ft.data.decode import BadImageError
-from vit_ft.data.resumable import EpochSampler, sample_rng, sample_seed
+from vit_ft.data.records import transformed
+from vit_ft.data.resumable import EpochSampler, sample_seed
+from vit_ft.data.shard_order import EpochPlan, StreamSampler
 from vit_ft.data.shards import IMAGE_EXTS
 from vit_ft.data.tar_stream import default_index, expand_urls, iter_members, load_index, scan_shard
-from vit_ft.data.transforms import PlannedJpeg
 from vit_ft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,67 +115,6 @@ def load_split(spec: Any, split: str, index_url: str | None, key: str) -> tuple[
             )
     source = ((index or {}).get("source") or {}).get("fingerprint")
     return ShardSplit(urls, counts, np.asarray(labels, np.int64), split, source), index
-
-
-# -- the epoch's order ---------------------------------------------------------------------------
-def buffer_permutation(n: int, buffer: int, seed: int) -> np.ndarray:
-    """``out[k]`` = the input index of the ``k``-th sample a shuffle buffer of ``buffer`` samples emits
-    from a stream of ``n`` (a random one of the buffer each time it is full, then the rest at random)."""
-    if buffer <= 1 or n <= 1:
-        return np.arange(n, dtype=np.int64)
-    rng, buf, out = random.Random(seed), [], []
-    for i in range(n):
-        buf.append(i)
-        if len(buf) >= buffer:
-            j = rng.randrange(len(buf))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            out.append(buf.pop())
-    while buf:
-        j = rng.randrange(len(buf))
-        buf[j], buf[-1] = buf[-1], buf[j]
-        out.append(buf.pop())
-    return np.asarray(out, dtype=np.int64)
-
-
-class EpochPlan:
-    """Position -> sample of one training epoch: shards in a ``(seed, epoch)`` order, each through the
-    seeded shuffle buffer."""
-
-    def __init__(self, counts: np.ndarray, seed: int, epoch: int, buffer: int, shuffle: bool = True) -> None:
-        self.counts, self.seed, self.epoch, self.buffer = counts, int(seed), int(epoch), int(buffer)
-        n = len(counts)
-        self.order = (
-            np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, 7]).permutation(n)
-            if shuffle
-            else np.arange(n)
-        )
-        self.starts = np.concatenate([[0], np.cumsum(counts[self.order])]).astype(np.int64)
-        self.slot_of = np.empty(n, dtype=np.int64)
-        self.slot_of[self.order] = np.arange(n)
-        self.shuffle = shuffle
-        self._perms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def perm(self, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(output -> input, input -> output)`` of shard ``s`` this epoch."""
-        if s not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.clear()
-            buf = self.buffer if self.shuffle else 0
-            out = buffer_permutation(int(self.counts[s]), buf, sample_seed(self.seed, self.epoch, -1 - s))
-            inv = np.empty_like(out)
-            inv[out] = np.arange(len(out))
-            self._perms[s] = (out, inv)
-        return self._perms[s]
-
-    def locate(self, position: int) -> tuple[int, int]:
-        """``(shard, input index in it)`` of epoch position ``position``."""
-        slot = int(np.searchsorted(self.starts, position, side="right")) - 1
-        s = int(self.order[slot])
-        return s, int(self.perm(s)[0][position - self.starts[slot]])
-
-    def position(self, s: int, j: int) -> int:
-        """The epoch position of input ``j`` of shard ``s``."""
-        return int(self.starts[self.slot_of[s]] + self.perm(s)[1][j])
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -299,39 +238,15 @@ class ShardDataset(Dataset):
             s, j = self.split.locate(int(key))
             seed, want = None, None
         i = int(self.split.offsets[s]) + j
-        if self.bad[i]:
-            return None
-        try:
-            data, _ = self.reader.get(s, j, want)
-            if seed is None:
-                x = self.transform(data)
-            else:
-                with sample_rng(seed):
-                    x = self.transform(data)
-        except BadImageError as e:
-            name = self.split.name(i)
-            if self.on_bad_image == "skip":
-                self.bad[i] = 1
-                log.warning("skipping unusable image %s (%s)", name, e.reason)
-                return None
-            raise UnusableImageError(unusable_message(name, e.reason)) from None
-        if isinstance(x, PlannedJpeg):
-            x = x._replace(index=i)
-        return x, int(self.split.labels[i])
-
-
-class StreamSampler(EpochSampler):
-    """An :class:`EpochSampler` over the positions of the epoch's shard stream: rank ``r`` of ``W``
-    yields ``(epoch, position)`` for its contiguous block ``[r n, (r+1) n)``, ``n = len(dataset) / W``,
-    from ``start`` on."""
-
-    def __iter__(self):
-        if self.passes:
-            self.epoch, self.start = self.epoch + 1, 0
-        self.passes += 1
-        base = self.rank * self.num_samples
-        for pos in range(self.start, self.num_samples):
-            yield self.epoch, base + pos
+        x = transformed(
+            self.split,
+            i,
+            seed,
+            lambda: self.transform(self.reader.get(s, j, want)[0]),
+            self.bad,
+            self.on_bad_image,
+        )
+        return None if x is None else (x, int(self.split.labels[i]))
 
 
 # -- the DataModule ------------------------------------------------------------------------------

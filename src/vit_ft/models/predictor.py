@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vit_ft.checkpoint_format import MULTILABEL_ATTR
+from vit_ft.data.bad_images import check_on_bad_image
 from vit_ft.data.decode import BadImageError
 from vit_ft.data.transforms import build_eval_transform, parse_eval_crop
 from vit_ft.errors import ConfigError
@@ -215,8 +216,7 @@ def check_options(
         isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
     ):
         raise ConfigError(f"num_workers={num_workers!r} must be 0 or more (or null: automatic)")
-    if on_bad_image not in ("error", "skip"):
-        raise ConfigError(f"on_bad_image={on_bad_image!r} must be 'error' or 'skip'")
+    check_on_bad_image(on_bad_image, "on_bad_image")
 
 
 def predict_images(

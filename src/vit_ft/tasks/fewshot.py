@@ -17,7 +17,7 @@ from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.ridge import fewshot_evaluation
 from vit_ft.probe.settings import FewshotSettings
 from vit_ft.tasks.common import build
-from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
+from vit_ft.tasks.outputs import feature_metric, finish_wandb, held_out_split, publish_feature_evaluation
 from vit_ft.tasks.plan import make_plan
 
 log = logging.getLogger("vit_ft")
@@ -60,9 +60,7 @@ def fewshot(cfg: DictConfig) -> float | None:
         yev = ev.labels
         solve_seconds = time.perf_counter() - t1
 
-        metric = str(cfg.get("optimized_metric") or "")
-        if metric not in final:
-            metric = f"fewshot/{max(shots)}shot/acc"
+        metric = feature_metric(cfg, final, f"fewshot/{max(shots)}shot/acc")
         value = final[metric]
         if trainer.is_global_zero:
             details = {
@@ -85,18 +83,18 @@ def fewshot(cfg: DictConfig) -> float | None:
                 section=("fewshot", details),
                 features=report,
                 seconds={"features": feature_seconds, "solve": solve_seconds},
+                table=_table(final, shots, n_seeds, eval_split, len(yev), solve_seconds),
+                summary=[],
             )
-            _print_table(final, shots, n_seeds, eval_split, len(yev), solve_seconds)
-            print_summary(str(cfg.paths.output_dir), [], loggers)
         return value if math.isfinite(value) else None
     finally:
         finish_wandb()
 
 
-def _print_table(final: dict, shots: list[int], seeds: int, split: str, n: int, seconds: float) -> None:
+def _table(final: dict, shots: list[int], seeds: int, split: str, n: int, seconds: float) -> str:
     lines = ["", f"few-shot accuracy on {split} ({n} images), mean ± std over {seeds} seed(s):"]
     for s in shots:
         acc, std = final[f"fewshot/{s}shot/acc"], final[f"fewshot/{s}shot/acc_std"]
         lines.append(f"  {s:>3}-shot  {100 * acc:6.2f} ± {100 * std:5.2f}")
     lines.append(f"  (solved in {seconds:.2f}s)")
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

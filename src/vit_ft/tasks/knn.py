@@ -22,7 +22,7 @@ from vit_ft.probe.extract import split_features, use_feature_type
 from vit_ft.probe.knn import effective_ks, knn_evaluate, knn_metrics
 from vit_ft.probe.settings import KnnSettings
 from vit_ft.tasks.common import build
-from vit_ft.tasks.outputs import finish_wandb, held_out_split, print_summary, publish_feature_evaluation
+from vit_ft.tasks.outputs import feature_metric, finish_wandb, held_out_split, publish_feature_evaluation
 from vit_ft.tasks.plan import make_plan
 
 log = logging.getLogger("vit_ft")
@@ -68,9 +68,7 @@ def knn(cfg: DictConfig) -> float | None:
         final = knn_metrics(counts, len(ev), len(class_names))
         knn_seconds = time.perf_counter() - t1
 
-        metric = str(cfg.get("optimized_metric") or "")
-        if metric not in final:
-            metric = f"knn/k{min(ks, key=lambda k: abs(k - 20))}/acc1"
+        metric = feature_metric(cfg, final, f"knn/k{min(ks, key=lambda k: abs(k - 20))}/acc1")
         value = final[metric]
         if trainer.is_global_zero:
             details = {
@@ -92,19 +90,19 @@ def knn(cfg: DictConfig) -> float | None:
                 section=("knn", details),
                 features=report,
                 seconds={"features": feature_seconds, "knn": knn_seconds},
+                table=_table(final, ks, eval_split, len(ev), len(tr), knn_seconds),
+                summary=[f"{metric:<14}: {value:.4f}"],
             )
-            _print_table(final, ks, eval_split, len(ev), len(tr), knn_seconds)
-            print_summary(str(cfg.paths.output_dir), [f"{metric:<14}: {value:.4f}"], loggers)
         return value if math.isfinite(value) else None
     finally:
         finish_wandb()
 
 
-def _print_table(final: dict, ks: list[int], split: str, n: int, bank: int, seconds: float) -> None:
+def _table(final: dict, ks: list[int], split: str, n: int, bank: int, seconds: float) -> str:
     lines = ["", f"k-NN accuracy on {split} ({n} images; {bank} train images as neighbours):"]
     for k in ks:
         acc5 = final.get(f"knn/k{k}/acc5")
         top5 = f"   top-5 {100 * acc5:6.2f}" if acc5 is not None else ""
         lines.append(f"  k={k:<4} top-1 {100 * final[f'knn/k{k}/acc1']:6.2f}{top5}")
     lines.append(f"  (voted in {seconds:.2f}s)")
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

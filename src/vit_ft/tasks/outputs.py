@@ -278,6 +278,13 @@ def held_out_split(asked: str | None, splits: Any) -> str:
     return split
 
 
+def feature_metric(cfg: Any, final: dict[str, float], default: str) -> str:
+    """The metric a feature evaluation (k-NN, few-shot) reports and returns: ``optimized_metric`` when it
+    is one of ``final``, else ``default``."""
+    metric = str(cfg.get("optimized_metric") or "")
+    return metric if metric in final else default
+
+
 def publish_feature_evaluation(
     cfg: Any,
     loggers: list,
@@ -289,9 +296,12 @@ def publish_feature_evaluation(
     section: tuple[str, dict[str, Any]],
     features: Any,
     seconds: dict[str, float],
+    table: str,
+    summary: list[str],
 ) -> None:
     """What a feature evaluation leaves (rank 0): the resolved config, its metrics in every logger (one
-    step), and metrics.json with ``section`` (its settings and counts) beside the common keys."""
+    step), metrics.json with ``section`` (its settings and counts) beside the common keys; then it prints
+    its ``table`` and the run's summary (:func:`print_summary` with the task's ``summary`` lines)."""
     output_dir = str(cfg.paths.output_dir)
     write_resolved_config(cfg, output_dir, loggers, preprocessing, list(datamodule.class_names))
     for lg in loggers:
@@ -312,3 +322,5 @@ def publish_feature_evaluation(
             "run_dir": output_dir,
         },
     )
+    print(table, flush=True)
+    print_summary(output_dir, summary, loggers)

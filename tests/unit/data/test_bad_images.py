@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from vit_ft.data.bad_images import BadImageLedger, UnusableImageError
+from vit_ft.data.bad_images import BadImageLedger, UnusableImageError, check_on_bad_image, skip_or_raise
 from vit_ft.errors import ConfigError
 
 
@@ -52,3 +52,16 @@ def test_error_mode_names_the_file_and_the_way_out():
     )
     with pytest.raises(ConfigError, match="data.on_bad_image='drop' must be 'error' or 'skip'"):
         BadImageLedger("drop")
+
+
+def test_one_policy_for_every_place_a_bad_image_is_met(caplog):
+    with caplog.at_level(logging.WARNING):
+        skip_or_raise("skip", "a.jpg", "truncated")
+        skip_or_raise("skip", "a.jpg", "truncated", first=False)  # met again: not logged again
+    assert [r.getMessage() for r in caplog.records] == ["skipping unusable image a.jpg (truncated)"]
+    with pytest.raises(UnusableImageError, match=r"^unusable image a.jpg: truncated; .*on_bad_image=skip$"):
+        skip_or_raise("error", "a.jpg", "truncated", first=False)
+    check_on_bad_image("skip")
+    for key in ("--on-bad-image", "on_bad_image"):  # the shard writer's and predict's own option
+        with pytest.raises(ConfigError, match=f"^{key}='drop' must be 'error' or 'skip'$"):
+            check_on_bad_image("drop", key)
