@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from tests.cli.test_resume_cli import final_weights, kill_when_stalled
 from tests.helpers import ML_CLASSES, TINY, make_multilabel_manifest, read_metrics, run_cli
 
 pytestmark = pytest.mark.cli
@@ -16,28 +17,32 @@ pytestmark = pytest.mark.cli
 
 @pytest.fixture(scope="module")
 def ml_run(tmp_path_factory):
+    """One multi-label run, killed -9 mid-epoch; then one multirun: the uninterrupted run (job 0, which the
+    other tests use) and the killed run resumed (job 1)."""
     tmp = tmp_path_factory.mktemp("mlabel")
     data = make_multilabel_manifest(tmp / "data", n_train=32, n_val=16)
     with open(data / "train.csv", "a") as f:
         f.write("img/gone.png,red\n")  # a bad row: left out, counted (data.on_bad_image=skip)
-    run_dir = tmp / "run"
     data_args = ["data=manifest", f"data.train={data / 'train.csv'}", f"data.val={data / 'val.csv'}"]
-    proc = run_cli(
-        "train.py",
+    args = [
         *data_args,
         *TINY,
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=3",  # 32 images, batch 8: 4 steps an epoch
         "data.on_bad_image=skip",
         "model.mixup.mixup_alpha=0.4",  # multi-hot targets mixed
         "model.label_smoothing=0.05",
-        f"hydra.run.dir={run_dir}",
-        tmp_path=tmp,
-    )
-    return tmp, data, run_dir, data_args, proc
+        "callbacks.last_checkpoint.every_n_steps=2",
+        "logger=none",
+    ]
+    cut = kill_when_stalled(args, "batch:7", tmp) / "checkpoints" / "last.ckpt"  # epoch 1, saved at step 6
+    killed = torch.load(cut, map_location="cpu", weights_only=True)
+    sweep = tmp / "sweep"
+    proc = run_cli("train.py", "-m", *args, f"ckpt_path=null,{cut}", f"hydra.sweep.dir={sweep}", tmp_path=tmp)
+    return tmp, data, sweep / "0", data_args, proc, killed, sweep / "1"
 
 
 def test_train_decides_multilabel_and_writes_its_outputs(ml_run):
-    _, _, run_dir, _, proc = ml_run
+    _, _, run_dir, _, proc, _, _ = ml_run
     assert "model.task=auto: multilabel" in proc.stdout + proc.stderr
     m = read_metrics(run_dir)
     assert m["status"] == "completed" and m["optimized_metric"] == "val/mAP"  # followed from val/acc1
@@ -57,8 +62,21 @@ def test_train_decides_multilabel_and_writes_its_outputs(ml_run):
     assert len(rows) == 16 and set(json.loads(rows[0]["probs"])) == set(ML_CLASSES)
 
 
+def test_a_multilabel_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(ml_run):
+    _, _, run_dir, _, _, killed, resumed = ml_run
+    assert killed["epoch"] == 1 and killed["global_step"] == 6
+    ref, again = (final_weights(d / "checkpoints" / "last.ckpt") for d in (run_dir, resumed))
+    assert [k for k in ref if not torch.equal(ref[k], again[k])] == []
+    a, b = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for d in (run_dir, resumed)
+    )
+    assert a["vit_ft"]["multilabel"]["thresholds"] == b["vit_ft"]["multilabel"]["thresholds"]
+    assert read_metrics(resumed)["final"]["val/mAP"] == read_metrics(run_dir)["final"]["val/mAP"]
+
+
 def test_eval_gives_the_same_metrics(ml_run):
-    tmp, _, run_dir, data_args, _ = ml_run
+    tmp, _, run_dir, data_args, _, _, _ = ml_run
     out = tmp / "eval"
     run_cli(
         "eval.py",
@@ -80,7 +98,7 @@ def test_eval_gives_the_same_metrics(ml_run):
 
 
 def test_predict_gives_the_labels_over_the_checkpoint_thresholds(ml_run):
-    tmp, data, run_dir, _, _ = ml_run
+    tmp, data, run_dir, _, _, _, _ = ml_run
     out = tmp / "preds.jsonl"
     images = [str(data / "img" / f"val_{i}.png") for i in range(16)]
     run_cli(
@@ -104,7 +122,7 @@ def test_predict_gives_the_labels_over_the_checkpoint_thresholds(ml_run):
 
 
 def test_export_writes_problem_type_and_thresholds(ml_run):
-    tmp, _, run_dir, _, _ = ml_run
+    tmp, _, run_dir, _, _, _, _ = ml_run
     out = tmp / "exported"
     run_cli("export.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={out}", tmp_path=tmp)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -124,7 +142,7 @@ def test_export_writes_problem_type_and_thresholds(ml_run):
 
 
 def test_onnx_export_carries_the_thresholds_and_predicts_the_same_labels(ml_run):
-    tmp, data, run_dir, _, _ = ml_run
+    tmp, data, run_dir, _, _, _, _ = ml_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     onnx_file = tmp / "deploy" / "model.onnx"
     run_cli("export.py", f"ckpt_path={ckpt}", "format=onnx", f"out={onnx_file}", "card=false", tmp_path=tmp)
