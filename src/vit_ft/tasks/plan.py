@@ -30,7 +30,7 @@ from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
 from vit_ft.training.callbacks import NonFiniteLossGuard
 from vit_ft.training.precision import resolve_precision
-from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr
+from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr, short_run_rule
 from vit_ft.weights.io import check_checkpoint_file
 from vit_ft.weights.sources import looks_like_path
 
@@ -313,13 +313,19 @@ def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | Non
         if decision.line and is_rank_zero():
             log.info(decision.line)
     opt = cfg.optimizer
+    rule, why = short_run_rule(
+        opt.get("lr_base_scale"),
+        decision is not None and "data.batch_size" in decision.changed,
+        str(opt.get("name", "sgd")),
+    )
     choice = resolve_lr(
         lr=opt.get("lr"),
         lr_base=opt.get("lr_base"),
         lr_base_size=int(opt.get("lr_base_size") or 256),
-        lr_base_scale=opt.get("lr_base_scale"),
+        lr_base_scale=rule,
         optimizer_name=str(opt.get("name", "sgd")),
         global_batch=int(cfg.data.batch_size),
+        rule_reason=why,
     )
     with open_dict(cfg):
         opt.lr = choice.lr

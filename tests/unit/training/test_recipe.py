@@ -27,6 +27,7 @@ from vit_ft.training.recipe import (
     adapt_recipe,
     lr_scale_rule,
     resolve_lr,
+    short_run_rule,
     scaled_lr,
 )
 
@@ -159,15 +160,39 @@ def test_settle_recipe_adapts_the_defaults_and_resolves_lr(caplog):
         decision = settle_recipe(plan, 245)
     assert plan.recipe is decision and decision.changed == {"data.batch_size": (512, 16)}
     assert (cfg.data.batch_size, cfg.scheduler.warmup_steps) == (16, 7)
-    assert math.isclose(cfg.optimizer.lr, 0.01 * 16 / 512)
+    assert math.isclose(cfg.optimizer.lr, 0.01 * math.sqrt(16 / 512))  # a lowered batch: the sqrt rule
     lines = [r.getMessage() for r in caplog.records]
     assert any(
         ln.startswith("recipe=auto: 245 training images") and "kept as given: scheduler.warmup_steps" in ln
         for ln in lines
     )
     assert any(
-        ln.startswith("lr 0.0003125 = optimizer.lr_base 0.01 x (16/512) (linear rule for sgd") for ln in lines
+        ln.startswith(
+            "lr 0.001768 = optimizer.lr_base 0.01 x sqrt(16/512) (sqrt rule for sgd: recipe=auto lowered the "
+            "batch, optimizer.lr_base_scale=linear|sqrt to choose; global batch 16"
+        )
+        for ln in lines
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        (("optimizer.lr_base_scale=linear",), 0.01 * 16 / 512),  # a rule asked for: kept
+        (("data.batch_size=16",), 0.01 * 16 / 512),  # the user's batch: the optimizer's own rule
+        (("optimizer=adamw",), 0.001 * math.sqrt(16 / 512)),  # adaptive: sqrt either way
+    ],
+)
+def test_the_sqrt_rule_only_where_recipe_auto_lowered_the_batch(overrides, lr):
+    cfg = composed(*overrides)
+    settle_recipe(SimpleNamespace(cfg=cfg, recipe=None), 245)
+    assert cfg.data.batch_size == 16 and math.isclose(cfg.optimizer.lr, lr)
+
+
+def test_short_run_rule():
+    assert short_run_rule(None, True, "sgd") == ("sqrt", "recipe=auto lowered the batch")
+    assert short_run_rule("linear", True, "sgd") == ("linear", None)
+    assert short_run_rule(None, False, "sgd") == (None, None) == short_run_rule(None, True, "adamw")
 
 
 def test_recipe_paper_and_a_streamed_set_keep_the_recipe():
