@@ -28,7 +28,7 @@ from vit_ft.models.metrics import known_metric_names
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
-from vit_ft.training.callbacks import NonFiniteLossGuard
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 from vit_ft.training.precision import resolve_precision
 from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr
 from vit_ft.weights.io import check_checkpoint_file
