@@ -24,7 +24,7 @@ from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.data.loader_policy import batches_per_epoch
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
-from vit_ft.models.metrics import known_metric_names
+from vit_ft.models.streams import known_metric_names
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume

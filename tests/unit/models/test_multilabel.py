@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from vit_ft.checkpoint_format import multilabel_thresholds
 from vit_ft.errors import ConfigError
 from vit_ft.models.augment import DeviceAugment
-from vit_ft.models.metrics import MultiLabelMetrics, multilabel_scores
 from vit_ft.models.multilabel_loss import LOSSES, MultiLabelLoss, smooth_binary
+from vit_ft.models.multilabel_metrics import MultiLabelMetrics, multilabel_scores
 
 
 # -- a numpy reference (sklearn's definitions; sklearn is not a dependency) ------------------------------
