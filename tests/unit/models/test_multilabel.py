@@ -200,7 +200,7 @@ def ml_loader(n: int = 16, k: int = 3, batch_size: int = 8, seed: int = 0):
 
 def test_classifier_trains_multilabel_and_checkpoint_keeps_thresholds(tmp_path):
     from tests.helpers import quiet_trainer, tiny_classifier
-    from vit_ft.models.classifier import load_classifier
+    from vit_ft.models.load_checkpoint import load_classifier
 
     clf = tiny_classifier(
         task="multilabel", num_classes=3, class_names=["a", "b", "c"], loss="asl", ema={"decay": 0.5}
