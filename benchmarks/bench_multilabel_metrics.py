@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from vit_ft.models.metrics import MultiLabelMetrics, SingleLabelMetrics
+from vit_ft.models.metrics import SingleLabelMetrics
+from vit_ft.models.multilabel_metrics import MultiLabelMetrics
 
 
 def _args() -> argparse.Namespace:

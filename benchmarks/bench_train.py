@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from vit_ft.models.classifier import ViTClassifier
-from vit_ft.training.callbacks import NonFiniteLossGuard
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 from vit_ft.training.optim import build_optimizer, build_scheduler
 
 try:  # the optimizer vit-ft builds (fused where torch has a fused kernel)

@@ -46,7 +46,7 @@ def _vit_ft_checkpoint(path: Path, names: list[str]) -> Path:
 
 def test_export_cli_from_a_vit_ft_checkpoint(tmp_path):
     """ckpt_path= of a trained vit-ft .ckpt -> transformers dir (same logits) + timm safetensors."""
-    from vit_ft.models.classifier import load_classifier
+    from vit_ft.models.load_checkpoint import load_classifier
 
     names = ["wren", "xerus", "yak", "zebu"]
     ckpt = _vit_ft_checkpoint(tmp_path / "last.ckpt", names)

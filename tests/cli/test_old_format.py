@@ -36,7 +36,7 @@ TINY16 = [
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_old_checkpoint_loads_with_the_same_logits(kind):
-    from vit_ft.models.classifier import load_classifier
+    from vit_ft.models.load_checkpoint import load_classifier
 
     expected = torch.load(FIXTURES / "expected_logits.pt", weights_only=True)
     model = load_classifier(str(FIXTURES / f"{kind}.ckpt")).eval()

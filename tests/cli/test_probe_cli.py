@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.helpers import TINY, read_metrics, run_cli
-from vit_ft.models.classifier import load_classifier
+from vit_ft.models.load_checkpoint import load_classifier
 
 
 def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints(image_folder, tmp_path):

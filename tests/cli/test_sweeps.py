@@ -129,7 +129,7 @@ def test_failed_jobs_do_not_stop_a_multirun_and_the_report_rebuilds(small_folder
         f"data.root={small_folder}",
         *SWEEP_TINY,
         "logger=csv",
-        "+callbacks.nonfinite_loss._target_=vit_ft.training.callbacks.NonFiniteLossGuard",
+        "+callbacks.nonfinite_loss._target_=vit_ft.training.nonfinite.NonFiniteLossGuard",
         "optimizer.lr=0.002,-1,1e37",
         f"hydra.sweep.dir={sweep}",
         tmp_path=tmp_path,

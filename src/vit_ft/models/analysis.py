@@ -90,8 +90,9 @@ def analysis_summary(
 
 def multilabel_summary(scores: dict[str, Any], class_names: Sequence[str], split: str) -> dict[str, Any]:
     """The ``analysis`` dict of ``metrics.json`` for a multi-label model, from
-    :func:`~vit_ft.models.metrics.multilabel_scores`: the averages and, keyed by class name, each class's
-    AP, F1 (at its threshold in use), support (positives), threshold in use and max-F1 threshold."""
+    :func:`~vit_ft.models.multilabel_metrics.multilabel_scores`: the averages and, keyed by class name,
+    each class's AP, F1 (at its threshold in use), support (positives), threshold in use and max-F1
+    threshold."""
     names = unique_class_names(class_names)
     per_class = {
         name: {

@@ -2,7 +2,8 @@
 
 Batches arrive as uint8 images and are normalised here, on the device, in one fused op. Checkpoints
 carry ``arch`` (rebuilds the network offline), ``preprocessing`` and ``class_names``, so a ``.ckpt``
-is self-describing: ``ViTClassifier.load_from_checkpoint(path)`` needs no network and no data.
+is self-describing: ``ViTClassifier.load_from_checkpoint(path)`` needs no network and no data
+(:func:`~vit_ft.models.load_checkpoint.load_classifier` is that load, checked: what eval.py runs).
 The module holds the steps and the optimizer (the eval steps shared with the linear probe in
 :mod:`~vit_ft.models.steps`); each other concern has its home and is only called: the network
 (:mod:`~vit_ft.models.backbone`), the metrics (:mod:`~vit_ft.models.metrics`), augmentation
@@ -13,18 +14,11 @@ The module holds the steps and the optimizer (the eval steps shared with the lin
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 
-from vit_ft.checkpoint_format import (
-    MODEL_PREFIX,
-    RECORD,
-    build_record,
-    ema_chosen,
-    strip_prefix,
-)
+from vit_ft.checkpoint_format import MODEL_PREFIX, RECORD, build_record, strip_prefix
 from vit_ft.errors import ConfigError
 from vit_ft.models.augment import DeviceAugment
 from vit_ft.models.backbone import build_network
@@ -35,7 +29,6 @@ from vit_ft.models.losses import build_loss
 from vit_ft.models.multilabel_loss import MultiLabelLoss, settle_task
 from vit_ft.models.steps import ClassifierSteps
 from vit_ft.preprocessing import Normalize
-from vit_ft.weights.allowlist import check_checkpoint_hparams
 from vit_ft.weights.assemble import head_modules
 from vit_ft.weights.lora import restore_lora_entries, save_lora_entries
 
@@ -232,30 +225,3 @@ class ViTClassifier(ClassifierSteps):
         self.model.load_state_dict(self.ema.state_dict())
         self.ema = None
         return True
-
-
-def load_classifier(path: str, map_location: str | torch.device = "cpu") -> ViTClassifier:
-    """Load a vit-ft ``.ckpt`` (tensors and plain types only; no code runs from the file)."""
-    if os.path.isdir(path):  # trainer=fsdp with state_dict_type=sharded writes folders
-        raise ConfigError(
-            f"ckpt_path={path!r} is a folder (a sharded FSDP checkpoint); make it one file first: "
-            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
-        )
-    if not os.path.isfile(path):
-        raise ConfigError(f"ckpt_path={path!r} does not exist; pass the path of a vit-ft .ckpt file")
-    try:
-        # The stored hyper-parameters reach the constructor: an allow-list first (mmap: no tensor is read).
-        hp = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
-        check_checkpoint_hparams(hp, f"ckpt_path={path!r}")
-        model = ViTClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-        if ema_chosen(model.hparams.get("ema"), "eval") and model.use_ema_weights():
-            log.info("weights: the checkpoint's EMA weights (model.ema.use_for=eval)")
-        return model
-    except ConfigError as e:
-        if path in str(e):
-            raise
-        raise ConfigError(f"ckpt_path={path!r}: {e}") from None
-    except Exception as e:  # truncated or foreign file
-        raise ConfigError(
-            f"ckpt_path={path!r} is not a readable vit-ft checkpoint ({type(e).__name__}: {e})"
-        ) from None

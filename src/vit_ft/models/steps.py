@@ -19,7 +19,7 @@ from vit_ft.compat import forget_step_logs, lightning_logs_now
 from vit_ft.errors import ConfigError
 from vit_ft.models.analysis import unique_class_names
 from vit_ft.models.ema import EmaWeights, restore_ema
-from vit_ft.models.metrics import eval_streams
+from vit_ft.models.streams import eval_streams
 from vit_ft.training.optim import build_optimizer, build_scheduler
 from vit_ft.training.rng import RngResume
 
@@ -59,7 +59,7 @@ class ClassifierSteps(L.LightningModule):
     """Metrics, logging, eval steps and the optimizer/schedule shared by every vit-ft classifier
     (:class:`ViTClassifier` and the linear probe on cached features).
 
-    Each validation (and test) logs what its evaluators give (:func:`~vit_ft.models.metrics.eval_streams`:
+    Each validation (and test) logs what its evaluators give (:func:`~vit_ft.models.streams.eval_streams`:
     ``<stage>/loss``, ``acc1``, ``acc5``, ``acc1_macro``, ``ece``, and ``<stage>_ema/*`` with an EMA),
     gathered over ranks, and leaves :attr:`eval_analysis`: the gathered confusion matrix, the class
     names and the reliability diagram, for callbacks (read it from ``on_validation_end``/``on_test_end``:

@@ -24,9 +24,9 @@ from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
 from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, follow_task, settle_recipe
 from vit_ft.tasks.resume import configured_callbacks
-from vit_ft.training.callbacks import NonFiniteLossGuard, nonfinite_summary
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.loggers import folder_wandb_id
+from vit_ft.training.nonfinite import NonFiniteLossGuard, nonfinite_summary
 
 log = logging.getLogger("vit_ft")
 

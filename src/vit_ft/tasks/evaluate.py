@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_ft.errors import ConfigError
 from vit_ft.labels import check_head_matches_data
-from vit_ft.models.classifier import ViTClassifier, load_classifier
+from vit_ft.models.classifier import ViTClassifier
+from vit_ft.models.load_checkpoint import load_classifier
 from vit_ft.tasks.common import build_datamodule, build_trainer
 from vit_ft.tasks.outputs import (
     eval_summary,

@@ -17,7 +17,7 @@ from vit_ft.data.extra_eval import extra_loader, load_extra_sets
 from vit_ft.errors import ConfigError
 from vit_ft.io import write_json_atomic, write_text_atomic
 from vit_ft.models.analysis import analysis_summary, multilabel_summary
-from vit_ft.models.metrics import multilabel_scores
+from vit_ft.models.multilabel_metrics import multilabel_scores
 from vit_ft.models.predictions import (
     MultiLabelPredictions,
     predict_split,

@@ -24,11 +24,11 @@ from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.data.loader_policy import batches_per_epoch
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
-from vit_ft.models.metrics import known_metric_names
+from vit_ft.models.streams import known_metric_names
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
-from vit_ft.training.callbacks import NonFiniteLossGuard
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 from vit_ft.training.precision import resolve_precision
 from vit_ft.training.recipe import RecipeDecision, adapt_recipe, resolve_lr, short_run_rule
 from vit_ft.weights.io import check_checkpoint_file

@@ -87,10 +87,19 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+# ``_target_`` paths of vit-ft classes that moved to another module -> where they are now: an older
+# sweep config (or the saved config of an older run) still names the old path.
+MOVED_TARGETS = {
+    "vit_ft.training.callbacks.NonFiniteLossGuard": "vit_ft.training.nonfinite.NonFiniteLossGuard"
+}
+
+
 def configured_callbacks(callbacks: Any) -> Iterator[tuple[str, type, Any]]:
-    """``(name, class, config)`` of each ``callbacks.<name>`` entry whose ``_target_`` is a class."""
+    """``(name, class, config)`` of each ``callbacks.<name>`` entry whose ``_target_`` is a class (a
+    moved class's old path, :data:`MOVED_TARGETS`, included)."""
     for name, node in (callbacks or {}).items():
         target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+        target = MOVED_TARGETS.get(str(target), target)
         try:
             cls = get_class(str(target)) if target else None
         except Exception:  # noqa: BLE001 - a target that does not import: nothing to read from it

@@ -32,7 +32,7 @@ from vit_ft.tasks.outputs import (
 )
 from vit_ft.tasks.plan import RunPlan, make_plan
 from vit_ft.tasks.resume import run_dir_lock, wandb_run_id
-from vit_ft.training.callbacks import nonfinite_summary
+from vit_ft.training.nonfinite import nonfinite_summary
 from vit_ft.training.preemption import Preempted
 
 log = logging.getLogger("vit_ft")

@@ -8,7 +8,8 @@ import torch
 
 from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.errors import ConfigError
-from vit_ft.models.classifier import ViTClassifier, load_classifier
+from vit_ft.models.classifier import ViTClassifier
+from vit_ft.models.load_checkpoint import load_classifier
 
 
 def fit(model: ViTClassifier, steps: int = 4, callbacks=(), **trainer_kw) -> L.Trainer:

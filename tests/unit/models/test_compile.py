@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tests.helpers import tiny_classifier
 from tests.unit.models.test_classifier import fit
 from vit_ft.errors import ConfigError
-from vit_ft.models.classifier import load_classifier
 from vit_ft.models.compile import CompiledForward
+from vit_ft.models.load_checkpoint import load_classifier
 
 
 def no_c_compiler(gm, example_inputs):

@@ -13,8 +13,8 @@ from tests.helpers import tiny_classifier, uint8_loader
 from tests.unit.models.test_classifier import fit
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.errors import ConfigError
-from vit_ft.models.classifier import load_classifier
 from vit_ft.models.ema import EmaWeights, check_ema_config, restore_ema
+from vit_ft.models.load_checkpoint import load_classifier
 from vit_ft.probe.linear import LinearProbe
 from vit_ft.tasks.plan import follow_ema
 from vit_ft.weights import load_weights

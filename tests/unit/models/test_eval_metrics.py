@@ -19,8 +19,8 @@ from vit_ft.models.metrics import (
     MeanLoss,
     ReliabilityBins,
     SingleLabelMetrics,
-    eval_streams,
 )
+from vit_ft.models.streams import eval_streams
 
 
 def tiny(k: int) -> ViTClassifier:

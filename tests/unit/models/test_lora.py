@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from tests.helpers import quiet_trainer, tiny_classifier, uint8_loader
 from vit_ft.errors import ConfigError
-from vit_ft.models.classifier import ViTClassifier, load_classifier
+from vit_ft.models.classifier import ViTClassifier
+from vit_ft.models.load_checkpoint import load_classifier
 from vit_ft.weights import create_from_arch, load_weights, save_hf_pretrained, save_timm_safetensors
 
 DEPTH, WIDTH, K, RANK = 2, 192, 3, 4

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from vit_ft.checkpoint_format import multilabel_thresholds
 from vit_ft.errors import ConfigError
 from vit_ft.models.augment import DeviceAugment
-from vit_ft.models.metrics import MultiLabelMetrics, multilabel_scores
 from vit_ft.models.multilabel_loss import LOSSES, MultiLabelLoss, smooth_binary
+from vit_ft.models.multilabel_metrics import MultiLabelMetrics, multilabel_scores
 
 
 # -- a numpy reference (sklearn's definitions; sklearn is not a dependency) ------------------------------
@@ -200,7 +200,7 @@ def ml_loader(n: int = 16, k: int = 3, batch_size: int = 8, seed: int = 0):
 
 def test_classifier_trains_multilabel_and_checkpoint_keeps_thresholds(tmp_path):
     from tests.helpers import quiet_trainer, tiny_classifier
-    from vit_ft.models.classifier import load_classifier
+    from vit_ft.models.load_checkpoint import load_classifier
 
     clf = tiny_classifier(
         task="multilabel", num_classes=3, class_names=["a", "b", "c"], loss="asl", ema={"decay": 0.5}

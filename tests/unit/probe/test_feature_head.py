@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, SHAPE_CLASSES, make_image_folder, probe_datamodule, quiet_trainer
-from vit_ft.models.classifier import ViTClassifier, load_classifier
+from vit_ft.models.classifier import ViTClassifier
 from vit_ft.models.features import network_logits
+from vit_ft.models.load_checkpoint import load_classifier
 from vit_ft.models.predictor import load_predictor
 from vit_ft.preprocessing import Normalize
 from vit_ft.probe.extract import feature_dim, token_features, use_feature_type

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from tests.helpers import ROOT
 from vit_ft.errors import ConfigError
 from vit_ft.tasks.common import build_callbacks
-from vit_ft.tasks.plan import check_config, make_plan
-from vit_ft.training.callbacks import NonFiniteLossGuard
+from vit_ft.tasks.plan import check_config, make_plan, nonfinite_guard
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 from vit_ft.weights import io as weights_io
 
 
@@ -52,7 +52,7 @@ def test_the_guard_is_built_once_from_the_trainer_keys(tmp_path):
             *BASE,
             "trainer.on_nonfinite=skip",
             "trainer.max_nonfinite_skips=3",
-            "+callbacks.nonfinite_loss._target_=vit_ft.training.callbacks.NonFiniteLossGuard",
+            "+callbacks.nonfinite_loss._target_=vit_ft.training.nonfinite.NonFiniteLossGuard",
             "+callbacks.nonfinite_loss.every_n_steps=10",  # an older sweep config's entry: how often only
         ],
         tmp_path,
@@ -61,6 +61,9 @@ def test_the_guard_is_built_once_from_the_trainer_keys(tmp_path):
     g = plan.guard
     assert (g.action, g.max_skips, g.every_n_steps) == ("skip", 3, 10)
     assert not any(isinstance(c, NonFiniteLossGuard) for c in build_callbacks(cfg))  # the plan's stands
+    cfg.callbacks.nonfinite_loss._target_ = "vit_ft.training.callbacks.NonFiniteLossGuard"  # before the move
+    assert nonfinite_guard(cfg).every_n_steps == 10
+    assert not any(isinstance(c, NonFiniteLossGuard) for c in build_callbacks(cfg))
     with pytest.raises(ConfigError, match="trainer.on_nonfinite='never' must be one of"):
         check_config(compose_cfg([*BASE, "trainer.on_nonfinite=never"], tmp_path))
 

@@ -192,7 +192,7 @@ def test_callback_settings_their_class_frees_may_change_on_resume(tmp_path):
     last = interrupted_run(tmp_path / "run")
     saved_path = tmp_path / "run" / "config_resolved.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    saved["callbacks"]["nonfinite_loss"] = {
+    saved["callbacks"]["nonfinite_loss"] = {  # the guard's module path before it moved (MOVED_TARGETS)
         "_target_": "vit_ft.training.callbacks.NonFiniteLossGuard",
         "every_n_steps": 10,
     }

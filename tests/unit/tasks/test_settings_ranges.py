@@ -146,7 +146,7 @@ def test_the_enums_are_the_code_s():
     from vit_ft.checkpoint_format import EMA_USES
     from vit_ft.data.resumable import SAMPLERS
     from vit_ft.probe.settings import FEATURE_TYPES, MODES
-    from vit_ft.training.callbacks import NONFINITE_ACTIONS
+    from vit_ft.training.nonfinite import NONFINITE_ACTIONS
     from vit_ft.training.precision import PRECISIONS
     from vit_ft.training.sharding import SHARDING
     from vit_ft.weights.lora import TARGETS

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import quiet_trainer, vector_loader
+from tests.helpers import ROOT, quiet_trainer, vector_loader
 from vit_ft.errors import RunFault
 from vit_ft.training import checkpoint_io
-from vit_ft.training.callbacks import NonFiniteLossGuard
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 
 
 class Poisoned(L.LightningModule):
@@ -116,6 +116,16 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(RunFault, match=r"weights are not finite \(layer.bias holds NaN/inf\)"):
         trainer.save_checkpoint(good)
     assert good.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.ckpt"]
+
+
+def test_checkpoints_written_before_the_guard_moved_restore_its_counts():
+    """Lightning keys a callback's state by its class name, not its module: an older run's checkpoint
+    (when the guard lived in training/callbacks.py) resumes with its skipped-step counts."""
+    ckpt = torch.load(ROOT / "tests/fixtures/old_format/probe.ckpt", map_location="cpu", weights_only=True)
+    guard = NonFiniteLossGuard(action="skip")
+    guard.skipped = -1
+    guard.load_state_dict(ckpt["callbacks"][guard.state_key])
+    assert guard.skipped == 0 and guard.consecutive == 0
 
 
 # -- checkpoint writes that fail -------------------------------------------------------------------------

@@ -28,9 +28,10 @@ from tests.helpers import quiet_trainer, vector_loader
 from vit_ft.errors import RunFault
 from vit_ft.models.classifier import ViTClassifier
 from vit_ft.models.steps import fused_optimizer
-from vit_ft.training.callbacks import MetricsHistory, NonFiniteLossGuard
+from vit_ft.training.callbacks import MetricsHistory
 from vit_ft.training.checkpoint_io import AtomicCheckpointIO
 from vit_ft.training.checkpointing import StepCheckpoint
+from vit_ft.training.nonfinite import NonFiniteLossGuard
 from vit_ft.training.optim import build_scheduler
 from vit_ft.training.preemption import Preemption
 

@@ -11,12 +11,12 @@ from torch import nn
 from vit_ft.weights.families.common import (
     Family,
     ReadResult,
-    classifier,
     is_a,
     labels,
     refuse,
     split_export,
     timm_to_table,
+    two_tower_classifier,
     vision_config,
     vision_kwargs,
 )
@@ -43,6 +43,13 @@ VISION_TOWER_TABLE: tuple[tuple[str, str], ...] = (
     ("head.mlp.fc2.{p}", "attn_pool.mlp.fc2.{p}"),
 )
 VISION_QKV = ("q_proj", "k_proj", "v_proj")
+# The Family fields CLIP and SigLIP share: the vision tower's keys, its prefix in the full models, the head
+VISION_TOWER: dict[str, Any] = {
+    "head_names": ("head",),
+    "table": VISION_TOWER_TABLE,
+    "prefixes": ("vision_model.",),
+    "qkv": VISION_QKV,
+}
 DEFAULTS = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 
 
@@ -71,9 +78,16 @@ def write_vision_tower(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_qkv_bias(model: nn.Module, family: str) -> None:
+def split_vision_tower(
+    model: nn.Module, class_names: list[str] | None, family: str
+) -> tuple[dict, dict, dict]:
+    """What CLIP's and SigLIP's exports begin with: (backbone tensors, head tensors, vision config) of
+    a network whose attention has q/k/v biases (transformers' always has), its class names checked."""
     if any(b.attn.qkv.bias is None for b in model.blocks):
         raise refuse(model, f"attention without q/k/v biases, which transformers' {family} always has")
+    sd, heads, vision = split_export(model, VISION_TOWER["head_names"])
+    labels(model, class_names)  # checks the names against the head
+    return sd, heads, vision
 
 
 def _arch(cfg: dict[str, Any], where: str) -> dict[str, Any]:
@@ -93,10 +107,8 @@ def _arch(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 def _export(model: nn.Module, class_names: list[str] | None) -> tuple[dict[str, Any], dict]:
     """A ``CLIPVisionModel`` (class-token pooling, no head) or a ``CLIPForImageClassification``
     (its head averages the unnormalised patch tokens)."""
-    check_qkv_bias(model, "clip")
     has_head = bool(getattr(model, "num_classes", 0))
-    sd, heads, vision = split_export(model, FAMILY.head_names)
-    labels(model, class_names)  # checks the names against the head
+    sd, heads, vision = split_vision_tower(model, class_names, "clip")
     pool = getattr(model, "global_pool", "token")
     final_norm = not is_a(model.norm, "Identity")
     averaged = pool == "avg" and not final_norm
@@ -111,28 +123,18 @@ def _export(model: nn.Module, class_names: list[str] | None) -> tuple[dict[str, 
         return cfg, write_vision_tower(timm_to_table(FAMILY, sd, prefix="", what="clip"))
     sd["norm.weight"], sd["norm.bias"] = torch.ones(model.embed_dim), torch.zeros(model.embed_dim)  # unused
     out = write_vision_tower(timm_to_table(FAMILY, sd, prefix="vision_model.", what="clip"))
-    cfg = {
-        "model_type": "clip",
-        "architectures": ["CLIPForImageClassification"],
-        "vision_config": {**vision, "model_type": "clip_vision_model"},
-        "text_config": {"model_type": "clip_text_model"},
-        **labels(model, class_names),
-    }
-    return cfg, {**out, **classifier(heads)}
+    return two_tower_classifier(model, class_names, "clip", "CLIPForImageClassification", vision, out, heads)
 
 
 FAMILY = Family(
     name="clip",
     model_types=("clip", "clip_vision_model"),
     timm_names=("*_clip_*",),
-    head_names=("head",),
-    table=VISION_TOWER_TABLE,
-    prefixes=("vision_model.",),
     arch_from_hf=_arch,
     finish_read=lambda r: read_vision_tower(r, "clip"),
     exports=lambda model: not is_a(getattr(model, "norm_pre", None), "Identity", "NoneType"),
     export=_export,
-    qkv=VISION_QKV,
     dropped=("text_model.", "visual_projection.", "text_projection.", "logit_scale"),
     defaults=DEFAULTS,
+    **VISION_TOWER,
 )

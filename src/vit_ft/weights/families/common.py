@@ -324,3 +324,26 @@ def split_export(model: nn.Module, head_names: tuple[str, ...]) -> tuple[dict, d
 def classifier(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's ``head`` as transformers' ``classifier``."""
     return {"classifier.weight": heads["head.weight"], "classifier.bias": heads["head.bias"]}
+
+
+def two_tower_classifier(
+    model: nn.Module,
+    class_names: list[str] | None,
+    model_type: str,
+    architecture: str,
+    vision: dict[str, Any],
+    out: dict[str, torch.Tensor],
+    heads: dict[str, torch.Tensor],
+    **vision_extra: Any,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and tensors of a two-tower model type's image classifier (``architecture``): ``vision``
+    as its ``vision_config`` (``<model_type>_vision_model``, then ``vision_extra``), a text config that
+    is only its type, the labels; ``out`` (the vision tower's tensors) with timm's head as ``classifier``."""
+    cfg = {
+        "model_type": model_type,
+        "architectures": [architecture],
+        "vision_config": {**vision, "model_type": f"{model_type}_vision_model", **vision_extra},
+        "text_config": {"model_type": f"{model_type}_text_model"},
+        **labels(model, class_names),
+    }
+    return cfg, {**out, **classifier(heads)}

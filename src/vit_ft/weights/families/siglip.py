@@ -10,20 +10,17 @@ import torch
 from torch import nn
 
 from vit_ft.weights.families.clip import (
-    VISION_QKV,
-    VISION_TOWER_TABLE,
-    check_qkv_bias,
+    VISION_TOWER,
     read_vision_tower,
+    split_vision_tower,
     write_vision_tower,
 )
 from vit_ft.weights.families.common import (
     Family,
-    classifier,
     is_a,
-    labels,
     refuse,
-    split_export,
     timm_to_table,
+    two_tower_classifier,
     vision_config,
     vision_kwargs,
 )
@@ -70,10 +67,8 @@ def _merge_in_proj(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _export(model: nn.Module, class_names: list[str] | None) -> tuple[dict[str, Any], dict]:
     """A ``SiglipVisionModel`` (attention pool or none, no head) or a ``SiglipForImageClassification``
     (its head averages the final-norm tokens)."""
-    check_qkv_bias(model, "siglip")
     has_head = bool(getattr(model, "num_classes", 0))
-    sd, heads, vision = split_export(model, FAMILY.head_names)
-    labels(model, class_names)  # checks the names against the head
+    sd, heads, vision = split_vision_tower(model, class_names, "siglip")
     pool = getattr(model, "global_pool", "token")
     if has_head and not (pool == "avg" and not is_a(model.norm, "Identity")):
         raise refuse(
@@ -86,31 +81,22 @@ def _export(model: nn.Module, class_names: list[str] | None) -> tuple[dict[str, 
         vision["vision_use_head"] = pool == "map"
         return vision, _merge_in_proj(write_vision_tower(timm_to_table(FAMILY, sd, prefix="", what="siglip")))
     out = _merge_in_proj(write_vision_tower(timm_to_table(FAMILY, sd, prefix="vision_model.", what="siglip")))
-    cfg = {
-        "model_type": "siglip",
-        "architectures": ["SiglipForImageClassification"],
-        "vision_config": {**vision, "model_type": "siglip_vision_model", "vision_use_head": False},
-        "text_config": {"model_type": "siglip_text_model"},
-        **labels(model, class_names),
-    }
-    return cfg, {**out, **classifier(heads)}
+    arch = "SiglipForImageClassification"
+    return two_tower_classifier(model, class_names, "siglip", arch, vision, out, heads, vision_use_head=False)
 
 
 FAMILY = Family(
     name="siglip",
     model_types=("siglip", "siglip_vision_model"),
     timm_names=("*_siglip_*",),
-    head_names=("head",),
-    table=VISION_TOWER_TABLE,
-    prefixes=("vision_model.",),
     arch_from_hf=_arch,
     finish_read=lambda r: read_vision_tower(r, "siglip"),
     exports=lambda model: (
         getattr(model, "attn_pool", None) is not None or getattr(model, "cls_token", 1) is None
     ),
     export=_export,
-    qkv=VISION_QKV,
     dropped=("text_model.", "logit_scale", "logit_bias"),
     defaults=DEFAULTS,
     prepare=_split_in_proj,
+    **VISION_TOWER,
 )
