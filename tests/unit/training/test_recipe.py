@@ -27,8 +27,8 @@ from vit_ft.training.recipe import (
     adapt_recipe,
     lr_scale_rule,
     resolve_lr,
-    short_run_rule,
     scaled_lr,
+    short_run_rule,
 )
 
 
