@@ -707,8 +707,9 @@ def _global_step(ckpt: str) -> int:
 def section_fsdp(ctx: Context, report: Report) -> list[Row]:
     """5 steps + save, resume to step 7, export: three subprocesses into one run folder. Rows are added
     as each command ends (a later failure keeps them). On CUDA, when the first command fails with the
-    defaults, it is tried once more with ``trainer.gradient_clip_val=null`` (Lightning's FSDP precision
-    plugin refuses clipping by norm), so that the save / resume / export rows still get measured."""
+    defaults, it is tried once more with ``trainer.gradient_clip_val=null`` (clipping by norm under FSDP
+    goes through the root module's ``clip_grad_norm_``, never run on a GPU yet), so that the save / resume /
+    export rows still get measured."""
     exported = os.path.join(ctx.tmp, "fsdp_exported")
     os.makedirs(report.logs, exist_ok=True)
     log = os.path.join(report.logs, "fsdp.log")

@@ -103,6 +103,7 @@ class NonFiniteLossGuard(Callback):
         self.bad_loss: float | None = None  # a non-finite loss of a micro-batch of this step (host mode)
         self.flags: _Flags | None = None  # device mode: set in on_train_start
         self.clip: tuple[float, str] | None = None  # (value, algorithm) taken over from Lightning
+        self.sharded = False  # FSDP: the norm comes from the root module, over every rank's shards
         self._lightning_clip: Any = None
         self._epochs: list[tuple[int, int]] = []  # (first optimizer step, epoch): names a step's epoch
         self._halt: tuple[str, int] | None = None  # (what, step) read from the device: the run stops
@@ -123,9 +124,9 @@ class NonFiniteLossGuard(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._take_over_clipping(trainer, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        sharded = "fsdp" in type(trainer.strategy).__name__.lower()  # each rank sees its shard only
+        self.sharded = "fsdp" in type(trainer.strategy).__name__.lower()  # each rank holds its shard only
         device_side = (
-            scaler is None and not sharded and all(map(skips_on_device, trainer.optimizers or [None]))
+            scaler is None and not self.sharded and all(map(skips_on_device, trainer.optimizers or [None]))
         )
         self.flags, self._halt, self._rank_zero = None, None, trainer.is_global_zero
         if device_side:
@@ -138,11 +139,10 @@ class NonFiniteLossGuard(Callback):
 
         clip = trainer.gradient_clip_val
         own = type(pl_module).configure_gradient_clipping is LightningModule.configure_gradient_clipping
-        sharded = "fsdp" in type(trainer.strategy).__name__.lower()  # FSDP clips its shards itself
-        if not clip or not own or sharded or not pl_module.automatic_optimization:
+        if not clip or not own or not pl_module.automatic_optimization:
             return
-        algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm))
-        self.clip = (float(clip), algorithm or "norm")
+        algorithm = getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm)
+        self.clip = (float(clip), str(algorithm or "norm"))  # Lightning's default (None) is by norm
         self._lightning_clip, trainer.gradient_clip_val = clip, None  # back in teardown
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -171,18 +171,31 @@ class NonFiniteLossGuard(Callback):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad.detach() for p in params]
+        norm = self._sharded_norm(trainer) if self.sharded else None  # clipped by it already
+        by_root = norm is not None
         if self.flags is not None:
             norm = total_norm(grads) if grads else None
             self._decide_on_device(optimizer, norm)
         else:
-            norm = self._decide_on_host(trainer, optimizer, params)
-        if self.clip is not None and grads and params[0].grad is not None:  # (None: skipped on the host)
+            norm = self._decide_on_host(trainer, optimizer, params, norm)
+        clipped = by_root and self.clip is not None and self.clip[1] == "norm"
+        if self.clip is not None and grads and params[0].grad is not None and not clipped:  # None: skipped
             value, algorithm = self.clip
             if algorithm == "value":
                 torch.nn.utils.clip_grad_value_(params, value, foreach=True)
             else:
                 norm = total_norm(grads) if norm is None else norm
                 torch.nn.utils.clip_grads_with_norm_(params, value, norm, foreach=True)
+
+    def _sharded_norm(self, trainer: Any) -> torch.Tensor | None:
+        """FSDP: the gradient norm over every rank's shards (a collective: every rank calls it), clipping
+        by it when clipping is by norm; a rank's own ``total_norm`` would see its shard only (and
+        Lightning's FSDP precision refuses clipping by norm). None: the root offers no ``clip_grad_norm_``."""
+        clip = getattr(getattr(trainer.strategy, "model", None), "clip_grad_norm_", None)
+        if not callable(clip):
+            return None
+        by_norm = self.clip is not None and self.clip[1] == "norm"
+        return clip(self.clip[0] if by_norm else math.inf)
 
     def _decide_on_device(self, optimizer: Any, norm: torch.Tensor | None) -> None:
         f = self.flags
@@ -205,12 +218,16 @@ class NonFiniteLossGuard(Callback):
         skip = (bad | f.halt).float()  # a halted run takes no step until the read raises
         optimizer.found_inf = skip.to(next(p for g in optimizer.param_groups for p in g["params"]).device)
 
-    def _decide_on_host(self, trainer: Any, optimizer: Any, params: list) -> torch.Tensor | None:
+    def _decide_on_host(
+        self, trainer: Any, optimizer: Any, params: list, norm: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``norm``: the gradient norm when already known (FSDP's, over all shards)."""
         bad_loss, self.bad_loss = self.bad_loss, None
         if not self.checking(trainer):
-            return None
+            return norm
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        norm = total_norm([p.grad.detach() for p in params]) if params else None
+        if norm is None and params:
+            norm = total_norm([p.grad.detach() for p in params])
         grad_norm = None if scaler is not None or norm is None else float(norm)
         grad_norm = None if grad_norm is None or math.isfinite(grad_norm) else grad_norm
         if bad_loss is None and grad_norm is None:

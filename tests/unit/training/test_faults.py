@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from tests.helpers import ROOT, quiet_trainer, vector_loader
 from vit_ft.errors import RunFault
@@ -199,3 +200,38 @@ def test_a_full_disk_anywhere_is_a_run_fault():
         == "cannot write /run/metrics.json: No space left on device; free space or set paths.output_dir"
     )
     assert run_fault(OSError(errno.ENOENT, "No such file")) is None and run_fault(ValueError("x")) is None
+
+
+class FakeFSDPStrategy(SingleDeviceStrategy):
+    """On CPU, what the guard sees of Lightning's FSDP: a strategy named so, whose precision plugin refuses
+    clipping by norm, and whose root module offers ``clip_grad_norm_`` (FSDP's: the norm over all shards)."""
+
+
+class Sharded(Poisoned):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.root_calls: list[float] = []
+        self.clipped_norms: list[float] = []
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        self.root_calls.append(max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.clipped_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return norm
+
+
+def test_under_fsdp_the_root_module_gives_the_norm_and_clips():
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+
+    model = Sharded("sgd", inf_grad_at={3})
+    guard = NonFiniteLossGuard(action="skip", max_skips=3)
+    strategy = FakeFSDPStrategy(device=torch.device("cpu"), precision_plugin=FSDPPrecision("32-true"))
+    quiet_trainer(max_steps=6, callbacks=[guard], gradient_clip_val=0.05, strategy=strategy).fit(
+        model, loader()
+    )
+    # every step asked the root (a collective on every rank), with the clip value; Lightning's FSDP
+    # precision, which refuses clipping by norm, was never asked
+    assert model.root_calls == [0.05] * 6 and guard.skipped == 1
+    assert all(n <= 0.05 + 1e-6 for i, n in enumerate(model.clipped_norms) if i != 3)
+    assert same(model.snapshots[3][0], model.snapshots[2][0])  # the inf-gradient step changed nothing
