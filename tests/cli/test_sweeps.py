@@ -86,6 +86,7 @@ def test_optuna_sweep_reports_fails_a_trial_and_resumes(small_folder, tmp_path):
         f"hydra.sweep.dir={sweep}",
     ]
     proc = run_cli("train.py", "-m", *common, "hydra.sweeper.n_trials=3", tmp_path=tmp_path)
+    assert "optuna: direction maximize, from optimized_metric=val/acc1" in proc.stdout + proc.stderr
     jobs = job_dirs(sweep)
     assert [j.name for j in jobs] == ["0", "1", "2"], proc.stdout[-3000:]
     m0 = read_metrics(jobs[0])

@@ -3,7 +3,8 @@
 :func:`eval_streams` gives a classifier its evaluators (``val``, ``test`` and, with an EMA, ``val_ema``,
 ``test_ema``), single-label (:mod:`~vit_ft.models.metrics`) or multi-label
 (:mod:`~vit_ft.models.multilabel_metrics`); :func:`known_metric_names` is every name such a run logs
-while it trains: what ``monitor`` and ``optimized_metric`` may name.
+while it trains: what ``monitor`` and ``optimized_metric`` may name; :func:`metric_mode` says which way
+is better.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from vit_ft.models.metrics import SingleLabelMetrics, stream_metric_names
 from vit_ft.models.multilabel_metrics import MultiLabelMetrics
 
 TRAIN_METRICS = ("train/loss", "train/acc1", "train/lr")  # what ClassifierSteps._log_train logs
+
+
+def metric_mode(name: str) -> str:
+    """``min`` for a metric that is better lower (a loss, the calibration error), else ``max``: the
+    best checkpoint's mode, early stopping's, and the Optuna study's direction."""
+    leaf = str(name).rsplit("/", 1)[-1].lower()
+    return "min" if "loss" in leaf or leaf in ("ece", "lr") else "max"
 
 
 def known_metric_names(num_classes: int, ema: bool, task: str = "single") -> list[str]:

@@ -23,6 +23,7 @@ from vit_ft.compat import (
     optuna_sqlite_stamp_fix,
     reseed_sampler,
 )
+from vit_ft.models.streams import metric_mode
 
 log = logging.getLogger("vit_ft.sweep")
 
@@ -66,9 +67,27 @@ def _reseed(impl: Any, offset: int) -> None:
     reseed_sampler(impl.sampler, int(seed) + int(offset))
 
 
+def settle_direction(impl: Any) -> str | None:
+    """``hydra.sweeper.direction: null`` (the default): the study's direction follows ``optimized_metric``
+    (``minimize`` for a loss or the calibration error, else ``maximize``), said in one line. A direction
+    given is kept. Returns the one chosen here (None: given)."""
+    if impl.direction not in (None, "auto"):
+        return None
+    metric = str((impl.config or {}).get("optimized_metric") or "val/acc1")
+    impl.direction = "minimize" if metric_mode(metric) == "min" else "maximize"
+    log.info(
+        "optuna: direction %s, from optimized_metric=%s (hydra.sweeper.direction=minimize|maximize sets it)",
+        impl.direction,
+        metric,
+    )
+    return impl.direction
+
+
 def optuna_sweep(impl: Any, arguments: list[str]) -> Any:
     """``OptunaSweeperImpl.sweep`` with resume (``n_trials`` counts the whole stored study; interrupted
-    trials are marked failed; job folders continue the trial numbers) and failed jobs as failed trials."""
+    trials are marked failed; job folders continue the trial numbers), failed jobs as failed trials and
+    the direction from ``optimized_metric`` (:func:`settle_direction`)."""
+    settle_direction(impl)
     optuna_sqlite_stamp_fix()
     if impl.storage and impl.study_name:
         try:

@@ -24,7 +24,7 @@ from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.data.loader_policy import batches_per_epoch
 from vit_ft.dist import is_rank_zero
 from vit_ft.errors import ConfigError
-from vit_ft.models.streams import known_metric_names
+from vit_ft.models.streams import known_metric_names, metric_mode
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import hydra_info
 from vit_ft.tasks.resume import configured_callbacks, own_last_checkpoint, plan_resume
@@ -151,12 +151,6 @@ def follow_ema(cfg: DictConfig) -> None:
             if isinstance(value, str) and value.startswith("val/") and not overridden(key):
                 node[leaf] = "val_ema/" + value[len("val/") :]
                 log.info("model.ema.use_for=eval: %s follows %s", key, node[leaf])
-
-
-def metric_mode(name: str) -> str:
-    """``min`` for a metric that is better lower (a loss, the calibration error), else ``max``."""
-    leaf = str(name).rsplit("/", 1)[-1].lower()
-    return "min" if "loss" in leaf or leaf in ("ece", "lr") else "max"
 
 
 def monitored_keys(cfg: DictConfig) -> list[tuple[str, Any, str]]:

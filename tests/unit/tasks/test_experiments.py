@@ -82,7 +82,7 @@ def test_lr_grids_are_ready_multiruns():
 def test_optuna_and_slurm_configs_compose():
     cfg = _compose(["hparams_search=optuna", "data.root=/x"], hydra=True)
     sw = cfg.hydra.sweeper
-    assert sw._target_.endswith("VitFtOptunaSweeper") and sw.direction == "maximize"
+    assert sw._target_.endswith("VitFtOptunaSweeper") and sw.direction is None  # from optimized_metric
     assert sw.sampler._target_.endswith("TPESampler") and sw.sampler.seed == cfg.seed
     assert set(sw.params) >= {
         "optimizer.lr",
@@ -151,3 +151,23 @@ def test_big_vit_presets_build_their_model(name):
     else:
         assert model.ema is not None and model.ema.decay == 0.9999 and model.lora_spec is None
         assert model.mixup_fn is not None and len(trainable) == len(list(model.model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "direction"),
+    [
+        ((), "maximize"),  # val/acc1
+        (("monitor=val/loss",), "minimize"),  # optimized_metric follows monitor
+        (("optimized_metric=val/ece",), "minimize"),
+        (("monitor=val/loss", "hydra.sweeper.direction=maximize"), "maximize"),  # given: kept
+    ],
+)
+def test_the_optuna_direction_follows_the_optimized_metric(overrides, direction):
+    from types import SimpleNamespace
+
+    from vit_ft.sweeps.optuna import settle_direction
+
+    cfg = _compose(["hparams_search=optuna", "data.root=/x", *overrides], hydra=True)
+    impl = SimpleNamespace(direction=cfg.hydra.sweeper.direction, config=cfg)
+    settle_direction(impl)
+    assert impl.direction == direction
