@@ -1,10 +1,12 @@
 """``train.py -m experiment=linear_probe`` through the real CLI: the feature cache shared by a sweep's
-jobs, checkpoints that eval.py reads back (a probe on DINOv2's last4 features included)."""
+jobs, checkpoints that eval.py reads back (a probe on DINOv2's last4 features included), and a
+``data.extra_eval`` set scored after each probe as eval.py scores it from the checkpoint."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -14,6 +16,9 @@ from vit_ft.models.load_checkpoint import load_classifier
 
 def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints(image_folder, tmp_path):
     sweep = tmp_path / "sweep"
+    shifted = tmp_path / "shifted"  # an extra evaluation set: the val images of 2 of the 4 classes
+    for c in ("circle", "square"):
+        shutil.copytree(image_folder / "val" / c, shifted / c)
     proc = run_cli(
         "train.py",
         "-m",
@@ -27,6 +32,7 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
         "probe.features=mean,last4",
         "logger=none",
         "optimizer.lr=0.03,0.3",
+        f"+data.extra_eval.shifted.root={shifted}",
         f"hydra.sweep.dir={sweep}",
         tmp_path=tmp_path,
     )
@@ -69,14 +75,26 @@ def test_cli_linear_probe_sweep_reuses_the_cache_and_writes_loadable_checkpoints
                 "data.num_workers=0",
                 "data.batch_size=8",
                 f"ckpt_path={m['checkpoints']['best']}",
+                f"+data.extra_eval.shifted.root={shifted}",
                 f"hydra.run.dir={tmp_path / ('eval' + job)}",
                 tmp_path=tmp_path,
             )
             if job == eval_job
             else None
         )
+        # the extra set, scored after the probe trained (from its best checkpoint, on the images)
+        extra = m["extra_eval"]["shifted"]
+        assert (
+            extra["images"] == 12
+            and extra["class_subset"] is True
+            and (sweep / job / "shifted_predictions.csv").is_file()
+        )
         if ev is not None:  # eval.py on the images reproduces the last4 probe's score on cached features
             ev_dir = tmp_path / ("eval" + job)
-            got = json.loads((ev_dir / "metrics.json").read_text())["metrics"]["val/acc1"]
-            assert got == pytest.approx(acc, abs=1e-6)
+            scored = json.loads((ev_dir / "metrics.json").read_text())
+            assert scored["metrics"]["val/acc1"] == pytest.approx(acc, abs=1e-6)
             assert (ev_dir / "val_predictions.csv").is_file()
+            for k in ("shifted/acc1", "shifted/loss"):  # and the extra set as the run scored it
+                assert scored["extra_eval"]["shifted"]["metrics"][k] == pytest.approx(
+                    extra["metrics"][k], abs=1e-5
+                )

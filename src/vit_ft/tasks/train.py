@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_ft.errors import ConfigError
+from vit_ft.models.load_checkpoint import load_classifier
 from vit_ft.probe.linear import prepare_linear_probe
 from vit_ft.probe.settings import LinearProbeSettings
 from vit_ft.tasks.common import build, record_run_failure
@@ -49,8 +50,12 @@ def checkpoint_paths(trainer: L.Trainer) -> tuple[Any, str | None]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    if cfg.get("probe") is not None and ((cfg.get("data") or {}).get("extra_eval") or {}):
-        mode = cfg.probe.get("mode") or "linear"
+    mode = (cfg.get("probe") or {}).get("mode") or "linear"
+    if (
+        cfg.get("probe") is not None
+        and mode != "linear"
+        and ((cfg.get("data") or {}).get("extra_eval") or {})
+    ):
         raise ConfigError(
             f"data.extra_eval does not work with probe.mode={mode} yet; drop it, or score a fine-tuned "
             "checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval.NAME.root=DIR"
@@ -82,6 +87,31 @@ def load_checkpoint_weights(trainer: L.Trainer, model: L.LightningModule, path: 
     ckpt = trainer.strategy.checkpoint_io.load_checkpoint(path)
     model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=bool(getattr(model, "strict_loading", True)))
+
+
+def probe_extra_sets(
+    trainer: L.Trainer,
+    probe: Any,
+    datamodule: Any,
+    extra_sets: list,
+    output_dir: str,
+    loggers: list,
+    checkpoint: str | None,
+) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """``data.extra_eval`` of a linear probe: its images through the frozen network and the head. The
+    probe's checkpoint (the best, else the last) loads as a classifier, as ``eval.py`` reads it (the EMA
+    of the head when ``model.ema.use_for=eval``); without one, the probe as trained, on images."""
+    images = getattr(datamodule, "base", datamodule)  # cached features: the image DataModule beneath
+    if checkpoint:
+        return evaluate_extra_sets(
+            trainer, load_classifier(checkpoint), images, extra_sets, output_dir, loggers
+        )
+    in_loop, probe.in_loop = probe.in_loop, True
+    try:
+        with probe.ema_weights_for("eval"):
+            return evaluate_extra_sets(trainer, probe, images, extra_sets, output_dir, loggers)
+    finally:
+        probe.in_loop = in_loop
 
 
 def _train(cfg: DictConfig) -> float | None:
@@ -135,7 +165,11 @@ def _train(cfg: DictConfig) -> float | None:
             test_metrics = {k: to_float(v) for k, v in (res[0] if res else {}).items()}
         extra: dict[str, Any] = {}
         extra_metrics: dict[str, float | None] = {}
-        if extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
+        if extra_sets and not interrupted and cfg.get("probe") is not None:
+            extra, extra_metrics = probe_extra_sets(
+                trainer, model, datamodule, extra_sets, output_dir, loggers, best_path or last_path
+            )
+        elif extra_sets and not interrupted:  # the weights test uses: the best checkpoint's, else the final
             if best_path and not tested:
                 load_checkpoint_weights(trainer, model, best_path)
             with model.ema_weights_for("eval"):
