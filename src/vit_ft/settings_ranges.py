@@ -307,7 +307,9 @@ NOT_RANGED: dict[str, str] = {
     "hydra.sweep.dir": _PATH,
     "hydra.sweep.subdir": _PATH,
     "hydra.job.chdir": _BOOL,
-    "hydra.sweeper.direction": "minimize | maximize, typed by hydra-optuna-sweeper's schema (an enum)",
+    "hydra.sweeper.direction": "null (from optimized_metric, sweeps/optuna.settle_direction), minimize or "
+    "maximize, typed by hydra-optuna-sweeper's schema (an enum)",
+    "hydra.callbacks.run_folder_guard.training": _BOOL + " (train.py's guard or eval.py's: tasks/resume.py)",
     "hydra.sweeper.study_name": _NAME,
     "hydra.sweeper.storage": "an Optuna storage URL, checked by check_storage",
     "hydra.sweeper.params": "search spaces; each trial's values are checked in that trial",

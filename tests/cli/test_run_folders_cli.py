@@ -109,3 +109,24 @@ def test_export_and_predict_refuse_a_live_run_folder(moved, tmp_path):
     finally:
         os.close(fd)
     refuse_live_run(str(run / "predictions"), "out")  # released: allowed again
+
+
+def test_train_into_a_live_run_folder_stops_before_hydra_writes_there(tmp_path):
+    """The second run's refusal leaves the live run's folder as it was: its .hydra/ and train.log too."""
+    live = tmp_path / "live"
+    (live / ".hydra").mkdir(parents=True)
+    (live / ".hydra" / "config.yaml").write_text("the live run's config\n")
+    (live / "train.log").write_text("the live run's log\n")
+    fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # this process plays the live training run
+    try:
+        proc = run_cli(
+            "train.py", f"data.root={tmp_path}", f"hydra.run.dir={live}", tmp_path=tmp_path, check=False
+        )
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and f"error: run directory {live} is in use by another run" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (live / ".hydra" / "config.yaml").read_text() == "the live run's config\n"
+    assert (live / "train.log").read_text() == "the live run's log\n"
+    assert sorted(p.name for p in live.iterdir()) == [".hydra", ".lock", "train.log"]

@@ -332,13 +332,33 @@ def refuse_training_run_dir(run_dir: str) -> None:
         )
 
 
+def busy_line(run_dir: str, lock: str) -> str:
+    return (
+        f"run directory {run_dir} is in use by another run ({_holder(lock)}); wait for it to end "
+        "or pick another hydra.run.dir"
+    )
+
+
+def refuse_busy_run_dir(run_dir: str) -> None:
+    """train.py into a folder whose own run is live: one line, before Hydra rewrites its ``.hydra/``
+    (rank 0 only: the other ranks of a DDP run start while rank 0 holds the lock)."""
+    own = os.path.join(os.path.abspath(run_dir), ".lock")
+    if is_rank_zero() and held_lock(run_dir) == own:
+        raise ConfigError(busy_line(run_dir, own))
+
+
 class RunFolderGuard(Callback):
-    """A Hydra callback (conf/eval.yaml): refuse a training run's folder as eval.py's before Hydra writes
-    ``.hydra/`` into it."""
+    """A Hydra callback, before Hydra writes ``.hydra/`` into ``hydra.run.dir``: for eval.py
+    (conf/eval.yaml) refuse a training run's folder; for train.py (``training: true``, conf/config.yaml)
+    a folder whose run is live. One ``error:`` line, exit 2."""
+
+    def __init__(self, training: bool = False) -> None:
+        self.training = bool(training)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = str(config.hydra.run.dir)
         try:
-            refuse_training_run_dir(str(config.hydra.run.dir))
+            refuse_busy_run_dir(run_dir) if self.training else refuse_training_run_dir(run_dir)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -369,10 +389,7 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"run directory {run_dir} is in use by another run ({_holder(path)}); wait for it to end "
-                "or pick another hydra.run.dir"
-            ) from None
+            raise ConfigError(busy_line(run_dir, path)) from None
         except OSError as e:
             log.warning("run directory lock not available on this file system (%s); running without it", e)
         else:
