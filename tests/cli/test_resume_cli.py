@@ -133,3 +133,42 @@ def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(image_folder, tmp_
     )
     a, b = (final_weights(d / "checkpoints" / "last.ckpt") for d in (ref, cut))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.skipif(
+    os.environ.get("VIT_FT_SLOW_TESTS") != "1",
+    reason="a two-process DDP run (~30 s idle); VIT_FT_SLOW_TESTS=1 runs it",
+)
+def test_ddp_save_that_fails_on_rank_0_stops_every_rank_at_once(image_folder, tmp_path):
+    """2 CPU processes (gloo): rank 0's second checkpoint save finds the disk full. Every rank stops with
+    its line at that save."""
+    run_dir = tmp_path / "run"
+    env = clean_env(tmp_path)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(STALL), env.get("PYTHONPATH", "")]),
+        VIT_FT_TEST_STALL="full:2",
+        VIT_FT_TEST_STALL_MARK=str(tmp_path / "full.mark"),
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"data.root={image_folder}",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=3",
+        "callbacks.last_checkpoint.every_n_steps=2",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "full.mark").exists() and proc.returncode != 0
+    assert "cannot write checkpoint" in proc.stderr and "the disk is full" in proc.stderr
+    # rank 1 stops with its line too (not a traceback from a collective that lost its peer, or, under
+    # NCCL, a wait for the process group's 30-minute timeout)
+    assert "another rank's write failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 300
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2  # the first save, kept whole

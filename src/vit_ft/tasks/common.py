@@ -24,7 +24,7 @@ from vit_ft.sweeps.job import write_failed_metrics
 from vit_ft.tasks.cli import hydra_info, hydra_job_command
 from vit_ft.tasks.plan import GUARD_TRAINER_KEYS, RunPlan, check_monitor, follow_task, settle_recipe
 from vit_ft.tasks.resume import configured_callbacks
-from vit_ft.training.checkpoint_io import AtomicCheckpointIO
+from vit_ft.training.checkpoint_io import AtomicCheckpointIO, share_save_faults
 from vit_ft.training.loggers import folder_wandb_id
 from vit_ft.training.nonfinite import NonFiniteLossGuard, nonfinite_summary
 
@@ -97,13 +97,15 @@ def build_trainer(plan: RunPlan, *, callbacks: list, loggers: list, **overrides:
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # the Preemption callback saves at a step boundary and requeues
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    return instantiate(
+    trainer = instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=loggers if loggers else False,
         plugins=plugins,
         _convert_="all",
     )
+    share_save_faults(trainer.strategy)  # a failed save stops every rank, not only the writer
+    return trainer
 
 
 def check_resume_classes(plan: RunPlan, class_names: list[str]) -> None:

@@ -163,3 +163,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             except OSError:
                 pass
         self.folders.add(folder)
+
+
+def share_save_faults(strategy: Any) -> None:
+    """Under DDP or FSDP, rank 0 writes the checkpoint (with FSDP's sharded state, every rank its part)
+    while the others go on to the next collective: a write that fails on one rank (a full disk) would
+    leave the others waiting there until the process group's timeout. After each save every rank says
+    whether its write failed (one boolean all-reduce per save, nothing per step), and all stop with a
+    :class:`RunFault`: the failing rank with its own line, the others naming the file."""
+    if getattr(strategy, "_vit_ft_shared_faults", False):
+        return
+    save = strategy.save_checkpoint
+
+    def save_checkpoint(checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        if int(getattr(strategy, "world_size", 1) or 1) <= 1:
+            return save(checkpoint, filepath, storage_options)
+        error: BaseException | None = None
+        try:
+            save(checkpoint, filepath, storage_options)
+        except Exception as e:  # noqa: BLE001 - every rank must reach the decision below
+            error = e
+        if strategy.reduce_boolean_decision(error is not None, all=False):
+            if error is not None:
+                raise error
+            raise RunFault(
+                f"cannot write checkpoint {filepath}: another rank's write failed (its error line says why); "
+                "the previous checkpoint is kept"
+            )
+
+    strategy.save_checkpoint = save_checkpoint
+    strategy._vit_ft_shared_faults = True  # noqa: SLF001 - our own mark on the instance

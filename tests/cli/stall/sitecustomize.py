@@ -2,8 +2,9 @@
 
 On ``PYTHONPATH`` (as ``sitecustomize``) when ``VIT_FT_TEST_STALL`` is set:
 ``save:N``  — the N-th checkpoint save writes its ``.tmp`` file, then hangs (a kill mid-save);
-``batch:N`` — the N-th training batch waits before its step (a kill between micro-batches).
-It writes ``$VIT_FT_TEST_STALL_MARK`` when it hangs.
+``batch:N`` — the N-th training batch waits before its step (a kill between micro-batches);
+``full:N``  — rank 0's N-th checkpoint save finds the disk full (ENOSPC), nothing hangs.
+It writes ``$VIT_FT_TEST_STALL_MARK`` when it hangs (or fails the save).
 """
 
 import os
@@ -50,3 +51,19 @@ if _spec:
             return _step(self, batch, batch_idx)
 
         ViTClassifier.training_step = training_step
+    elif _kind == "full" and os.environ.get("LOCAL_RANK", "0") == "0":
+        import errno
+
+        import torch
+
+        _save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            if isinstance(obj, dict) and "state_dict" in obj:
+                _count[0] += 1
+                if _count[0] == _n:
+                    Path(os.environ["VIT_FT_TEST_STALL_MARK"]).write_text("full")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return _save(obj, f, *args, **kwargs)
+
+        torch.save = save

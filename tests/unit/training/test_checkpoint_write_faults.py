@@ -97,3 +97,48 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
     assert write_fault(tmp_path / "x.ckpt", KeyError("k")) is None
     assert os.listdir(tmp_path) == []
+
+
+class TwoRanks:
+    """What share_save_faults sees of a 2-rank DDP strategy: this rank's save, and the other rank's
+    answer to the boolean all-reduce."""
+
+    world_size = 2
+
+    def __init__(self, fails: bool, peer_fails: bool) -> None:
+        self.fails, self.peer_fails, self.reduced = fails, peer_fails, []
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None):
+        if self.fails:
+            raise RunFault(f"cannot write checkpoint {filepath}: the disk is full")
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        self.reduced.append((decision, all))
+        return (decision or self.peer_fails) if not all else (decision and not self.peer_fails)
+
+
+@pytest.mark.parametrize(
+    ("fails", "peer_fails", "raised"),
+    [
+        (False, False, None),
+        (True, False, "the disk is full"),  # the writer: its own line
+        (
+            False,
+            True,
+            "another rank's write failed",
+        ),  # the rank that would have waited at the next collective
+    ],
+)
+def test_a_failed_save_on_one_rank_stops_every_rank(fails, peer_fails, raised):
+    from vit_ft.training.checkpoint_io import share_save_faults
+
+    strategy = TwoRanks(fails, peer_fails)
+    share_save_faults(strategy)
+    share_save_faults(strategy)  # once only
+    if raised is None:
+        strategy.save_checkpoint({}, "run/checkpoints/last.ckpt")
+    else:
+        with pytest.raises(RunFault, match=raised) as e:
+            strategy.save_checkpoint({}, "run/checkpoints/last.ckpt")
+        assert "\n" not in str(e.value) and "last.ckpt" in str(e.value)
+    assert strategy.reduced == [(fails, False)]  # one all-reduce per save, on every rank
