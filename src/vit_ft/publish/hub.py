@@ -1,7 +1,7 @@
 """``export.py ... push_to_hub=org/name``: the exported folder uploaded to the Hugging Face Hub.
 
 ``huggingface_hub`` does the work: :meth:`~huggingface_hub.HfApi.create_repo` (``exist_ok=True``; private
-when asked, which only applies to a repository it creates), :meth:`~huggingface_hub.HfApi.create_branch`
+when asked; an existing public repository is then refused, never uploaded to), :meth:`~huggingface_hub.HfApi.create_branch`
 for ``hub.revision``, then one :meth:`~huggingface_hub.HfApi.upload_folder` commit. The token is the
 usual one (``hf auth login``, or ``HF_TOKEN``); the endpoint is ``HF_ENDPOINT`` as always. Offline, not
 logged in, or refused by the Hub: one line saying so, and the local export is kept as it is.
@@ -75,6 +75,11 @@ def push_folder(
         api = huggingface_hub.HfApi()
     try:
         api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
+        if private and not getattr(api.repo_info(repo_id, repo_type="model"), "private", False):
+            raise RunFault(
+                f"push_to_hub={repo_id}: hub.private=true, but the repository exists and is public: nothing "
+                f"uploaded (make it private on the Hub first, or drop hub.private); {later(repo_id, folder, revision)}"
+            )
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         info = api.upload_folder(

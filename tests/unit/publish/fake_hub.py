@@ -2,7 +2,8 @@
 ``create_branch`` and ``upload_folder`` (regular, non-LFS uploads): point ``HF_ENDPOINT`` (or
 ``HfApi(endpoint=...)``) at :attr:`FakeHub.url` and read what arrived in :attr:`FakeHub.requests` and
 :attr:`FakeHub.files`. It serves from a thread of the test process; a subprocess reaches it over
-localhost. ``status`` makes every answer that HTTP status instead (401: a token the Hub refuses)."""
+localhost. ``status`` makes every answer that HTTP status instead (401: a token the Hub refuses); ``existing``
+names repositories already there (``{repo_id: private}``): creating one answers 409, its info is served."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeHub:
-    def __init__(self, status: int | None = None) -> None:
+    def __init__(self, status: int | None = None, existing: dict[str, bool] | None = None) -> None:
         self.status = status
+        self.existing = dict(existing or {})
         self.requests: list[dict] = []  # {"method", "path", "headers", "json"}
         self.files: dict[str, bytes] = {}  # path in repo -> content, from the commits
         hub = self
@@ -34,6 +36,11 @@ class FakeHub:
 
             def do_GET(self) -> None:
                 hub.record(self, b"")
+                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)", self.path.split("?")[0])
+                if m and m.group(1) in hub.existing and hub.status is None:
+                    repo = m.group(1)
+                    self._reply(200, {"id": repo, "private": hub.existing[repo], "sha": "0" * 40})
+                    return
                 self._reply(404, {"error": "not in the fake hub"})
 
             def do_POST(self) -> None:
@@ -67,6 +74,9 @@ class FakeHub:
         if path == "/api/repos/create":
             req = json.loads(body or b"{}")
             repo = f"{req.get('organization')}/{req.get('name')}"
+            if repo in self.existing:
+                return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo}"}
+            self.existing[repo] = req.get("visibility") == "private" or req.get("private") is True
             return 200, {"url": f"{self.url}/{repo}", "name": repo, "id": repo}
         if path == "/api/validate-yaml":  # the Hub checks a README's metadata before the upload
             return 200, {"errors": [], "warnings": []}

@@ -99,3 +99,17 @@ def test_a_bad_repo_id_is_refused_in_one_line(bad):
         e.value
     )
     check_repo_id("me/tiny-vit")
+
+
+def test_private_to_an_existing_public_repo_is_refused_before_any_upload(folder, online):
+    """hub.private=true must never put the model into a repository anyone can read."""
+    with FakeHub(existing={"me/tiny-vit": False}) as hub, pytest.raises(RunFault) as e:
+        push_folder(folder, "me/tiny-vit", private=True, api=HfApi(endpoint=hub.url, token="hf_fake"))
+    assert "exists and is public: nothing uploaded" in _one_line(e)
+    assert hub.files == {} and not any("/commit/" in r["path"] for r in hub.requests)
+    with FakeHub(existing={"me/tiny-vit": True}) as hub:  # already private: uploaded
+        push_folder(folder, "me/tiny-vit", private=True, api=HfApi(endpoint=hub.url, token="hf_fake"))
+    assert "model.safetensors" in hub.files
+    with FakeHub(existing={"me/tiny-vit": False}) as hub:  # public, as asked: no check, uploaded
+        push_folder(folder, "me/tiny-vit", api=HfApi(endpoint=hub.url, token="hf_fake"))
+    assert "model.safetensors" in hub.files and not any(r["method"] == "GET" for r in hub.requests)
