@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vit_ft.checkpoint_format import ema_chosen
 from vit_ft.data.loader_policy import batches_per_epoch
@@ -282,6 +283,24 @@ def recipe_free_keys(cfg: DictConfig) -> tuple[str, ...]:
     return keys
 
 
+def configured_world_size(t: Any) -> int:
+    """The processes the Trainer of ``trainer`` config ``t`` will run (devices x nodes), as far as the
+    config says before the Trainer exists: a count, a list or ``"0,1"`` of devices; ``auto``/-1 on GPUs is
+    every visible GPU; otherwise 1."""
+    devices, nodes = t.get("devices"), int(t.get("num_nodes") or 1)
+    if isinstance(devices, (list, tuple, ListConfig)):
+        n = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    elif str(devices).isdigit() and int(devices) > 0:
+        n = int(devices)
+    elif str(devices) in ("auto", "-1") and str(t.get("accelerator")) in ("gpu", "cuda", "auto"):
+        n = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    else:
+        n = 1
+    return n * max(1, nodes)
+
+
 def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | None:
     """``recipe=auto`` on ``train_size`` training images (None: unknown, streamed: nothing adapts),
     then the learning rate from ``optimizer.lr_base`` at the run's global batch; each says so in one
@@ -299,7 +318,7 @@ def settle_recipe(plan: RunPlan, train_size: int | None) -> RecipeDecision | Non
             max_steps=t.get("max_steps"),
             steps_per_epoch=lambda n, b: batches_per_epoch(n, 1, b),
             fixed={k for k in RECIPE_KEYS if overridden(k)},
-            multiple_of=int(t.get("accumulate_grad_batches") or 1),
+            multiple_of=int(t.get("accumulate_grad_batches") or 1) * configured_world_size(t),
         )
         with open_dict(cfg):
             cfg.data.batch_size = decision.batch_size

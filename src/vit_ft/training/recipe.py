@@ -131,8 +131,8 @@ class RecipeDecision:
 
 
 def _batch_candidates(batch: int, multiple_of: int) -> list[int]:
-    """``batch``, then the powers of two below it down to :data:`MIN_BATCH`, each a multiple of
-    ``multiple_of`` (the accumulation steps it must divide over)."""
+    """``batch``, then the powers of two below it down to :data:`MIN_BATCH`, each rounded down to a
+    multiple of ``multiple_of`` (the ranks x accumulation steps it must divide over)."""
     out = [batch]
     p = 2 ** int(math.floor(math.log2(batch)))
     while p >= MIN_BATCH:

@@ -213,3 +213,22 @@ def test_an_explicit_lr_wins_and_a_missing_one_is_refused():
     assert (cfg.optimizer.lr, cfg.data.batch_size) == (0.05, 64)
     with pytest.raises(ConfigError, match=r"^optimizer.lr=None must be a positive number"):
         check_config(composed("optimizer.lr_base=null"))
+
+
+@pytest.mark.parametrize(
+    ("trainer", "world", "batch"),
+    [
+        (("trainer.devices=16", "trainer.accelerator=cpu"), 16, 16),  # 8 would not divide over 16 ranks
+        (("trainer.devices=3", "trainer.accelerator=cpu"), 3, 15),  # the smallest multiple of 3 from 16
+        (("trainer.devices=2", "trainer.num_nodes=2", "trainer.accelerator=cpu"), 4, 8),
+        (("trainer.devices=[0,1]", "trainer.accelerator=cpu"), 2, 8),
+        (("trainer.devices=auto", "trainer.accelerator=cpu"), 1, 8),
+    ],
+)
+def test_a_lowered_batch_divides_over_every_rank(trainer, world, batch):
+    from vit_ft.tasks.plan import configured_world_size
+
+    cfg = composed(*trainer)
+    assert configured_world_size(cfg.trainer) == world
+    settle_recipe(SimpleNamespace(cfg=cfg, recipe=None), 100)  # one device: batch 8, 130 steps
+    assert cfg.data.batch_size == batch and batch % world == 0
