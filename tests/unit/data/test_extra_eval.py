@@ -148,8 +148,10 @@ def test_the_report_has_a_section_per_set_and_keeps_set_predictions_out_of_the_r
     )  # worst first
 
 
-@pytest.mark.parametrize("probe", [{"mode": "knn"}, {"mode": "fewshot"}, {"features": "cls"}])
-def test_a_probe_run_with_extra_sets_is_one_line_before_anything_runs(probe, tmp_path):
+@pytest.mark.parametrize("probe", [{"mode": "knn"}, {"mode": "fewshot"}])
+def test_a_feature_evaluation_with_extra_sets_is_one_line_before_anything_runs(probe, tmp_path):
+    """k-NN and few-shot keep no classifier to score more sets with (a linear probe does: its checkpoint,
+    tests/cli/test_probe_cli.py)."""
     from omegaconf import OmegaConf
 
     from vit_ft.tasks.train import train

@@ -139,13 +139,3 @@ def test_train_val_class_mismatch(tmp_path, capsys):
 def test_gpu_trainer_without_a_gpu(image_folder, tmp_path, capsys):
     line = bad_input([f"data.root={image_folder}", "trainer=gpu"], tmp_path, capsys)
     assert "gpu" in line.lower() and "trainer.* settings" in line
-
-
-def test_extra_eval_with_a_knn_probe_is_one_line(image_folder, tmp_path, capsys):
-    """A k-NN run keeps no classifier to score more sets with (a linear probe does: tests/cli/test_probe_cli.py)."""
-    line = bad_input(
-        [f"data.root={image_folder}", "experiment=knn", f"+data.extra_eval.more.root={image_folder}/val"],
-        tmp_path,
-        capsys,
-    )
-    assert "data.extra_eval does not work with probe.mode=knn" in line and "eval.py" in line
