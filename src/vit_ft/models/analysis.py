@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,15 +26,21 @@ def dense_confusion(num_classes: int) -> bool:
     return int(num_classes) <= DENSE_CONFUSION_MAX
 
 
-@dataclass(frozen=True, eq=False)
 class SparseConfusion:
     """A ``[K, K]`` confusion matrix as its non-zero cells, sorted by (true, predicted), each once:
-    ``true[i]`` predicted as ``pred[i]`` ``count[i]`` times. Memory grows with the cells, never K²."""
+    ``true[i]`` predicted as ``pred[i]`` ``count[i]`` times. Memory grows with the cells, never K².
+    (A plain class, not a dataclass: torchmetrics' ``compute`` passes it through untouched.)"""
 
-    num_classes: int
-    true: np.ndarray  # int64 [C]
-    pred: np.ndarray  # int64 [C]
-    count: np.ndarray  # int64 [C], > 0
+    __slots__ = ("num_classes", "true", "pred", "count")
+
+    def __init__(self, num_classes: int, true: np.ndarray, pred: np.ndarray, count: np.ndarray) -> None:
+        self.num_classes = int(num_classes)
+        self.true = np.asarray(true, dtype=np.int64)  # [C]
+        self.pred = np.asarray(pred, dtype=np.int64)  # [C]
+        self.count = np.asarray(count, dtype=np.int64)  # [C], > 0
+
+    def __repr__(self) -> str:
+        return f"SparseConfusion({self.num_classes} classes, {self.true.size} cells, {self.sum()} images)"
 
     @classmethod
     def from_codes(cls, codes: Any, num_classes: int, counts: Any = None) -> SparseConfusion:

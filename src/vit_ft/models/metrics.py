@@ -147,7 +147,8 @@ class AnalysisMetrics(torch.nn.Module):
         conf = (top - torch.logsumexp(logits.float(), dim=1)).exp()
         correct = pred == target
         self.confusion.update(pred, target)
-        self.ece.update(conf, correct.long())
+        # float32 as the confidences: a rank without images sends torchmetrics' float32 placeholder
+        self.ece.update(conf, correct.float())
         self.reliability.update(conf, correct)
 
     def counts(self) -> np.ndarray | SparseConfusion:
