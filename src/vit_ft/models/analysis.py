@@ -169,9 +169,12 @@ def analysis_summary(
     most frequent confusions (true -> predicted), most first. ``confusion``: dense ``[K, K]`` or
     :class:`SparseConfusion` (the same dict either way)."""
     if not isinstance(confusion, SparseConfusion):
-        confusion = np.asarray(confusion, dtype=np.int64)
-    k = confusion.shape[0]
-    if confusion.shape != (k, k) or len(class_names) != k:
+        shape = np.shape(confusion)
+        if len(shape) != 2 or shape[0] != shape[1] or len(class_names) != shape[0]:
+            raise ValueError(f"a {shape} confusion matrix for {len(class_names)} class names")
+        confusion = SparseConfusion.from_dense(confusion)  # one pass over the K x K cells
+    k = confusion.num_classes
+    if len(class_names) != k:
         raise ValueError(f"a {confusion.shape} confusion matrix for {len(class_names)} class names")
     names = unique_class_names(class_names)
     images, right = class_counts(confusion)

@@ -88,12 +88,15 @@ def from_confusion(
     confusion: np.ndarray | SparseConfusion, names: list[str], split: str, source: str, n_pairs: int = 20
 ) -> Analysis:
     """``confusion``: dense ``[K, K]`` counts or their non-zero cells (the same analysis either way)."""
-    if not isinstance(confusion, SparseConfusion):
+    if isinstance(confusion, SparseConfusion):
+        cells = confusion
+    else:
         confusion = np.asarray(confusion, dtype=np.int64)
-    k = confusion.shape[0]
+        cells = SparseConfusion.from_dense(confusion)  # one pass over the K x K cells
+    k = cells.num_classes
     names = list(names) + [str(i) for i in range(len(names), k)]
-    top, counts = most_confused_with(confusion)
-    images, correct = (x.tolist() for x in class_counts(confusion))
+    top, counts = most_confused_with(cells)
+    images, correct = (x.tolist() for x in class_counts(cells))
     counts = counts.tolist()
     classes = [
         ClassResult(i, names[i], images[i], correct[i], names[int(top[i])] if counts[i] else None, counts[i])
@@ -104,7 +107,7 @@ def from_confusion(
         split=split,
         source=source,
         classes=classes,
-        pairs=top_pairs(confusion, names, n_pairs),
+        pairs=top_pairs(cells, names, n_pairs),
         confusion=confusion,
         acc1_macro=float(np.mean(accs)) if accs else None,
     )
