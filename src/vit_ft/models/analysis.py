@@ -43,20 +43,13 @@ class SparseConfusion:
         return f"SparseConfusion({self.num_classes} classes, {self.true.size} cells, {self.sum()} images)"
 
     @classmethod
-    def from_codes(cls, codes: Any, num_classes: int, counts: Any = None) -> SparseConfusion:
-        """From cell codes ``true * K + pred`` (repeats add up; ``counts``: each code's count, default 1)."""
+    def from_codes(cls, codes: Any, num_classes: int) -> SparseConfusion:
+        """From one cell code ``true * K + pred`` per image (repeats add up)."""
         k = int(num_classes)
         codes = np.asarray(codes, dtype=np.int64).reshape(-1)
         if codes.size and (codes.min() < 0 or codes.max() >= k * k):
             raise ValueError(f"a confusion cell code outside [0, {k}²): {codes.min()}..{codes.max()}")
-        cells, inverse = np.unique(codes, return_inverse=True)
-        if counts is None:
-            count = np.bincount(inverse.reshape(-1), minlength=cells.size).astype(np.int64)
-        else:
-            count = np.zeros(cells.size, dtype=np.int64)
-            np.add.at(count, inverse.reshape(-1), np.asarray(counts, dtype=np.int64).reshape(-1))
-        keep = count > 0
-        cells, count = cells[keep], count[keep]
+        cells, count = np.unique(codes, return_counts=True)  # sorted: by true, then predicted
         return cls(k, cells // max(k, 1), cells % max(k, 1), count)
 
     @classmethod
