@@ -4,7 +4,8 @@ An evaluator is updated with ``(logits, targets)`` per batch and, at the end of 
 ``(name, value)`` pairs the module logs, gathered over ranks (torchmetrics' ``compute`` is the
 collective; every rank calls it). :class:`SingleLabelMetrics` is the single-label one: loss, top-1,
 top-5 (with 5 or more classes), mean-per-class accuracy and, for ``val``/``test``, the analysis
-(confusion matrix, ECE, reliability bins); the multi-label one is
+(confusion matrix, ECE, reliability bins; the matrix is dense up to ``DENSE_CONFUSION_MAX`` classes,
+its non-zero cells above); the multi-label one is
 :class:`~vit_ft.models.multilabel_metrics.MultiLabelMetrics`. Metric states are not persistent:
 checkpoints hold none.
 """
@@ -23,8 +24,10 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
 )
+from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
-from vit_ft.models.analysis import per_class_accuracy
+from vit_ft.models.analysis import SparseConfusion, dense_confusion, per_class_accuracy
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 
@@ -83,14 +86,56 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
         self.confmat.index_put_((target, pred.long()), torch.ones_like(target), accumulate=True)
 
 
+class SparseConfusionMatrix(Metric):
+    """The confusion matrix of many classes, as the cell code ``true * K + predicted`` of every image
+    (8 bytes an image; a list state, so DDP concatenates the ranks'): nothing ``K x K``, on the
+    device or in ``compute``, which gives the non-zero cells (:class:`SparseConfusion`)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.add_state("codes", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """``preds``: ``[N, K]`` logits or probabilities, or ``[N]`` class indices; ``target``: ``[N]``."""
+        pred = preds.argmax(dim=1) if preds.ndim == target.ndim + 1 else preds
+        self.codes.append(target.long().reshape(-1) * self.num_classes + pred.long().reshape(-1))
+
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
+        # A rank without images would send torchmetrics' float32 placeholder among int64 codes.
+        if isinstance(self.codes, list) and not self.codes:
+            self.codes.append(torch.zeros(0, dtype=torch.int64, device=self.device))
+        super()._sync_dist(dist_sync_fn, process_group)
+
+    def compute(self) -> SparseConfusion:
+        codes = self.codes
+        if isinstance(codes, list):
+            codes = dim_zero_cat(codes) if codes else torch.zeros(0, dtype=torch.int64)
+        cells, counts = torch.unique(codes.long(), return_counts=True)  # sorted: by true, then predicted
+        k = self.num_classes
+        cells, counts = cells.cpu().numpy(), counts.cpu().numpy().astype(np.int64)
+        return SparseConfusion(k, cells // k, cells % k, counts)
+
+
 class AnalysisMetrics(torch.nn.Module):
     """What an evaluation adds to loss, top-1 and top-5: the confusion matrix, the expected calibration
     error (top-label, L1, ``n_bins`` equal-width bins) and the reliability bins. ``compute`` gathers
-    them over ranks (a collective under DDP). No persistent state: checkpoints are unchanged."""
+    them over ranks (a collective under DDP). No persistent state: checkpoints are unchanged.
+
+    The matrix is dense (:class:`ConfusionMatrix`, ``K²`` int64) up to ``DENSE_CONFUSION_MAX``
+    classes, and :class:`SparseConfusionMatrix` above (8 bytes an image)."""
 
     def __init__(self, num_classes: int, n_bins: int = ECE_BINS) -> None:
         super().__init__()
-        self.confusion = ConfusionMatrix(num_classes=num_classes, validate_args=False)
+        self.confusion: Metric = (
+            ConfusionMatrix(num_classes=num_classes, validate_args=False)
+            if dense_confusion(num_classes)
+            else SparseConfusionMatrix(num_classes)
+        )
         # torchmetrics' binary calibration error on (top-1 confidence, correct) is the number
         # MulticlassCalibrationError gives, without its second pass over the [N, K] probabilities.
         self.ece = BinaryCalibrationError(n_bins=n_bins, norm="l1", validate_args=False)
@@ -102,16 +147,25 @@ class AnalysisMetrics(torch.nn.Module):
         conf = (top - torch.logsumexp(logits.float(), dim=1)).exp()
         correct = pred == target
         self.confusion.update(pred, target)
-        self.ece.update(conf, correct.long())
+        # float32 as the confidences: a rank without images sends torchmetrics' float32 placeholder
+        self.ece.update(conf, correct.float())
         self.reliability.update(conf, correct)
 
+    def counts(self) -> np.ndarray | SparseConfusion:
+        """The confusion matrix over every rank's images (a collective under DDP): numpy int64 ``[K, K]``
+        (rows = true class), or its non-zero cells above ``DENSE_CONFUSION_MAX`` classes."""
+        confusion = self.confusion.compute()
+        if isinstance(confusion, SparseConfusion):
+            return confusion
+        return confusion.cpu().numpy().astype(np.int64)
+
     def compute(self) -> dict[str, Any]:
-        """``confusion`` (numpy int64 ``[K, K]``, rows = true class), ``ece`` (NaN without images), ``reliability``."""
-        confusion = self.confusion.compute()  # every rank's counts (a sum over ranks)
+        """``confusion`` (:meth:`counts`), ``ece`` (NaN without images), ``reliability``."""
+        confusion = self.counts()  # every rank's counts (a sum over ranks)
         # An evaluation without images (every one skipped as unusable) has no calibration error.
         ece = float(self.ece.compute()) if int(confusion.sum()) else float("nan")
         return {
-            "confusion": confusion.cpu().numpy().astype(np.int64),
+            "confusion": confusion,
             "ece": ece,
             "reliability": self.reliability.compute(),
         }
@@ -241,7 +295,7 @@ class SingleLabelMetrics(Evaluator):
             if res is not None:
                 macro = _macro(res["confusion"])
             elif self.extra is not None:  # the sanity check: the analysis is not computed
-                macro = _macro(self.extra.confusion.compute().cpu().numpy())
+                macro = _macro(self.extra.counts())
             else:
                 macro = self.per_class.compute()
             out.append(("acc1_macro", macro))
@@ -268,8 +322,8 @@ def stream_metric_names(prefix: str, num_classes: int, analysis: bool) -> list[s
 
 
 def _macro(confusion: Any) -> float:
-    """Mean per-class accuracy of a confusion matrix (classes with images); NaN without any."""
-    macro = per_class_accuracy(np.asarray(confusion))[1]
+    """Mean per-class accuracy of a confusion matrix (dense or sparse; classes with images); NaN without any."""
+    macro = per_class_accuracy(confusion)[1]
     return float("nan") if macro is None else float(macro)
 
 

@@ -21,7 +21,7 @@ import torch
 from torchmetrics.functional.classification import binary_calibration_error
 
 from vit_ft.io import SafeCSVWriter, atomic_path
-from vit_ft.models.analysis import unique_class_names
+from vit_ft.models.analysis import SparseConfusion, dense_confusion, unique_class_names
 
 TOP_K = 5
 CSV_HEADER = (
@@ -86,8 +86,11 @@ class Predictions:
     def correct(self) -> np.ndarray:
         return self.pred == self.true
 
-    def confusion(self, num_classes: int) -> np.ndarray:
-        """``[K, K]`` counts, rows = true class, columns = predicted class."""
+    def confusion(self, num_classes: int) -> np.ndarray | SparseConfusion:
+        """``[K, K]`` counts, rows = true class, columns = predicted class: a dense array up to
+        ``DENSE_CONFUSION_MAX`` classes, its non-zero cells (:class:`SparseConfusion`) above."""
+        if not dense_confusion(num_classes):
+            return SparseConfusion.from_pairs(self.true, self.pred, num_classes)
         flat = np.bincount(self.true * num_classes + self.pred, minlength=num_classes * num_classes)
         return flat.reshape(num_classes, num_classes).astype(np.int64)
 

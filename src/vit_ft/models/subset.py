@@ -243,7 +243,8 @@ def prepare_sets(sets: Sequence[ExtraSet], model_classes: Sequence[str]) -> list
 @dataclass
 class SetResult:
     """What one pass over a set gave: the logged ``(name, value)`` pairs, the evaluator's analysis
-    (confusion over the set's classes, ECE) and the predictions (every rank the whole of them)."""
+    (confusion over the set's classes: dense, or its non-zero cells above ``DENSE_CONFUSION_MAX``; ECE)
+    and the predictions (every rank the whole of them)."""
 
     logged: list[tuple[str, Any]]
     analysis: dict[str, Any] | None

@@ -1,6 +1,7 @@
 """Per-class results, confusions and calibration of one evaluated split, from whichever source a run has:
 the model's in-memory ``eval_analysis`` (during training), ``<split>_predictions.csv`` (every image), or
-the ``analysis`` of ``metrics.json`` (per-class numbers and the top confusions, no full matrix)."""
+the ``analysis`` of ``metrics.json`` (per-class numbers and the top confusions, no full matrix). Above
+``DENSE_CONFUSION_MAX`` classes the matrix is its non-zero cells (:class:`SparseConfusion`), never K x K."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from typing import Any
 import numpy as np
 
 from vit_ft.io import SafeCSVWriter, atomic_path, csv_text
+from vit_ft.models.analysis import (
+    SparseConfusion,
+    class_counts,
+    dense_confusion,
+    most_confused_with,
+    top_confusion_cells,
+)
 from vit_ft.report.files import Predictions, RunFiles, image_path, number
 
 RELIABILITY_BINS = 15
@@ -46,7 +54,7 @@ class Analysis:
     source: str
     classes: list[ClassResult]
     pairs: list[Pair]  # most confused first
-    confusion: np.ndarray | None = None  # [K, K] rows = true, cols = predicted
+    confusion: np.ndarray | SparseConfusion | None = None  # [K, K] rows = true, cols = predicted
     reliability: dict[str, list[float]] | None = None  # bin_edges, confidence, accuracy, count
     ece: float | None = None
     acc1_macro: float | None = None
@@ -71,30 +79,25 @@ class Analysis:
         return [c for c in self.classes if not c.images]
 
 
-def top_pairs(confusion: np.ndarray, names: list[str], n: int = 20) -> list[Pair]:
+def top_pairs(confusion: np.ndarray | SparseConfusion, names: list[str], n: int = 20) -> list[Pair]:
     """The ``n`` largest off-diagonal cells of ``confusion``, largest first (ties by true, then predicted)."""
-    off = np.array(confusion, dtype=np.int64, copy=True)
-    np.fill_diagonal(off, 0)
-    flat = off.ravel()
-    nonzero = np.flatnonzero(flat)
-    if nonzero.size > n:
-        nonzero = nonzero[np.argpartition(-flat[nonzero], n - 1)[:n]]
-    k = off.shape[1]
-    order = sorted(nonzero.tolist(), key=lambda i: (-int(flat[i]), i))
-    return [Pair(names[i // k], names[i % k], int(flat[i])) for i in order]
+    return [Pair(names[t], names[p], c) for t, p, c in top_confusion_cells(confusion, n)]
 
 
 def from_confusion(
-    confusion: np.ndarray, names: list[str], split: str, source: str, n_pairs: int = 20
+    confusion: np.ndarray | SparseConfusion, names: list[str], split: str, source: str, n_pairs: int = 20
 ) -> Analysis:
-    confusion = np.asarray(confusion, dtype=np.int64)
-    k = confusion.shape[0]
+    """``confusion``: dense ``[K, K]`` counts or their non-zero cells (the same analysis either way)."""
+    if isinstance(confusion, SparseConfusion):
+        cells = confusion
+    else:
+        confusion = np.asarray(confusion, dtype=np.int64)
+        cells = SparseConfusion.from_dense(confusion)  # one pass over the K x K cells
+    k = cells.num_classes
     names = list(names) + [str(i) for i in range(len(names), k)]
-    off = confusion.copy()
-    np.fill_diagonal(off, 0)
-    top = off.argmax(axis=1) if k else np.zeros(0, dtype=np.int64)
-    counts = off[np.arange(k), top].tolist()
-    images, correct = confusion.sum(axis=1).tolist(), np.diag(confusion).tolist()
+    top, counts = most_confused_with(cells)
+    images, correct = (x.tolist() for x in class_counts(cells))
+    counts = counts.tolist()
     classes = [
         ClassResult(i, names[i], images[i], correct[i], names[int(top[i])] if counts[i] else None, counts[i])
         for i in range(k)
@@ -104,7 +107,7 @@ def from_confusion(
         split=split,
         source=source,
         classes=classes,
-        pairs=top_pairs(confusion, names, n_pairs),
+        pairs=top_pairs(cells, names, n_pairs),
         confusion=confusion,
         acc1_macro=float(np.mean(accs)) if accs else None,
     )
@@ -112,8 +115,9 @@ def from_confusion(
 
 def from_eval(analysis: dict[str, Any]) -> Analysis:
     """The model's ``eval_analysis`` (class_names, confusion, reliability, ece, acc1_macro)."""
+    confusion = analysis["confusion"]
     out = from_confusion(
-        np.asarray(analysis["confusion"]),
+        confusion if isinstance(confusion, SparseConfusion) else np.asarray(confusion),
         [str(n) for n in analysis.get("class_names") or []],
         str(analysis.get("split") or "val"),
         "the last validation",
@@ -154,8 +158,11 @@ def ece_of(reliability: dict) -> float | None:
 
 def from_predictions(pred: Predictions, names: list[str]) -> Analysis:
     k = max(len(names), int(pred.true_index.max(initial=-1)) + 1, int(pred.pred_index.max(initial=-1)) + 1)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (pred.true_index, pred.pred_index), 1)
+    if dense_confusion(k):
+        confusion = np.zeros((k, k), dtype=np.int64)
+        np.add.at(confusion, (pred.true_index, pred.pred_index), 1)
+    else:
+        confusion = SparseConfusion.from_pairs(pred.true_index, pred.pred_index, k)
     out = from_confusion(confusion, names, pred.split, pred.path.name)
     out.reliability = reliability_bins(pred.prob, pred.correct)
     out.ece = ece_of(out.reliability)

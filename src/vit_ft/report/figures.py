@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vit_ft.io import atomic_path
+from vit_ft.models.analysis import SparseConfusion
 from vit_ft.report.analysis import Analysis, Mistake
 
 CURVES = "curves.png"
@@ -146,7 +147,8 @@ def confusion(analysis: Analysis, path: Path, max_grid: int = MAX_GRID, n: int =
 
 
 def confusion_grid(analysis: Analysis) -> Any:
-    cm = np.asarray(analysis.confusion, dtype=np.float64)
+    cm = analysis.confusion
+    cm = np.asarray(cm.toarray() if isinstance(cm, SparseConfusion) else cm, dtype=np.float64)
     k = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):

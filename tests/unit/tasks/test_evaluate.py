@@ -117,3 +117,33 @@ def test_bad_input_is_one_line(image_folder, tmp_path, capsys):
     assert "nothing to evaluate" in _error(capsys, ["model.weights=null", root], tmp_path / "r4")
     line = _error(capsys, [f"model.weights={tmp_path / 'other'}", root, "predictions=maybe"], tmp_path / "r5")
     assert line == "error: predictions='maybe' must be true or false (false: one pass, no CSV)"
+
+
+def test_above_the_confusion_cap_eval_writes_the_dense_analysis_and_report(
+    hf_dir, image_folder, tmp_path, monkeypatch
+):
+    """Many classes (the cap lowered to 2 for these 4): metrics.json's analysis, from the predictions
+    pass or (predictions=false) from the evaluator, and report.md are the dense path's, nothing K x K made."""
+    from vit_ft.models import analysis as analysis_module
+    from vit_ft.tasks import outputs
+
+    seen = []  # the form of each confusion matrix summarised
+
+    def summary(confusion, *a, **kw):
+        seen.append(type(confusion).__name__)
+        return analysis_module.analysis_summary(confusion, *a, **kw)
+
+    monkeypatch.setattr(outputs, "analysis_summary", summary)
+    base = [*EVAL, f"model.weights={hf_dir}", f"data.root={image_folder}"]
+    got = {}
+    for cap in (2048, 2):
+        monkeypatch.setattr(analysis_module, "DENSE_CONFUSION_MAX", cap)
+        for csv in ("true", "false"):
+            run = tmp_path / f"{cap}-{csv}" / "run"
+            evaluate(_cfg([*base, f"predictions={csv}"], run))
+            report = next(run.rglob("report.md")).read_text(encoding="utf-8").replace(str(run), "RUN")
+            got[cap, csv] = (json.loads((run / "metrics.json").read_text())["analysis"], report)
+    assert seen == ["ndarray", "ndarray", "SparseConfusion", "SparseConfusion"]
+    for csv in ("true", "false"):
+        assert got[2, csv] == got[2048, csv]
+        assert got[2, csv][0]["top_confusions"] and len(got[2, csv][0]["per_class"]) == 4
