@@ -20,10 +20,10 @@ from tests.helpers import TINY, make_image_folder, read_metrics, run_cli
 CLASSES = {
     "tabby cat": ("circle", 6),
     "ñandú": ("square", 6),
-    "ñandú twin": ("square", 4),
+    "ñandú twin": ("square", 3),
     "三角 triangle": ("triangle", 6),
 }
-VAL_IMAGES = 22  # even: 2 DDP processes share val without a padded repeat
+VAL_IMAGES = 21  # odd: 2 DDP processes share val 11/10, never a padded repeat that val/* would count
 EVAL = [
     "trainer.precision=32",
     "data.num_workers=0",
@@ -109,7 +109,7 @@ def test_analysis_and_predictions_show_the_confused_class(trained, confused_fold
     for r in rows:
         by_file.setdefault(Path(r["file"]).name, []).append(r)
     pairs = [v for v in by_file.values() if len(v) == 2]
-    assert len(pairs) == 4
+    assert len(pairs) == CLASSES["ñandú twin"][1]
     for p in pairs:
         assert p[0]["pred_index"] == p[1]["pred_index"] and int(p[0]["correct"]) + int(p[1]["correct"]) <= 1
     c = confusion_of(rows, 4)

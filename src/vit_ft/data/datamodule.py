@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from vit_ft.data.bad_images import BadImageLedger
 from vit_ft.data.device_decode import PlannedBatch, check_decode_device, decode_planned, plan_in_workers
 from vit_ft.data.folder import index_image_folder, stratified_split
-from vit_ft.data.loader_policy import LoaderPolicy, loader_batch, per_device_batch
+from vit_ft.data.loader_policy import LoaderPolicy, eval_share_sampler, loader_batch, per_device_batch
 from vit_ft.data.manifest import BadRows, ManifestRecords, decide_task, index_manifests
 from vit_ft.data.quickstart import make_quickstart_dataset
 from vit_ft.data.records import FileRecords, IndexedDataset, TransformedDataset, collate_skipping_none
@@ -261,8 +261,9 @@ class ImageDataModule(ResumableOrder, L.LightningDataModule):
                 f"data.sampler={self.sampler} needs a data set of known size; a streamed one is read in "
                 "its own order: use data.sampler=none or data.streaming=false"
             )
-        if not (train and not isinstance(ds, IterableDataset)):
-            return self.loader_policy.loader(ds, bs, train=train, collate_fn=collate)
+        if not (train and not isinstance(ds, IterableDataset)):  # evaluation: unpadded shares under DDP
+            sampler = None if train else eval_share_sampler(ds)
+            return self.loader_policy.loader(ds, bs, train=train, sampler=sampler, collate_fn=collate)
         labels = getattr(self.splits[split], "labels", None) if self.sampler != "none" else None
         sampler = self.epoch_sampler(ds, bs, labels=labels)
         return self.loader_policy.loader(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from vit_ft.errors import ConfigError
 
@@ -55,6 +55,35 @@ def batches_per_epoch(size: int, world_size: int, batch_size: int) -> int:
     if drops_last(size, batch_size):
         return per_rank // int(batch_size)
     return -(-per_rank // int(batch_size))
+
+
+class EvalShareSampler(DistributedSampler):
+    """One rank's share of an evaluation split under DDP, without padding: rank ``r`` reads indices
+    ``r, r + world, ...`` (shares differ by at most one image). Lightning's own DistributedSampler repeats
+    up to ``world - 1`` images to even the shares, and every logged ``val/*`` would count them; the
+    evaluators gather over ranks at the epoch's end, so uneven shares need no per-step collective.
+    Being a DistributedSampler, Lightning leaves it in place."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Any:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def eval_share_sampler(ds: Any) -> EvalShareSampler | None:
+    """:class:`EvalShareSampler` of ``ds`` for this rank when a process group of 2+ ranks runs; None
+    otherwise (one process, or a streamed set, which shards itself)."""
+    dist = torch.distributed
+    if isinstance(ds, IterableDataset) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size()
+    return EvalShareSampler(ds, world, dist.get_rank()) if world > 1 else None
 
 
 def seed_worker(worker_id: int) -> None:

@@ -28,7 +28,7 @@ from vit_ft.checkpoint_format import (
     strip_prefix,
 )
 from vit_ft.data.datamodule import ImageDataModule
-from vit_ft.data.loader_policy import LoaderPolicy
+from vit_ft.data.loader_policy import LoaderPolicy, eval_share_sampler
 from vit_ft.data.resumable import ResumableOrder
 from vit_ft.errors import ConfigError
 from vit_ft.models.ema import build_ema
@@ -237,8 +237,8 @@ class FeatureDataModule(ResumableOrder, L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         f, bs = self.features[split], self.base.batch_for(train)
         ds = TensorDataset(f.features, self.labels(split))
-        if not train:
-            return LoaderPolicy().loader(ds, bs)  # in memory: no workers
+        if not train:  # in memory: no workers; unpadded shares under DDP
+            return LoaderPolicy().loader(ds, bs, sampler=eval_share_sampler(ds))
         sampler = self.epoch_sampler(ds, bs, with_seeds=False, labels=f.labels)
         return LoaderPolicy().loader(ds, bs, train=True, sampler=sampler, epoch_size=self.epoch_size(ds))
 

@@ -72,3 +72,14 @@ def test_image_and_cached_feature_loaders_cut_the_same_batches(tmp_path, batch):
         )
     assert dm.train_dataloader().drop_last == (batch <= 10)
     assert [len(b[1]) for b in fdm.train_dataloader()] == [len(b[1]) for b in dm.train_dataloader()]
+
+
+def test_evaluation_shares_over_ranks_repeat_no_image():
+    from vit_ft.data.loader_policy import EvalShareSampler, eval_share_sampler
+
+    shares = [list(EvalShareSampler(range(7), 3, r)) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]] and [
+        len(EvalShareSampler(range(7), 3, r)) for r in range(3)
+    ] == [3, 2, 2]
+    assert sorted(sum(shares, [])) == list(range(7))  # each image once (torch's sampler pads to 9)
+    assert eval_share_sampler(range(7)) is None  # no process group: the loader reads it all
