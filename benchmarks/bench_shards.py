@@ -8,6 +8,9 @@
    shard's tar headers (no image bytes), per 10,000 samples; a resume reads at most one shard's.
 3. ``memory``: what each loader worker holds per sample (the pickled dataset) for N and 4N samples:
    a folder's path array grows with the data; the shards' state is one int64 label per sample.
+4. ``remote shards``: the shards behind a ``pipe:`` command (what an object store's CLI gives), read in
+   the training order for 2 epochs by ``--workers`` loader workers: bytes fetched from the source and
+   images/s, streamed vs ``data.shard_cache`` (each shard fetched once into a local folder).
 
     python benchmarks/bench_shards.py                       # 4000 images of 64 px, 1 worker
     python benchmarks/bench_shards.py --images 20000 --latency 0.005
@@ -40,6 +43,7 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.002, help="seconds added to each file open")
     p.add_argument("--shard-size", default="2MB")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=4, help="loader workers of the remote-shards section")
     return p.parse_args(argv)
 
 
@@ -139,6 +143,54 @@ def main(argv=None) -> None:
             ss.bad = torch.zeros(len(fake), dtype=torch.uint8)
             b = len(pickle.dumps(ss)) / (args.images * mult)
             print(f"{f'bytes per sample, {mult}N samples':<34}{a:>10.1f}{b:>10.1f}")
+
+        remote_shards(tmp, index, args)
+
+
+def remote_shards(tmp: Path, index: dict, args: argparse.Namespace) -> None:
+    """Section 4: the shards behind ``pipe:``, streamed vs ``data.shard_cache``."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # more workers than cores
+    log = tmp / "fetched.log"
+    fetch = tmp / "fetch.sh"  # logs the bytes it serves, then serves them
+    fetch.write_text(f'stat -c %s "$1" >> {log}\ncat "$1"\n')
+    shards = tmp / "shards"
+    pattern = f"pipe:sh {fetch} {shards}/{index['splits']['train']['pattern']}"
+    total = sum((shards / sh["name"]).stat().st_size for sh in index["splits"]["train"]["shards"])
+    print(
+        f"\nremote shards (pipe:), {args.workers} workers, 2 epochs{'streamed':>10}{'cached':>10}{'ratio':>8}"
+    )
+    fetched, speed = {}, {}
+    for mode, cache in (("streamed", None), ("cached", str(tmp / "cache"))):
+        log.write_text("")
+        dm = WebDatasetDataModule(
+            train=pattern,
+            val=pattern,
+            index=str(shards / "index.json"),
+            shard_cache=cache,
+            batch_size=64,
+            num_workers=args.workers,
+            persistent_workers=False,
+        )
+        dm.configure_preprocessing(Preprocessing(args.img_size))
+        dm.setup()
+        dm.trainer = type("T", (), {"world_size": 1, "global_rank": 0})()
+        t0, n = time.perf_counter(), 0
+        for epoch in (0, 1):
+            loader = dm.train_dataloader()
+            loader.sampler.set_epoch(epoch)
+            n += sum(len(b[1]) for b in loader)
+        speed[mode] = n / (time.perf_counter() - t0)
+        fetched[mode] = sum(int(x) for x in log.read_text().split()) / total
+    print(
+        f"{'data set sizes fetched':<43}{fetched['streamed']:>9.1f}x{fetched['cached']:>9.1f}x"
+        f"{fetched['streamed'] / fetched['cached']:>7.1f}x"
+    )
+    print(
+        f"{'loader images/s':<43}{speed['streamed']:>10.0f}{speed['cached']:>10.0f}"
+        f"{speed['cached'] / speed['streamed']:>7.2f}x"
+    )
 
 
 if __name__ == "__main__":

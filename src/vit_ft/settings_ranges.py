@@ -235,6 +235,7 @@ NOT_RANGED: dict[str, str] = {
     "test": _BOOL,
     "predictions": _BOOL + "; eval.py checks it with its own line",
     "data.root": _PATH,
+    "data.shard_cache": _PATH + " or null (data=webdataset: a local folder for remote shards)",
     "data.name": "a hub id or folder, checked when loading",
     "data.config_name": _NAME,
     "data.image_column": "a column name of the data set",

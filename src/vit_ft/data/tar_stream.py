@@ -37,13 +37,50 @@ def _local(url: str) -> str | None:
     return os.path.expanduser(url)
 
 
-def open_url(url: str) -> tuple[Any, bool]:
-    """``(binary file object, seekable)`` for a local path, ``pipe:`` command, http(s) or hf:// URL."""
+def cached_copy(url: str, cache_dir: str) -> str:
+    """The local copy of the shard at ``url`` in ``cache_dir`` (``data.shard_cache``), fetched once per
+    folder: the first reader downloads it under an exclusive lock (into ``.part``, renamed when whole),
+    every other worker and rank sharing the folder waits and then reads the file, with seeks. Keyed by
+    the URL: a shard changed at its source needs the folder cleared."""
+    import fcntl
+    import hashlib
+    import re
+    import shutil
+
+    import webdataset as wds
+
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/'\" ").rsplit("/", 1)[-1])[-80:]
+    path = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest()[:16] + "-" + tail)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        if not os.path.isfile(path):
+            part = f"{path}.part{os.getpid()}"
+            try:
+                with wds.gopen(url, "rb") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.replace(part, path)
+            except Exception as e:
+                if os.path.exists(part):
+                    os.remove(part)
+                raise OSError(
+                    f"shard {url!r}: could not copy it into data.shard_cache={cache_dir!r} ({e})"
+                ) from e
+    return path
+
+
+def open_url(url: str, cache_dir: str | None = None) -> tuple[Any, bool]:
+    """``(binary file object, seekable)`` for a local path, ``pipe:`` command, http(s) or hf:// URL;
+    with ``cache_dir`` a remote shard is read from its local copy (:func:`cached_copy`)."""
     path = _local(url)
     if path is not None:
         if not os.path.isfile(path):
             raise ConfigError(f"shard {url!r} does not exist; check data.train / data.val")
         return open(path, "rb"), True
+    if cache_dir:
+        return open(cached_copy(url, cache_dir), "rb"), True
     import webdataset as wds
 
     return wds.gopen(url, "rb"), False
@@ -104,13 +141,13 @@ def _pax(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def iter_members(url: str):
+def iter_members(url: str, cache_dir: str | None = None):
     """``(sample index in the shard, extension, read)`` of every file of shard ``url`` (the sample index
     counts keys); ``read()`` returns the file's bytes until the next member is asked for. Only headers are
     parsed (ustar, GNU long names, pax paths and sizes); unread data is skipped with a seek (local files)
     or read past (streams). Python's ``tarfile`` parses a header ~10x slower, which a reader of small
     images pays on every sample."""
-    f, seekable = open_url(url)
+    f, seekable = open_url(url, cache_dir)
 
     def skip(n: int) -> None:
         if seekable:

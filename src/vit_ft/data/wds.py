@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ class ShardSplit:
         self, urls: list[str], counts: list[int], labels: np.ndarray, split: str, source: str | None = None
     ) -> None:
         self.urls, self.split, self.source = list(urls), split, source  # source: the index's fingerprint
+        self.cache_dir: str | None = None  # data.shard_cache: remote shards read from a local copy
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -134,7 +136,8 @@ class ShardReader:
 
     def _open(self, s: int) -> None:
         self.close()
-        self.shard, self._it, self.cursor, self.kept = s, iter_members(self.split.urls[s]), -1, {}
+        members = iter_members(self.split.urls[s], self.split.cache_dir)
+        self.shard, self._it, self.cursor, self.kept = s, members, -1, {}
         self.opened += 1
 
     def close(self) -> None:
@@ -261,6 +264,7 @@ class WebDatasetDataModule(ImageDataModule):
         index: str | None = None,
         classes: list[str] | None = None,
         shuffle_buffer: int = 1000,
+        shard_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -268,6 +272,7 @@ class WebDatasetDataModule(ImageDataModule):
             raise ConfigError(f"data.shuffle_buffer={shuffle_buffer!r} must be 0 (no shuffling) or more")
         self.train_urls, self.val_urls, self.test_urls = train, val, test
         self.index, self.classes, self.shuffle_buffer = index, classes, int(shuffle_buffer)
+        self.shard_cache = os.path.expanduser(str(shard_cache)) if shard_cache else None
 
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         splits: dict[str, Any] = {}
@@ -284,6 +289,8 @@ class WebDatasetDataModule(ImageDataModule):
         splits["val"], _ = load_split(val, "val", self.index, "data.val")
         if self.test_urls is not None:
             splits["test"], _ = load_split(self.test_urls, "test", self.index, "data.test")
+        for shard_split in splits.values():  # remote shards read from their local copy (data.shard_cache)
+            shard_split.cache_dir = self.shard_cache
         n_classes = 1 + max(int(r.labels.max(initial=-1)) for r in splits.values())
         names = list(self.classes) if self.classes else (index or {}).get("classes")
         if not names:

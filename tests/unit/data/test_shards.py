@@ -163,7 +163,7 @@ def test_skipping_reads_tar_headers_not_image_bytes(shards, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(tar_stream, "open_url", lambda url: (Counting(open(url, "rb")), True))
+    monkeypatch.setattr(tar_stream, "open_url", lambda url, cache_dir=None: (Counting(open(url, "rb")), True))
     split = wds_mod.ShardSplit([str(path)], [entry["count"]], np.array(entry["labels"]), "train")
     data, _ = wds_mod.ShardReader(split).get(0, entry["count"] - 1)
     with tarfile.open(path) as tf:
@@ -250,10 +250,14 @@ def test_bench_shards_prints_folder_and_shards_side_by_side(capsys):
     spec = importlib.util.spec_from_file_location("bench_shards", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--images", "48", "--rounds", "1", "--latency", "0.001", "--shard-size", "40k"])
+    bench.main(
+        ["--images", "48", "--rounds", "1", "--latency", "0.001", "--shard-size", "40k", "--workers", "2"]
+    )
     out = capsys.readouterr().out
     assert "folder" in out and "shards" in out and "per 10,000 samples" in out
     assert len([ln for ln in out.splitlines() if ln.startswith("images/s") and ln.endswith("x")]) == 2
+    fetched = next(ln for ln in out.splitlines() if ln.startswith("data set sizes fetched")).split()
+    assert float(fetched[-3][:-1]) >= 2 and fetched[-2] == "1.0x"  # every epoch streamed; once cached
 
 
 def test_writer_reads_a_hugging_face_data_set_as_stored(tmp_path):
@@ -271,3 +275,32 @@ def test_writer_reads_a_hugging_face_data_set_as_stored(tmp_path):
         first = tf.extractfile("000000000.png").read()
     assert "000000001.jpg" in names  # the format of the stored bytes (PNG, JPEG alternate)
     assert first == hf_dataset(8)[0]["image"].tobytes() or first[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_shard_cache_fetches_each_remote_shard_once_for_every_worker_and_epoch(shards, tmp_path):
+    """pipe:/http shards are streams: without data.shard_cache each loader worker reads every shard whole
+    (skipping the others' samples) every epoch; with it, each shard is fetched once into the folder and
+    read from there with seeks, the same samples in the same order."""
+    out, index = shards
+    log = tmp_path / "fetches.log"
+    pattern = index["splits"]["train"]["pattern"]
+    n_shards = len(index["splits"]["train"]["shards"])
+    fetch = tmp_path / "fetch.sh"  # a pipe: command that counts its runs
+    fetch.write_text(f'echo "$1" >> {log}\ncat "$1"\n')
+    counted = f"pipe:sh {fetch} {out}/{pattern}"
+    val = str(out / index["splits"]["val"]["pattern"])
+    ref = _dm(_train_pattern(out, index), val=val)
+    want = [_epoch(ref, e) for e in (0, 1)]
+
+    streamed = _dm(counted, val=val, index=str(out / "index.json"), workers=2)
+    got = [_epoch(streamed, e) for e in (0, 1)]
+    assert all(torch.equal(a, b) for ep_a, ep_b in zip(got, want) for a, b in zip(ep_a, ep_b))
+    assert len(log.read_text().splitlines()) >= 2 * n_shards  # every shard read again in every epoch
+    log.unlink()
+
+    cache = tmp_path / "cache"
+    cached = _dm(counted, val=val, index=str(out / "index.json"), workers=2, shard_cache=str(cache))
+    got = [_epoch(cached, e) for e in (0, 1)]
+    assert all(torch.equal(a, b) for ep_a, ep_b in zip(got, want) for a, b in zip(ep_a, ep_b))
+    assert len(log.read_text().splitlines()) == n_shards  # once each, for 2 workers x 2 epochs
+    assert len(list(cache.glob("*.tar"))) == n_shards and not list(cache.glob("*.part*"))
