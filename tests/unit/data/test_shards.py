@@ -304,3 +304,14 @@ def test_a_shard_cache_fetches_each_remote_shard_once_for_every_worker_and_epoch
     assert all(torch.equal(a, b) for ep_a, ep_b in zip(got, want) for a, b in zip(ep_a, ep_b))
     assert len(log.read_text().splitlines()) == n_shards  # once each, for 2 workers x 2 epochs
     assert len(list(cache.glob("*.tar"))) == n_shards and not list(cache.glob("*.part*"))
+
+
+def test_a_remote_shard_that_fails_mid_copy_leaves_nothing_in_the_cache(tmp_path):
+    from vit_ft.data.tar_stream import cached_copy
+
+    broken = tmp_path / "broken.sh"  # half a shard, then the command fails (a dropped connection)
+    broken.write_text("head -c 1000 /dev/zero\nexit 3\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match=r"could not copy it into data.shard_cache"):
+        cached_copy(f"pipe:sh {broken} train-000000.tar", str(cache))
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no part, no shard
