@@ -55,7 +55,10 @@ def cached_copy(url: str, cache_dir: str) -> str:
         return path
     os.makedirs(cache_dir, exist_ok=True)
     with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        except OSError:  # no flock on this file system: each reader may fetch, the rename stays atomic
+            pass
         if not os.path.isfile(path):
             part = f"{path}.part{os.getpid()}"
             try:
