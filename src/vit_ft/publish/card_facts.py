@@ -49,10 +49,12 @@ class Exported:
     hf_dir: Path | None = None
     timm_file: Path | None = None
     onnx_file: Path | None = None
+    onnx_data: Path | None = None  # the onnx file's external data (a network over 2 GB)
 
 
 def exported_files(paths: list[Path]) -> dict[str, Path]:
-    """The files export.py wrote by kind: ``hf_dir``, ``timm_file``, ``onnx_file`` (:class:`Exported`'s fields)."""
+    """The files export.py wrote by kind: ``hf_dir``, ``timm_file``, ``onnx_file``, ``onnx_data``
+    (:class:`Exported`'s fields)."""
     found: dict[str, Path] = {}
     for p in map(Path, paths):
         if p.is_dir() and (p / "config.json").is_file():
@@ -61,6 +63,8 @@ def exported_files(paths: list[Path]) -> dict[str, Path]:
             found["timm_file"] = p
         elif p.suffix == ".onnx":
             found["onnx_file"] = p
+        elif p.name.endswith(".onnx.data"):
+            found["onnx_data"] = p
     return found
 
 

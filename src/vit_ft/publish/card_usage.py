@@ -145,4 +145,11 @@ def usage_section(exported: Exported, classes: int) -> list[str]:
             f"`python predict.py weights={shlex.quote(onnx)} images=...` runs it.",
             "",
         ]
+        if e.onnx_data is not None:
+            out += [
+                f"The network is over 2 GB, so its weights are in `{e.onnx_data.name}` beside "
+                f"`{e.onnx_file.name}` (ONNX external data): keep, copy or download the two files together; "
+                "ONNX Runtime reads the weights from the folder of the `.onnx` file.",
+                "",
+            ]
     return out

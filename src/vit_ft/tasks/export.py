@@ -11,7 +11,8 @@ ends in ``.safetensors``). ``format=onnx`` writes ``out`` when it ends in ``.onn
 ``out/model.onnx``: an ONNX file (``dtype=fp32`` or ``fp16``, ``opset=17`` or 18, dynamic batch axis)
 verified by ONNX Runtime against the PyTorch network before it is kept, on images of the run's
 validation set when the checkpoint sits in a run folder that names one, else on fixed random inputs,
-with the preprocessing and class names in its metadata (:mod:`vit_ft.weights.onnx`); a linear probe's
+with the preprocessing and class names in its metadata (:mod:`vit_ft.weights.onnx`; a network over
+2 GB also gets ``model.onnx.data`` beside it, its weights as ONNX external data); a linear probe's
 head on token features (``cls``, ``mean``, ``cls+mean``, ``last4``) exports too. ``img_size`` / ``num_classes`` / ``backbone`` are passed to the reader as in
 training (``backbone`` is only needed for a plain timm state dict). Nothing but ``out`` is written (no
 Hydra output folder).
@@ -43,7 +44,7 @@ from vit_ft.tasks.resume import refuse_live_run
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.assemble import Backbone
 from vit_ft.weights.io import check_weights_source
-from vit_ft.weights.onnx import require, write_onnx
+from vit_ft.weights.onnx import data_file, onnx_files, require, write_onnx
 from vit_ft.weights.writers import check_plain_head
 
 
@@ -138,9 +139,11 @@ def export_onnx(bb: Backbone, out: Path, source: str, *, dtype: str, opset: int)
         )
     for line in result.lines():
         print(line)
+    data = data_file(path)
+    beside = f"; its weights in {data.name} beside it, keep the two together" if data.is_file() else ""
     print(
         f"exported {source} -> {path} (ONNX opset {opset}, {dtype}, {exporter} exporter; "
-        f"verified by ONNX Runtime on {where})"
+        f"verified by ONNX Runtime on {where}{beside})"
     )
     return path
 
@@ -181,7 +184,8 @@ def export(cfg: DictConfig) -> list[Path]:
         print(f"weights: {note}")
     out = Path(str(cfg.out)).expanduser()
     if cfg.format == "onnx":
-        paths = [export_onnx(bb, out, str(source), dtype=str(cfg.dtype), opset=int(cfg.opset))]
+        # the .onnx, and its .onnx.data over 2 GB: the card lists and the push uploads both
+        paths = onnx_files(export_onnx(bb, out, str(source), dtype=str(cfg.dtype), opset=int(cfg.opset)))
     else:
         paths = _write_weights(cfg, bb, out, str(source), "ckpt_path" if ckpt else "weights")
     finish_export(cfg, out, str(source), bb, paths)  # the model card, the Hub push (after the files exist)

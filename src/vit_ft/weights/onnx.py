@@ -10,7 +10,11 @@ half-precision copy (fp16 input and output).
 
 The file is written beside the target and kept (renamed onto the target) only when ONNX Runtime's logits
 match PyTorch's (:mod:`~vit_ft.weights.onnx_verify`); else :class:`~vit_ft.errors.RunFault` (one line)
-and no file.
+and no file. A network of :data:`MAX_BYTES` or more (protobuf's 2 GB limit on one file: ViT-H/14 in fp32,
+DINOv2 ViT-g) is written as ONNX external data: ``model.onnx`` (the graph and the metadata) and its
+weights in ONE file beside it, ``model.onnx.data`` (:func:`data_file`; its ``location`` is relative, so
+the pair moves together). That pair is built and verified in a private folder beside the target, then
+moved into place; a failure leaves neither.
 
 The preprocessing travels in the file's ``metadata_props`` (:data:`META_KEYS`): ``class_names`` and
 ``mean``/``std`` as JSON lists, ``img_size``, ``interpolation``, ``crop_pct`` (JSON, null: plain resize),
@@ -27,6 +31,8 @@ import copy
 import io
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,7 +52,8 @@ from vit_ft.weights.onnx_verify import Verification, verify
 OPSET = 17  # ONNX Runtime >= 1.14, TensorRT >= 8.6
 OPSETS = (17, 18)
 DTYPES = ("fp32", "fp16")
-MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph
+MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph: above it, external data
+DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data, the weights of a network over MAX_BYTES
 INPUT, OUTPUT = "pixel_values", "logits"
 EXTRA = 'pip install -e ".[onnx]"'
 META_KEYS = (
@@ -112,8 +119,9 @@ class _Forward(nn.Module):
         return self.net(x)
 
 
-def _exporter_options(exporter: str) -> dict[str, Any]:
-    """What differs between the two exporters: the dynamic batch axis, constant folding, one file."""
+def _exporter_options(exporter: str, external: bool = False) -> dict[str, Any]:
+    """What differs between the two exporters: the dynamic batch axis, constant folding, one file
+    (``external``: external data; the TorchScript exporter switches to it by itself over 2 GB)."""
     if exporter == "torchscript":
         return {
             "dynamo": False,
@@ -123,12 +131,12 @@ def _exporter_options(exporter: str) -> dict[str, Any]:
     return {
         "dynamo": True,
         "dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1)}},
-        "external_data": False,
+        "external_data": external,
         "verbose": False,
     }
 
 
-def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, external: bool = False) -> str:
     """Write ``net`` to ``path`` (TorchScript exporter, else dynamo); return the exporter used."""
     errors = []
     for exporter in ("torchscript", "dynamo"):
@@ -143,7 +151,7 @@ def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> st
                     opset_version=opset,
                     input_names=[INPUT],
                     output_names=[OUTPUT],
-                    **_exporter_options(exporter),
+                    **_exporter_options(exporter, external),
                 )
             return exporter
         except Exception as e:  # noqa: BLE001 - any exporter failure: try the other, then one line
@@ -200,29 +208,102 @@ def write_onnx(
     net = net.eval()
     half = dtype == "fp16"
     size = sum(t.numel() for t in net.state_dict().values()) * (2 if half else 4)
-    if size >= MAX_BYTES:
-        raise ConfigError(
-            f"the network is {size / 1e9:.1f} GB in {dtype}, over the 2 GB one ONNX file can hold "
-            "(vit-ft writes no external data files); export with dtype=fp16"
-            + (" or format=timm" if half else "")
-        )
     exported = _Forward(copy.deepcopy(net).half() if half else net).eval()
     x = inputs.float()
+    meta = metadata(preprocessing, class_names, dtype=dtype, arch=arch)
+    meta.update(extra_metadata or {})
+    if size >= MAX_BYTES:  # over what one protobuf holds: the graph and one external data file
+        result, exporter = _write_external(exported, net, target, x, half, int(opset), meta, inputs_text)
+        return target, result, exporter
     with atomic_path(target, suffix=".tmp.onnx") as tmp:
         with torch.inference_mode(False), torch.no_grad():
             exporter = _export(exported, x[:2].half() if half else x[:2], tmp, int(opset))
         model = onnx.load(str(tmp))
-        meta = metadata(preprocessing, class_names, dtype=dtype, arch=arch)
-        meta.update(extra_metadata or {})
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         result = verify(OnnxNet(session), net, x, dtype, inputs_text)
         meta["verification"] = result.to_json()
-        del model.metadata_props[:]
-        for key, value in meta.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
+        _set_metadata(model, meta)
         onnx.save(model, str(tmp))
+    data_file(target).unlink(missing_ok=True)  # a bigger network's weights from an earlier export
     return target, result, exporter
+
+
+def data_file(path: str | os.PathLike) -> Path:
+    """Where the weights of a network over :data:`MAX_BYTES` live: ``model.onnx`` -> ``model.onnx.data``."""
+    path = Path(path)
+    return path.with_name(path.name + DATA_SUFFIX)
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The files an export wrote: the ``.onnx``, and its external data file when it has one (what a
+    model card lists and a Hub push uploads)."""
+    path = Path(path)
+    return [path] + [data_file(path)] * data_file(path).is_file()
+
+
+def _set_metadata(model: Any, meta: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _write_external(
+    exported: nn.Module,
+    net: nn.Module,
+    target: Path,
+    x: torch.Tensor,
+    half: bool,
+    opset: int,
+    meta: dict[str, str],
+    inputs_text: str,
+) -> tuple[Verification, str]:
+    """:func:`write_onnx` over :data:`MAX_BYTES`: export into a private folder beside ``target`` (the
+    TorchScript exporter writes a file per tensor there), save the graph and the metadata with all the
+    weights in one external data file under the final names, verify from that path (a proto over 2 GB
+    cannot be serialised to bytes), then move the data file and the graph into place."""
+    import onnx
+    import onnxruntime as ort
+
+    data = data_file(target)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    placed: list[Path] = []
+    try:
+        raw, final = work / "export" / "model.onnx", work / "final" / target.name
+        raw.parent.mkdir()
+        final.parent.mkdir()
+        with torch.inference_mode(False), torch.no_grad():
+            exporter = _export(exported, x[:2].half() if half else x[:2], raw, opset, external=True)
+        model = onnx.load(str(raw))  # the external tensors too, from raw's folder
+        shutil.rmtree(raw.parent)  # the exporter's files: half the disk the pair needs
+        _set_metadata(model, meta)
+        onnx.save_model(
+            model,
+            str(final),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,  # relative to the .onnx: the pair moves together
+        )
+        del model
+        session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+        result = verify(OnnxNet(session), net, x, "fp16" if half else "fp32", inputs_text)
+        del session
+        graph = onnx.load(str(final), load_external_data=False)  # the graph only: add what was verified
+        _set_metadata(graph, {**meta, "verification": result.to_json()})
+        onnx.save(graph, str(final))  # writes no tensor data: none is loaded
+        for src, dst in ((final.parent / data.name, data), (final, target)):
+            if not src.is_file():  # no tensor over onnx's size threshold: one file after all
+                continue
+            os.replace(src, dst)
+            placed.append(dst)
+    except BaseException:
+        for p in placed:  # the data file moved, the graph did not: take it back
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result, exporter
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -263,8 +344,28 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], Any]:
     try:
         session = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidProtobuf / ...
+        missing = missing_data_files(p)
+        if missing:
+            raise ConfigError(
+                f"weights={src!r} keeps its weights in {', '.join(map(str, missing))}, which is missing; "
+                f"copy or download the .onnx together with its {missing[0].name} file"
+            ) from None
         raise _bad(src, f"is not a readable ONNX model ({first_line(e)[:160]})") from None
     return dict(session.get_modelmeta().custom_metadata_map), session
+
+
+def missing_data_files(path: Path) -> list[Path]:
+    """The external data files ``path``'s graph names that are not beside it (none for a one-file model
+    or one that cannot be parsed)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no onnx package or no model: ONNX Runtime's message stands
+        return []
+    found = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    return [path.parent / loc for loc in sorted(found) if not (path.parent / loc).is_file()]
 
 
 def parse_metadata(meta: dict[str, str], path: str) -> tuple[Preprocessing, list[str]]:

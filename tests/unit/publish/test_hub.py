@@ -113,3 +113,40 @@ def test_private_to_an_existing_public_repo_is_refused_before_any_upload(folder,
     with FakeHub(existing={"me/tiny-vit": False}) as hub:  # public, as asked: no check, uploaded
         push_folder(folder, "me/tiny-vit", api=HfApi(endpoint=hub.url, token="hf_fake"))
     assert "model.safetensors" in hub.files and not any(r["method"] == "GET" for r in hub.requests)
+
+
+def test_an_onnx_export_over_2gb_lists_and_pushes_its_external_data_file(
+    hf_dir, tmp_path, monkeypatch, online
+):
+    """format=onnx out=.../model.onnx over MAX_BYTES (lowered so a tiny ViT is over it): the card names
+    model.onnx.data and the push uploads it with model.onnx (the allow-list of a single-file export)."""
+    from omegaconf import OmegaConf
+
+    from vit_ft.tasks import publish
+    from vit_ft.tasks.export import ExportConfig, export
+    from vit_ft.weights import onnx as vonnx
+
+    monkeypatch.setattr(vonnx, "MAX_BYTES", 1000)
+    out = tmp_path / "big" / "model.onnx"
+    (out.parent).mkdir()
+    (out.parent / "notes.txt").write_text("not this export's")
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ExportConfig),
+        {"weights": str(hf_dir), "out": str(out), "format": "onnx", "push_to_hub": "me/big-vit"},
+    )
+    with FakeHub() as hub:
+        real = publish.push_folder
+        api = HfApi(endpoint=hub.url, token="hf_fake")
+        monkeypatch.setattr(publish, "push_folder", lambda *a, **kw: real(*a, **kw, api=api))
+        paths = export(cfg)
+    assert paths == [out, out.parent / "model.onnx.data"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "README.md",
+        "model.onnx",
+        "model.onnx.data",
+        "notes.txt",
+    ]
+    assert sorted(hub.files) == ["README.md", "model.onnx", "model.onnx.data"]
+    assert hub.files["model.onnx.data"] == (out.parent / "model.onnx.data").read_bytes()
+    card = (out.parent / "README.md").read_text()
+    assert "its weights are in `model.onnx.data` beside `model.onnx`" in card

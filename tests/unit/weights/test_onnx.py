@@ -177,10 +177,59 @@ def test_over_tolerance_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RunFault, match=r"does not match PyTorch: max \|dlogit\| .* nothing was written"):
         _write(net, tmp_path / "m.onnx", 32)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(vonnx, "MAX_BYTES", 1000)  # a network over what one ONNX file holds
-    with pytest.raises(ConfigError, match=r"GB in fp32, over the 2 GB one ONNX file can hold.*dtype=fp16"):
+    monkeypatch.setattr(vonnx, "MAX_BYTES", 1000)  # over 2 GB: external data, the same rule
+    with pytest.raises(RunFault, match=r"does not match PyTorch: max \|dlogit\| .* nothing was written"):
         _write(net, tmp_path / "m.onnx", 32)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_over_2gb_the_weights_go_to_one_external_data_file(tmp_path, monkeypatch, capsys):
+    """A network over MAX_BYTES (lowered here so a tiny ViT is one): ``m.onnx`` + ``m.onnx.data``, nothing
+    else left beside them, verified by ONNX Runtime from the path; the same logits and metadata as the
+    one-file export, still read after the pair moves; a missing data file and a failed export are one
+    line with nothing left."""
+    import onnx
+
+    for d in ("one", "big", "moved", "failed"):
+        (tmp_path / d).mkdir()
+    net = _model("vit_tiny_patch16_224", 32)
+    one, _, _ = _write(net, tmp_path / "one" / "m.onnx", 32)
+    monkeypatch.setattr(vonnx, "MAX_BYTES", 1000)
+    (tmp_path / "big" / "m.onnx.data").write_bytes(b"an older export's weights")  # replaced
+    path, result, exporter = _write(net, tmp_path / "big" / "m.onnx", 32)
+    assert exporter == "torchscript" and result.ok and [r["batch"] for r in result.rows] == [1, 3]
+    data = vonnx.data_file(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert vonnx.onnx_files(path) == [path, data] and vonnx.onnx_files(one) == [one]
+    assert data.stat().st_size > 4 * path.stat().st_size  # the weights are in the data file
+    graph = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"m.onnx.data"}  # relative: the pair moves together
+    meta_one, _ = vonnx.read_metadata(one)
+    meta_big, _ = vonnx.read_metadata(path)
+    assert meta_big == meta_one  # the same verification on the same inputs, the same preprocessing
+    moved = tmp_path / "moved"
+    for f in (path, data):
+        f.rename(moved / f.name)
+    x = _x(5, 32, seed=2)
+    ref, _, _ = vonnx.open_onnx(one, device="cpu")
+    big, pre, names = vonnx.open_onnx(moved / "m.onnx", device="cpu")
+    assert names == NAMES and pre == _pre(32)
+    torch.testing.assert_close(big(x), ref(x), rtol=0, atol=0)
+    from vit_ft.onnx_info import main
+
+    assert main([str(moved / "m.onnx")]) == 0 and "top-1 3/3" in capsys.readouterr().out
+    (moved / "m.onnx.data").unlink()
+    with pytest.raises(ConfigError, match=r"keeps its weights in .*m\.onnx\.data, which is missing") as e:
+        vonnx.open_onnx(moved / "m.onnx")
+    assert "\n" not in str(e.value)
+    assert main([str(moved / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.onnx.data, which is missing" in err[0]
+    monkeypatch.setitem(RTOL, "fp32", 0.0)  # a failed export: nothing at the target, nothing beside it
+    with pytest.raises(RunFault, match="does not match PyTorch"):
+        _write(net, tmp_path / "failed" / "m.onnx", 32)
+    assert list((tmp_path / "failed").iterdir()) == []
 
 
 @pytest.mark.filterwarnings(
