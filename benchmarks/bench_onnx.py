@@ -22,7 +22,8 @@ import timm
 import torch
 
 from vit_ft.preprocessing import preprocessing_from_timm
-from vit_ft.weights.onnx import OnnxNet, providers, write_onnx
+from vit_ft.weights.onnx import write_onnx
+from vit_ft.weights.onnx_read import OnnxNet, providers
 
 
 def _args() -> argparse.Namespace:

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from vit_ft.errors import ConfigError
-from vit_ft.weights.onnx import describe
+from vit_ft.weights.onnx_read import describe
 
 
 def main(argv: list[str] | None = None) -> int:

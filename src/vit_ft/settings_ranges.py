@@ -310,7 +310,8 @@ NOT_RANGED: dict[str, str] = {
     "hydra.job.chdir": _BOOL,
     "hydra.sweeper.direction": "null (from optimized_metric, sweeps/optuna.settle_direction), minimize or "
     "maximize, typed by hydra-optuna-sweeper's schema (an enum)",
-    "hydra.callbacks.run_folder_guard.training": _BOOL + " (train.py's guard or eval.py's: tasks/resume.py)",
+    "hydra.callbacks.run_folder_guard.training": _BOOL
+    + " (train.py's guard or eval.py's: tasks/run_lock.py)",
     "hydra.sweeper.study_name": _NAME,
     "hydra.sweeper.storage": "an Optuna storage URL, checked by check_storage",
     "hydra.sweeper.params": "search spaces; each trial's values are checked in that trial",

@@ -147,7 +147,7 @@ def test_onnx_export_carries_the_thresholds_and_predicts_the_same_labels(ml_run)
     onnx_file = tmp / "deploy" / "model.onnx"
     run_cli("export.py", f"ckpt_path={ckpt}", "format=onnx", f"out={onnx_file}", "card=false", tmp_path=tmp)
     thr = torch.load(ckpt, map_location="cpu", weights_only=True)["vit_ft"]["multilabel"]["thresholds"]
-    from vit_ft.weights.onnx import read_metadata
+    from vit_ft.weights.onnx_read import read_metadata
 
     assert json.loads(read_metadata(onnx_file)[0]["thresholds"]) == pytest.approx(thr)
     images = [str(data / "img" / f"val_{i}.png") for i in range(16)]

@@ -89,7 +89,7 @@ def test_eval_refuses_a_training_run_folder_before_hydra_writes_there(moved):
 
 def test_export_and_predict_refuse_a_live_run_folder(moved, tmp_path):
     from vit_ft.errors import ConfigError
-    from vit_ft.tasks.resume import refuse_live_run
+    from vit_ft.tasks.run_lock import refuse_live_run
 
     tmp, data, run, _, _ = moved
     fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)

@@ -12,7 +12,7 @@ weights' preprocessing, so a prediction sees exactly the pixels ``eval.py`` feed
 Normalisation runs on the device, in batches; bf16 autocast on GPUs that support it.
 
 An ``.onnx`` file written by ``export.py format=onnx`` runs through ONNX Runtime (CUDA provider when
-present, else CPU) with the preprocessing and class names stored in it (:mod:`vit_ft.weights.onnx`).
+present, else CPU) with the preprocessing and class names stored in it (:mod:`vit_ft.weights.onnx_read`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from vit_ft.models.features import FeatureHeadNet, head_features
 from vit_ft.preprocessing import Normalize
 from vit_ft.training.precision import autocast_dtype
 from vit_ft.weights import load_weights
-from vit_ft.weights.onnx import open_onnx, require
+from vit_ft.weights.onnx_read import open_onnx, require
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

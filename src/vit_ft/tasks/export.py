@@ -40,11 +40,12 @@ from vit_ft.report.files import load_config
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
 from vit_ft.tasks.publish import HubConfig, check_publish, finish_export
-from vit_ft.tasks.resume import refuse_live_run
+from vit_ft.tasks.run_lock import refuse_live_run
 from vit_ft.weights import hf_export, load_weights, save_hf_pretrained, save_timm_safetensors
 from vit_ft.weights.assemble import Backbone
 from vit_ft.weights.io import check_weights_source
-from vit_ft.weights.onnx import data_file, onnx_files, require, write_onnx
+from vit_ft.weights.onnx import onnx_files, write_onnx
+from vit_ft.weights.onnx_read import data_file, require
 from vit_ft.weights.writers import check_plain_head
 
 

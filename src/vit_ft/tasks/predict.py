@@ -34,7 +34,7 @@ from vit_ft.io import atomic_path
 from vit_ft.models.predictor import check_options, load_predictor, predict_images
 from vit_ft.settings_ranges import check_ranges
 from vit_ft.tasks.cli import NoRunDirConfig
-from vit_ft.tasks.resume import refuse_live_run
+from vit_ft.tasks.run_lock import refuse_live_run
 from vit_ft.weights.io import check_weights_source
 
 

@@ -1,14 +1,14 @@
 """Runs that continue: ``ckpt_path=auto`` (resume from the run directory's own ``last.ckpt`` when its
-config is the same), the run-directory lock, and the id of the run's wandb run.
+config is the same, an older vit-ft's folder included) and the id of the run's wandb run (the folder's
+lock: :mod:`vit_ft.tasks.run_lock`).
 
 - ``ckpt_path=auto`` (the default): ``<run dir>/checkpoints/last.ckpt`` when it exists and the run's saved
   ``config_resolved.yaml`` equals this config apart from :data:`IGNORED_KEYS` (run length, display,
   logging); a difference stops with one line listing the keys. A run that finished (``metrics.json``
   ``status: completed``) with the same run length has nothing to do: one line, its results unchanged.
   ``ckpt_path=null`` always starts fresh; ``ckpt_path=<file>`` resumes from that file, unchecked.
-- The lock: ``<run dir>/.lock``, an advisory ``flock`` held by the run's rank 0 for its whole life. The
-  kernel drops it when the process dies (``kill -9`` included), so a stale lock never blocks a resume.
-  A second run into a directory whose lock is held stops with one line naming the holder.
+- A folder written before some keys existed (:data:`ADDED_KEYS`) resumes with the values that ran then
+  (:func:`adopt_added_keys`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -209,7 +204,7 @@ class ResumePlan:
     finished: dict[str, Any] | None = None  # metrics.json of a finished run: nothing to do
 
 
-def _read_yaml(path: str) -> dict[str, Any] | None:
+def read_yaml(path: str) -> dict[str, Any] | None:
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # noqa: BLE001 - unreadable: treated as absent
@@ -217,7 +212,7 @@ def _read_yaml(path: str) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+def read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
             loaded = json.load(f)
@@ -246,7 +241,7 @@ def plan_resume(
         return ResumePlan(str(ckpt), same)
     if own is None or not os.path.isfile(own):
         return ResumePlan(None, False)
-    saved = _read_yaml(os.path.join(run_dir, "config_resolved.yaml"))
+    saved = read_yaml(os.path.join(run_dir, "config_resolved.yaml"))
     if saved is None:
         raise ConfigError(
             f"ckpt_path=auto: {own} exists but {run_dir}/config_resolved.yaml (its config) is missing or "
@@ -272,137 +267,12 @@ def plan_resume(
             run_dir,
             ", ".join(f"{k}={'null' if v is None else v}" for k, v in adopted.items()),
         )
-    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
     flat_saved, flat_now = flatten(saved), flatten(current)
     same_length = all(flat_saved.get(k) == flat_now.get(k) for k in LENGTH_KEYS)
     if metrics and metrics.get("status") == "completed" and same_length:
         return ResumePlan(own, True, finished=metrics)
     return ResumePlan(own, True)
-
-
-# -- the lock ----------------------------------------------------------------------------------------------
-def held_lock(folder: str) -> str | None:
-    """The lock file of the live run that holds ``folder`` or one of the folders above it (``None``: no
-    live run). Probes each ``.lock`` without creating one; an unheld lock is released at once."""
-    import fcntl
-
-    here = os.path.abspath(folder)
-    while True:
-        path = os.path.join(here, ".lock")
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            fd = None
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return path
-            except OSError:
-                pass  # no flock on this file system: nothing to learn
-            finally:
-                os.close(fd)  # drops our shared lock, if we got it
-        parent = os.path.dirname(here)
-        if parent == here:
-            return None
-        here = parent
-
-
-def refuse_live_run(folder: str, key: str) -> None:
-    """eval/predict/export never write into a folder a live training run holds: one line naming it."""
-    lock = held_lock(folder)
-    if lock is not None:
-        run_dir = os.path.dirname(lock)
-        raise ConfigError(
-            f"{key}={folder!r} is inside run directory {run_dir}, in use by another run ({_holder(lock)}); "
-            "write somewhere else (leave it out for a folder of its own) or wait for that run to end"
-        )
-
-
-def refuse_training_run_dir(run_dir: str) -> None:
-    """eval.py's own folder (``hydra.run.dir``) must not be a training run's: Hydra would rewrite its
-    ``.hydra/`` and eval its ``metrics.json``, predictions and report. One line, before Hydra writes."""
-    refuse_live_run(run_dir, "hydra.run.dir")
-    saved = _read_yaml(os.path.join(run_dir, ".hydra", "config.yaml")) or {}
-    task = saved.get("task_name")
-    if task not in (None, "eval") or os.path.isfile(os.path.join(run_dir, "config_resolved.yaml")):
-        raise ConfigError(
-            f"hydra.run.dir={run_dir!r} holds a training run ({task or 'train'}); eval.py writes a folder of its "
-            f"own: leave hydra.run.dir out, or give a new folder (e.g. hydra.run.dir={os.path.join(run_dir, 'eval')})"
-        )
-
-
-def busy_line(run_dir: str, lock: str) -> str:
-    return (
-        f"run directory {run_dir} is in use by another run ({_holder(lock)}); wait for it to end "
-        "or pick another hydra.run.dir"
-    )
-
-
-def refuse_busy_run_dir(run_dir: str) -> None:
-    """train.py into a folder whose own run is live: one line, before Hydra rewrites its ``.hydra/``
-    (rank 0 only: the other ranks of a DDP run start while rank 0 holds the lock)."""
-    own = os.path.join(os.path.abspath(run_dir), ".lock")
-    if is_rank_zero() and held_lock(run_dir) == own:
-        raise ConfigError(busy_line(run_dir, own))
-
-
-class RunFolderGuard(Callback):
-    """A Hydra callback, before Hydra writes ``.hydra/`` into ``hydra.run.dir``: for eval.py
-    (conf/eval.yaml) refuse a training run's folder; for train.py (``training: true``, conf/config.yaml)
-    a folder whose run is live. One ``error:`` line, exit 2."""
-
-    def __init__(self, training: bool = False) -> None:
-        self.training = bool(training)
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        run_dir = str(config.hydra.run.dir)
-        try:
-            refuse_busy_run_dir(run_dir) if self.training else refuse_training_run_dir(run_dir)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
-
-
-def _holder(path: str) -> str:
-    info = _read_json(path) or {}
-    if not info:
-        return "another process"
-    return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}"
-
-
-@contextmanager
-def run_dir_lock(run_dir: str) -> Iterator[None]:
-    """Hold ``<run_dir>/.lock`` for the block (rank 0 only; other ranks of the same run pass through).
-
-    A ``flock``: released by the kernel when the holder exits or is killed, so it is never stale. On a
-    file system without ``flock`` support the run goes on with a warning."""
-    if not is_rank_zero():
-        yield
-        return
-    import fcntl
-
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(busy_line(run_dir, path)) from None
-        except OSError as e:
-            log.warning("run directory lock not available on this file system (%s); running without it", e)
-        else:
-            info = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # drops the flock
 
 
 # -- wandb --------------------------------------------------------------------------------------------------

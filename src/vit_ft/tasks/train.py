@@ -32,7 +32,8 @@ from vit_ft.tasks.outputs import (
     write_resolved_config,
 )
 from vit_ft.tasks.plan import RunPlan, make_plan
-from vit_ft.tasks.resume import run_dir_lock, wandb_run_id
+from vit_ft.tasks.resume import wandb_run_id
+from vit_ft.tasks.run_lock import run_dir_lock
 from vit_ft.training.nonfinite import nonfinite_summary
 from vit_ft.training.preemption import Preempted
 
@@ -60,7 +61,7 @@ def train(cfg: DictConfig) -> float | None:
             f"data.extra_eval does not work with probe.mode={mode} yet; drop it, or score a fine-tuned "
             "checkpoint on the sets with python eval.py ckpt_path=... +data.extra_eval.NAME.root=DIR"
         )
-    with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/resume.py)
+    with run_dir_lock(str(cfg.paths.output_dir)):  # one run per folder (see tasks/run_lock.py)
         if (cfg.get("probe") or {}).get("mode") == "fewshot":  # closed-form few-shot: its own task
             return fewshot(cfg)
         if (cfg.get("probe") or {}).get("mode") == "knn":  # k-NN on cached features: its own task

@@ -1,6 +1,6 @@
 """The check an ONNX export passes before it is kept: ONNX Runtime against PyTorch.
 
-:func:`verify` runs the file (an :class:`~vit_ft.weights.onnx.OnnxNet`, the way predict.py runs it) and the
+:func:`verify` runs the file (an :class:`~vit_ft.weights.onnx_read.OnnxNet`, the way predict.py runs it) and the
 PyTorch network (fp32) on the given inputs at batch 1 and at the full batch: the largest
 ``|logit_onnx - logit_torch|`` must stay within :data:`RTOL` times the largest ``|logit_torch|`` (floored
 at :data:`SCALE_FLOOR`, so that a near-zero head is not held below float rounding). Over it,

@@ -16,9 +16,9 @@ from vit_ft.tasks.resume import (
     config_differences,
     own_last_checkpoint,
     plan_resume,
-    run_dir_lock,
     wandb_run_id,
 )
+from vit_ft.tasks.run_lock import run_dir_lock
 from vit_ft.training import loggers as loggers_mod
 from vit_ft.training.loggers import ResumableWandbLogger
 

@@ -20,6 +20,7 @@ from vit_ft.models.features import FeatureHeadNet, feature_dim
 from vit_ft.preprocessing import Preprocessing
 from vit_ft.weights import load_weights, save_timm_safetensors
 from vit_ft.weights import onnx as vonnx
+from vit_ft.weights import onnx_read as vread
 from vit_ft.weights.onnx_verify import RTOL
 
 pytest.importorskip("onnxruntime")
@@ -72,7 +73,7 @@ def test_every_family_exports_and_matches_pytorch(fam, tmp_path):
         path, result, exporter = _write(net, tmp_path / f"{fam}-{size}.onnx", size)
         assert exporter == "torchscript" and result.ok and [r["batch"] for r in result.rows] == [1, 3]
         assert all(r["top1_agree"] == r["batch"] for r in result.rows)
-        onnx_net, pre, names = vonnx.open_onnx(path, device="cpu")
+        onnx_net, pre, names = vread.open_onnx(path, device="cpu")
         assert names == NAMES and pre == _pre(size)
         x = _x(5, size, seed=2)
         with torch.no_grad():
@@ -90,7 +91,7 @@ def test_fp16(fam, tmp_path):
     path, result, _ = _write(net, tmp_path / "m.onnx", size, dtype="fp16")
     assert result.rtol == RTOL["fp16"] and result.ok
     assert max(r["max_abs_dlogit"] / r["scale"] for r in result.rows) > 1e-6  # really half precision
-    onnx_net, _, _ = vonnx.open_onnx(path, device="cpu")
+    onnx_net, _, _ = vread.open_onnx(path, device="cpu")
     assert onnx_net.input_dtype == np.float16
     x = _x(4, size, seed=3)
     with torch.no_grad():
@@ -119,8 +120,8 @@ def test_metadata_round_trip_and_info(tmp_path, capsys):
 
     net = _model("vit_tiny_patch16_224", 32)
     path, _, _ = _write(net, tmp_path / "m.onnx", 32, arch={"name": "vit_tiny_patch16_224"}, opset=18)
-    meta, _ = vonnx.read_metadata(path)
-    assert set(meta) == set(vonnx.META_KEYS) - {"thresholds"}
+    meta, _ = vread.read_metadata(path)
+    assert set(meta) == set(vread.META_KEYS) - {"thresholds"}
     assert meta["vit_ft_version"] and meta["dtype"] == "fp32" and meta["crop_pct"] == "0.9"
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
@@ -147,7 +148,7 @@ def test_export_task_from_other_weight_sources(hf_dir, tmp_path, capsys):
     assert (
         "verify batch 1: max |dlogit|" in out and "verify batch 4" in out and "4 fixed random inputs" in out
     )
-    _, pre, names = vonnx.open_onnx(path, device="cpu")
+    _, pre, names = vread.open_onnx(path, device="cpu")
     assert names == SHAPE_CLASSES and pre.mean == (0.4, 0.5, 0.6) and pre.img_size == 32
 
     net = _model("deit_tiny_distilled_patch16_224", 32, num_classes=3)
@@ -167,7 +168,7 @@ def test_export_task_from_other_weight_sources(hf_dir, tmp_path, capsys):
     )
     [path] = export(cfg)
     assert "fp16" in capsys.readouterr().out
-    onnx_net, pre, names = vonnx.open_onnx(path, device="cpu")
+    onnx_net, pre, names = vread.open_onnx(path, device="cpu")
     assert names == NAMES and pre == _pre(32) and onnx_net.input_dtype == np.float16
 
 
@@ -198,22 +199,22 @@ def test_over_2gb_the_weights_go_to_one_external_data_file(tmp_path, monkeypatch
     (tmp_path / "big" / "m.onnx.data").write_bytes(b"an older export's weights")  # replaced
     path, result, exporter = _write(net, tmp_path / "big" / "m.onnx", 32)
     assert exporter == "torchscript" and result.ok and [r["batch"] for r in result.rows] == [1, 3]
-    data = vonnx.data_file(path)
+    data = vread.data_file(path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert vonnx.onnx_files(path) == [path, data] and vonnx.onnx_files(one) == [one]
     assert data.stat().st_size > 4 * path.stat().st_size  # the weights are in the data file
     graph = onnx.load(str(path), load_external_data=False)
     locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"m.onnx.data"}  # relative: the pair moves together
-    meta_one, _ = vonnx.read_metadata(one)
-    meta_big, _ = vonnx.read_metadata(path)
+    meta_one, _ = vread.read_metadata(one)
+    meta_big, _ = vread.read_metadata(path)
     assert meta_big == meta_one  # the same verification on the same inputs, the same preprocessing
     moved = tmp_path / "moved"
     for f in (path, data):
         f.rename(moved / f.name)
     x = _x(5, 32, seed=2)
-    ref, _, _ = vonnx.open_onnx(one, device="cpu")
-    big, pre, names = vonnx.open_onnx(moved / "m.onnx", device="cpu")
+    ref, _, _ = vread.open_onnx(one, device="cpu")
+    big, pre, names = vread.open_onnx(moved / "m.onnx", device="cpu")
     assert names == NAMES and pre == _pre(32)
     torch.testing.assert_close(big(x), ref(x), rtol=0, atol=0)
     from vit_ft.onnx_info import main
@@ -221,7 +222,7 @@ def test_over_2gb_the_weights_go_to_one_external_data_file(tmp_path, monkeypatch
     assert main([str(moved / "m.onnx")]) == 0 and "top-1 3/3" in capsys.readouterr().out
     (moved / "m.onnx.data").unlink()
     with pytest.raises(ConfigError, match=r"keeps its weights in .*m\.onnx\.data, which is missing") as e:
-        vonnx.open_onnx(moved / "m.onnx")
+        vread.open_onnx(moved / "m.onnx")
     assert "\n" not in str(e.value)
     assert main([str(moved / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -241,7 +242,7 @@ def test_foreign_and_corrupted_files_are_one_line(tmp_path):
     foreign = tmp_path / "foreign.onnx"
     torch.onnx.export(vonnx._Forward(net), (_x(1, 32),), str(foreign), dynamo=False, input_names=["x"])
     with pytest.raises(ConfigError, match="holds no vit-ft metadata") as e:
-        vonnx.open_onnx(foreign)
+        vread.open_onnx(foreign)
     assert "\n" not in str(e.value)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -249,7 +250,7 @@ def test_foreign_and_corrupted_files_are_one_line(tmp_path):
         if bad.name == "text.onnx":
             bad.write_text("not a model")
         with pytest.raises(ConfigError, match="is not a readable ONNX model") as e:
-            vonnx.open_onnx(bad)
+            vread.open_onnx(bad)
         assert "\n" not in str(e.value)
 
 
@@ -265,7 +266,7 @@ def test_missing_package_names_the_extra(monkeypatch):
     with pytest.raises(
         ConfigError, match=r'onnxruntime package, which is not installed; run pip install -e "\.\[onnx\]"'
     ):
-        vonnx.require("onnx", "onnxruntime")
+        vread.require("onnx", "onnxruntime")
 
 
 def test_verification_inputs_come_from_the_runs_val_folder(image_folder, tmp_path):
