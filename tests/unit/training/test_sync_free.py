@@ -12,7 +12,6 @@ size depends on the data (``nonzero``, ``masked_select``, ``unique``, ...), a ``
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import warnings
 
@@ -25,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import quiet_trainer, vector_loader
+from tests.unit.training.test_faults import Poisoned as FaultsPoisoned
 from vit_ft.errors import RunFault
 from vit_ft.models.classifier import ViTClassifier
 from vit_ft.models.steps import fused_optimizer
@@ -179,28 +179,8 @@ def test_with_ema_reads_only_at_logging_steps(tmp_path, bare):
 
 
 # -- the guard decides on the device, and stays exact ---------------------------------------------------
-class Poisoned(L.LightningModule):
-    """A linear classifier (fused SGD or AdamW, as vit-ft builds them) whose loss is NaN at the given
-    batches or whose gradient is inf; records its weights and optimizer state after every batch."""
-
-    def __init__(self, optimizer: str, nan_at=(), inf_grad_at=()) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 2)
-        self.optimizer, self.nan_at, self.inf_grad_at = optimizer, set(nan_at), set(inf_grad_at)
-        self.snapshots: list[tuple[dict, dict]] = []
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self.layer(x), y)
-        return loss * float("nan") if batch_idx in self.nan_at else loss
-
-    def on_after_backward(self):
-        if self.trainer.fit_loop.epoch_loop.batch_idx in self.inf_grad_at:
-            self.layer.weight.grad[0, 0] = float("inf")
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        opt = self.trainer.optimizers[0]
-        self.snapshots.append((copy.deepcopy(self.state_dict()), copy.deepcopy(opt.state_dict()["state"])))
+class Poisoned(FaultsPoisoned):
+    """test_faults.py's poisoned linear classifier, with the fused SGD or AdamW vit-ft builds."""
 
     def configure_optimizers(self):
         cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9} if self.optimizer == "sgd" else {"name": "adamw"}
