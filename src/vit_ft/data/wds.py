@@ -273,6 +273,19 @@ class WebDatasetDataModule(ImageDataModule):
         self.train_urls, self.val_urls, self.test_urls = train, val, test
         self.index, self.classes, self.shuffle_buffer = index, classes, int(shuffle_buffer)
         self.shard_cache = os.path.expanduser(str(shard_cache)) if shard_cache else None
+        if self.shard_cache:  # checked here: a worker that cannot write there would fail mid-epoch
+            try:
+                os.makedirs(self.shard_cache, exist_ok=True)
+                writable = os.access(self.shard_cache, os.W_OK)
+            except OSError as e:
+                writable, why = False, e.strerror
+            else:
+                why = "not writable"
+            if not writable:
+                raise ConfigError(
+                    f"data.shard_cache={shard_cache!r} cannot hold the shards ({why}); pass a writable folder "
+                    "on the node's local disk, or data.shard_cache=null to stream them"
+                )
 
     def load_splits(self) -> tuple[list[str], dict[str, Any]]:
         splits: dict[str, Any] = {}

@@ -315,3 +315,12 @@ def test_a_remote_shard_that_fails_mid_copy_leaves_nothing_in_the_cache(tmp_path
     with pytest.raises(OSError, match=r"could not copy it into data.shard_cache"):
         cached_copy(f"pipe:sh {broken} train-000000.tar", str(cache))
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []  # no part, no shard
+
+
+def test_a_shard_cache_that_cannot_be_written_is_one_line(shards, tmp_path):
+    out, index = shards
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^data.shard_cache=.*a_file/cache.* cannot hold the shards") as e:
+        _dm(_train_pattern(out, index), shard_cache=str(blocker / "cache"))
+    assert "\n" not in str(e.value)
